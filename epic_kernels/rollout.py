@@ -1,0 +1,112 @@
+"""Reference rollouts: per-depth rollout-policy entropies of candidates, by plain batched forwards.
+
+This is the simple, copying implementation the reference samplers use: the prefix KV of every
+candidate row is gathered into a fresh ``DynamicCache`` (a copy), then the candidate and its rollout
+tokens are fed one depth at a time, every request of every sequence in the same model call.
+The fast engine (``epic_kernels.engine``) produces the same numbers without the copies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._validate import check_prefix
+
+
+@dataclass
+class Prefix:
+    """The B prefixes a step samples after: their KV cache, padding mask, positions and seeds.
+
+    ``mask [B, L]`` is 1 on real tokens and 0 on (left) padding of the cache; ``positions [B]`` is each
+    sequence's own length, the position of the token being sampled; ``seeds [B]`` the per-sequence keys.
+    """
+
+    kv: object
+    mask: torch.Tensor
+    positions: torch.Tensor
+    seeds: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.mask.shape[0]
+
+    @classmethod
+    def build(cls, kv, seeds, batch: int, attention_mask=None, model=None) -> "Prefix":
+        """Validate and assemble; ``seeds`` is an int (row b gets ``seed + b``) or a sequence of B ints."""
+        mask, seeds = check_prefix(kv, seeds, batch, attention_mask, model)
+        return cls(kv, mask, mask.sum(-1), seeds)
+
+
+def cache_layers(kv) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(keys, values)`` of every layer of a transformers cache, each ``[B, heads, L, head_dim]``."""
+    return [(layer.keys, layer.values) for layer in kv.layers]
+
+
+def select_rows(layers, index: torch.Tensor):
+    """A new ``DynamicCache`` holding rows ``index`` of ``layers`` (copies)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(k[index], v[index]) for k, v in layers])
+
+
+@torch.no_grad()
+def rollout_entropies(model, prefix: Prefix, rows, cands, depths, cfg):
+    """Per-depth entropies of the rollout policy after ``prefix[rows] + cands``.
+
+    Parameters
+    ----------
+    model : causal LM with the Hugging Face call convention.
+    prefix : Prefix of the B sequences.
+    rows, cands, depths : int64 ``[N]``: request n evaluates token ``cands[n]`` after sequence
+        ``rows[n]`` through depth ``depths[n]`` (1 <= depth <= cfg.horizon).
+    cfg : EpicConfig (horizon, rollouts, rollout_top_k).
+
+    Returns
+    -------
+    table : ``[N, horizon, K]``, ``H(pi(. | x, cand, y^(r)_{<j}))`` at depth j (0 beyond ``depths[n]``).
+    log_probs : ``[N, horizon, K]``, ``log pi(y^(r)_j | ...)`` of each sampled rollout token.
+    calls, tokens : model calls made and tokens fed.
+    """
+    from .reference import gumbel_argmax, policy_logits, softmax_entropy
+
+    n_req, k, K = len(rows), cfg.horizon, cfg.rollouts
+    layers = cache_layers(prefix.kv)
+    cache = select_rows(layers, rows)
+    req = torch.arange(n_req)                     # which request each model row serves
+    roll = torch.zeros(n_req, dtype=torch.int64)  # which rollout it follows (depth >= 2)
+    mask, pos, seeds = prefix.mask[rows], prefix.positions[rows], prefix.seeds[rows]
+    ids = cands.view(-1, 1)
+    table = log_probs = None
+    calls = tokens = 0
+    for j in range(int(depths.max())):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(pos + j).view(-1, 1),
+                    past_key_values=cache, use_cache=True)
+        calls, tokens = calls + 1, tokens + ids.numel()
+        logits = policy_logits(out.logits[:, -1, :], cfg.rollout_top_k)
+        ent, _ = softmax_entropy(logits)
+        if table is None:
+            table = torch.zeros(n_req, k, K, dtype=ent.dtype)
+            log_probs = torch.zeros_like(table)
+        if j == 0:                                # depth 1 is shared by every rollout: fan out now
+            table[:, 0, :] = ent.view(-1, 1)
+            fan = torch.arange(n_req).repeat_interleave(K)
+            req, roll = fan, torch.arange(K).repeat(n_req)
+            logits, mask, pos, seeds = logits[fan], mask[fan], pos[fan], seeds[fan]
+        else:
+            table[req, j, roll] = ent
+            fan = torch.arange(len(req))
+        y = gumbel_argmax(logits, seeds, 1 + roll, pos + j + 1)   # rollout noise, keyed per rollout
+        lp = torch.log_softmax(logits.to(ent.dtype), dim=-1)
+        log_probs[req, j, roll] = lp.gather(1, y.view(-1, 1)).squeeze(1)
+        keep = depths[req] > j + 1
+        if not bool(keep.any()):
+            break
+        cache = select_rows(cache_layers(cache), fan[keep])
+        req, roll, mask, pos, seeds = req[keep], roll[keep], mask[keep], pos[keep], seeds[keep]
+        ids = y[keep].view(-1, 1)
+    return table, log_probs, calls, tokens
+
+
+__all__ = ["Prefix", "rollout_entropies", "cache_layers", "select_rows"]

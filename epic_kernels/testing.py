@@ -1,0 +1,87 @@
+"""Tiny models with the Hugging Face call convention, and exact lookahead entropies by enumeration.
+
+``tiny_llama`` is a randomly initialised ``LlamaForCausalLM`` with a vocabulary of 16-64 tokens: small
+enough that every rollout path of a short horizon can be enumerated, so the lookahead entropy that the
+samplers estimate can also be computed exactly. Tests and benchmarks use it; it is never downloaded.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .reference import policy_log_probs
+
+
+def tiny_llama(vocab: int = 32, *, seed: int = 0, dtype: torch.dtype = torch.float64,
+               hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+               init_range: float = 0.3):
+    """A small random ``LlamaForCausalLM`` (eval mode) whose weights depend only on ``seed``.
+
+    ``init_range`` is large so next-token distributions range from peaked to flat, which gives the
+    lookahead entropies of different candidates a real spread. float64 by default so that a row's
+    logits do not depend on which other rows share its batch (exact token-for-token comparisons).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if not 2 <= vocab <= 4096:
+        raise ValueError(f"vocab must be in [2, 4096], got {vocab}")
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, max_position_embeddings=4096,
+                         initializer_range=init_range, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=0, tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.to(dtype).eval()
+
+
+@torch.no_grad()
+def next_log_probs(model, ids: torch.Tensor, rollout_top_k: int | None = None) -> torch.Tensor:
+    """Rollout-policy log-probabilities ``[N, V]`` after each full (unpadded) prefix ``ids [N, T]``."""
+    logits = model(input_ids=ids).logits[:, -1, :]
+    return policy_log_probs(logits, rollout_top_k)
+
+
+@torch.no_grad()
+def exact_lookahead_entropy(model, prefix: list[int], candidate: int, horizon: int,
+                            rollout_top_k: int | None = None) -> float:
+    """Exact ``H_{t:t+k}(candidate)`` (paper eq. 4) by enumerating every rollout path.
+
+    Sums, over depths ``j = 1..horizon``, the expected entropy of the rollout policy after
+    ``prefix + [candidate] + y_{1..j-1}``, the expectation taken over ``y`` drawn from the policy.
+    Cost grows as ``V ** (horizon - 1)``: use a small vocabulary.
+    """
+    paths = [([candidate], 0.0)]             # (suffix, log-probability of the rollout tokens)
+    total = 0.0
+    for depth in range(horizon):
+        ids = torch.tensor([prefix + suffix for suffix, _ in paths])
+        logp = next_log_probs(model, ids, rollout_top_k)
+        p = logp.exp()
+        ent = -(torch.where(p > 0, p * logp, torch.zeros_like(p))).sum(-1)
+        weights = torch.tensor([math.exp(lw) for _, lw in paths], dtype=ent.dtype)
+        total += float((weights * ent).sum())
+        if depth + 1 < horizon:
+            paths = [(suffix + [v], lw + float(logp[n, v]))
+                     for n, (suffix, lw) in enumerate(paths)
+                     for v in range(logp.shape[-1]) if p[n, v] > 0]
+    return total
+
+
+def exact_lookahead_entropies(model, prefix: list[int], horizon: int,
+                              rollout_top_k: int | None = None) -> torch.Tensor:
+    """``exact_lookahead_entropy`` for every vocabulary entry, as a float64 tensor ``[V]``."""
+    vocab = model.config.vocab_size
+    return torch.tensor([exact_lookahead_entropy(model, prefix, c, horizon, rollout_top_k)
+                         for c in range(vocab)], dtype=torch.float64)
+
+
+def random_prompts(vocab: int, lengths, *, seed: int = 0) -> list[list[int]]:
+    """Deterministic random token prompts of the given lengths."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, vocab, (n,), generator=gen).tolist() for n in lengths]
+
+
+__all__ = ["tiny_llama", "next_log_probs", "exact_lookahead_entropy",
+           "exact_lookahead_entropies", "random_prompts"]

@@ -1,0 +1,36 @@
+"""Candidate truncation before EPIC: top-k, top-p (nucleus) and min-p, as ``-inf`` masks on logits.
+
+Removed tokens become ``-inf`` and are never candidates. Ties at a top-k boundary go to the lower
+token id, so exactly ``top_k`` tokens stay.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._validate import check_int
+
+
+def truncate(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
+             min_p: float | None = None) -> torch.Tensor:
+    """Apply top-k, then top-p, then min-p to ``logits [B, V]``; returns a new tensor."""
+    from .reference import policy_logits
+
+    out = logits
+    if top_k is not None:
+        out = policy_logits(out, check_int(top_k, "top_k", 1))
+    if top_p is not None:
+        if not 0.0 < float(top_p) <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        probs = torch.softmax(out.float(), dim=-1)
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+        before = sorted_p.cumsum(-1) - sorted_p          # mass strictly above each token
+        drop_sorted = before >= float(top_p)
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        out = out.masked_fill(drop, float("-inf"))
+    if min_p is not None:
+        if not 0.0 <= float(min_p) <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+        probs = torch.softmax(out.float(), dim=-1)
+        drop = probs < float(min_p) * probs.max(-1, keepdim=True).values
+        out = out.masked_fill(drop, float("-inf"))
+    return out
