@@ -1,0 +1,19 @@
+"""Triton kernels of epic_kernels (the GPU path; tested on CPU under ``TRITON_INTERPRET=1``).
+
+Importing this package never needs triton: without it, ``HAS_TRITON`` is False and every op raises a
+clear ``RuntimeError`` when called. Kernels are compiled for CUDA tensors, or interpreted on CPU
+tensors when ``TRITON_INTERPRET=1`` was set before this package was imported (triton reads the
+variable when a kernel is decorated).
+
+Ops
+---
+softmax_entropy_triton(logits, seeds=None, streams=None, positions=None) -> (entropy, lse, tokens)
+gumbel_topk_prune_triton(logits, seeds, positions, width, top_k) -> reference.PruneResult
+"""
+from __future__ import annotations
+
+from ._philox import HAS_TRITON, require_triton
+from .gumbel_topk_prune import gumbel_topk_prune_triton
+from .softmax_entropy import softmax_entropy_triton
+
+__all__ = ["HAS_TRITON", "require_triton", "softmax_entropy_triton", "gumbel_topk_prune_triton"]
