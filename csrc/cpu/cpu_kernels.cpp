@@ -1,0 +1,34 @@
+// Instantiations of the plain-pointer CPU kernels (csrc/kernels/cpu_*.h), multiversioned.
+#include "cpu_kernels.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(EPIC_NO_MULTIVERSION)
+// One clone per x86-64 level, chosen at load time from the CPU's features (ifunc).
+#define EPIC_MULTIVERSION \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define EPIC_MULTIVERSION
+#endif
+
+namespace epic {
+namespace cpu {
+
+#define EPIC_DEFINE_PIECES(T, acc_t)                                                            \
+  EPIC_MULTIVERSION void softmax_piece_cpu(const T* x, int64_t n, int64_t v0,                   \
+                                           const NoiseKey* key, RowState<acc_t>* st,            \
+                                           Cand<acc_t>* best) {                                 \
+    softmax_piece<T, acc_t>(x, n, v0, key, st, best);                                           \
+  }                                                                                             \
+  EPIC_MULTIVERSION void prune_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey& key, \
+                                         acc_t lse, acc_t width, Cand<acc_t> seed,              \
+                                         int64_t top_k, PrunePiece<acc_t>* out) {               \
+    prune_piece<T, acc_t>(x, n, v0, key, lse, width, seed, top_k, out);                         \
+  }
+
+EPIC_DEFINE_PIECES(float, float)
+EPIC_DEFINE_PIECES(double, double)
+EPIC_DEFINE_PIECES(c10::Half, float)
+EPIC_DEFINE_PIECES(c10::BFloat16, float)
+
+}  // namespace cpu
+}  // namespace epic

@@ -1,0 +1,30 @@
+// Entry points of the CPU kernels, one overload per input dtype. They are compiled once per
+// instruction set in cpu_kernels.cpp (GCC target_clones on x86-64 Linux: AVX-512, AVX2, baseline)
+// and the loader picks the best one for the running CPU, so no -march flag is needed.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+
+#include "../kernels/cpu_prune.h"
+#include "../kernels/cpu_softmax.h"
+
+namespace epic {
+namespace cpu {
+
+#define EPIC_DECLARE_PIECES(T, acc_t)                                                        \
+  void softmax_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey* key,             \
+                         RowState<acc_t>* st, Cand<acc_t>* best);                            \
+  void prune_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey& key, acc_t lse,    \
+                       acc_t width, Cand<acc_t> seed, int64_t top_k, PrunePiece<acc_t>* out);
+
+EPIC_DECLARE_PIECES(float, float)
+EPIC_DECLARE_PIECES(double, double)
+EPIC_DECLARE_PIECES(c10::Half, float)
+EPIC_DECLARE_PIECES(c10::BFloat16, float)
+#undef EPIC_DECLARE_PIECES
+
+}  // namespace cpu
+}  // namespace epic

@@ -1,0 +1,67 @@
+// Tensor checks shared by the CPU and CUDA glue (host code only). Each raises a c10::Error
+// (RuntimeError in Python) naming the op, the argument and what is wrong.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace epic {
+
+constexpr int64_t kMaxSeed = int64_t(1) << 32;      // per-sequence seeds live in [0, 2^32)
+constexpr int64_t kMaxStream = int64_t(1) << 31;    // stream = 0 (step) or 1 + r (rollout r)
+constexpr int64_t kMaxPosition = int64_t(1) << 31;  // positions live in [0, 2^31)
+constexpr int64_t kMaxVocab = int64_t(1) << 31;     // ids must fit the 32-bit counter word
+
+// logits: (N, V), float16 | bfloat16 | float32 | float64; any row stride, last dim made contiguous.
+inline at::Tensor check_logits(const at::Tensor& logits, const char* op) {
+  TORCH_CHECK(logits.dim() == 2, op, ": logits must have shape (N, V), got ", logits.sizes());
+  const auto dt = logits.scalar_type();
+  TORCH_CHECK(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat || dt == at::kDouble, op,
+              ": logits must be float16, bfloat16, float32 or float64, got ", dt);
+  TORCH_CHECK(logits.size(1) >= 1, op, ": logits must have at least one column");
+  TORCH_CHECK(logits.size(1) < kMaxVocab, op, ": vocabulary too large (", logits.size(1),
+              " >= 2^31)");
+  return logits.stride(1) == 1 ? logits : logits.contiguous();
+}
+
+// key: (N,), any integer dtype, values in [0, hi) (checked on CPU only: a CUDA check would sync).
+inline at::Tensor check_key(const at::Tensor& key, const at::Tensor& logits, const char* name,
+                            int64_t hi, const char* op) {
+  TORCH_CHECK(key.dim() == 1 && key.size(0) == logits.size(0), op, ": ", name,
+              " must have shape (", logits.size(0), ",), got ", key.sizes());
+  TORCH_CHECK(at::isIntegralType(key.scalar_type(), /*includeBool=*/false), op, ": ", name,
+              " must be an integer tensor, got ", key.scalar_type());
+  at::Tensor out = key.to(logits.device(), at::kLong).contiguous();
+  if (out.is_cpu() && out.numel() > 0) {
+    const int64_t* p = out.data_ptr<int64_t>();
+    for (int64_t i = 0; i < out.numel(); ++i)
+      TORCH_CHECK(p[i] >= 0 && p[i] < hi, op, ": ", name, "[", i, "] = ", p[i],
+                  " is outside [0, ", hi, ")");
+  }
+  return out;
+}
+
+// width: (B,) or a single value, floating; returned as (B,) in the accumulate dtype.
+inline at::Tensor check_width(const at::Tensor& width, const at::Tensor& logits,
+                              at::ScalarType acc, const char* op) {
+  TORCH_CHECK(at::isFloatingType(width.scalar_type()), op, ": width must be a floating tensor, got ",
+              width.scalar_type());
+  const int64_t b = logits.size(0);
+  TORCH_CHECK((width.dim() == 1 && width.size(0) == b) || width.numel() == 1, op,
+              ": width must have shape (", b, ",) or hold one value, got ", width.sizes());
+  return width.to(logits.device(), acc).reshape({-1}).expand({b}).contiguous();
+}
+
+// Accumulate type of an element type: double for double, float otherwise.
+template <typename scalar_t>
+using acc_type_of =
+    typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
+
+inline at::ScalarType acc_type(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace epic

@@ -1,0 +1,26 @@
+// The one place where the epic_kernels operator schemas are declared. Backends add kernels with
+// TORCH_LIBRARY_IMPL(epic_kernels, CPU | CUDA, m) in their own files (csrc/cpu, csrc/cuda).
+// Python: torch.ops.epic_kernels.<name>; fake (meta) kernels live in epic_kernels/_ext.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(epic_kernels, m) {
+  // Per row of logits (N, V): entropy and logsumexp of softmax in one pass (float32 accumulate,
+  // float64 for float64 logits; outputs in that dtype). -inf entries have probability 0.
+  m.def("softmax_entropy(Tensor logits) -> (Tensor entropy, Tensor lse)");
+  // Same, plus argmax_v(l_v + G_v) with G the keyed Gumbel noise (seeds[n], streams[n],
+  // positions[n], v); ties go to the lower id; tokens int64.
+  m.def(
+      "softmax_entropy_sample(Tensor logits, Tensor seeds, Tensor streams, Tensor positions)"
+      " -> (Tensor entropy, Tensor lse, Tensor tokens)");
+  // z = l - lse + G (step stream 0); survivors z >= max z - width in CSR form (ascending id),
+  // front-runner, top_k by z (descending, lower id on ties; -1 / -inf padding), lse.
+  // ids and scores have a data-dependent length.
+  m.def(
+      "gumbel_topk_prune(Tensor logits, Tensor seeds, Tensor positions, Tensor width, int top_k)"
+      " -> (Tensor ids, Tensor scores, Tensor counts, Tensor offsets, Tensor front_ids,"
+      " Tensor front_scores, Tensor topk_ids, Tensor topk_scores, Tensor lse)");
+  // Testing helpers: raw Philox words of tl.randint(seed, offset) (int64 in, int64 words out), and
+  // the float32 Gumbel noise (N, vocab) of keys (seeds[n], streams[n], positions[n], v).
+  m.def("_philox_randint(Tensor seed, Tensor offset) -> Tensor");
+  m.def("_gumbel_noise(Tensor seeds, Tensor streams, Tensor positions, int vocab) -> Tensor");
+}

@@ -1,0 +1,82 @@
+"""Build and package epic_kernels.
+
+The C++/CUDA extension ``epic_kernels._C`` registers ``torch.ops.epic_kernels.*``:
+
+* CPU sources (csrc/ops.cpp, csrc/module.cpp, csrc/cpu/*.cpp) are always built, with -O3 and
+  OpenMP (at::parallel_for). No -march flag: the hot kernels are cloned per x86-64 level and the
+  best clone is picked at load time (csrc/cpu/cpu_kernels.cpp), so the library runs on any x86-64.
+* CUDA sources (csrc/cuda/*.cu) are added only when torch is a CUDA build (torch.version.cuda) and
+  a CUDA toolkit is found (CUDA_HOME), unless EPIC_KERNELS_NO_CUDA=1. TORCH_CUDA_ARCH_LIST
+  defaults to "8.0;9.0" (A100, H100).
+
+Develop with ``pip install --no-build-isolation -e .`` (builds ``epic_kernels/_C*.so`` in place).
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _extensions():
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+
+    def rel(pattern):
+        return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+    sources = rel("csrc/ops.cpp") + rel("csrc/module.cpp") + rel("csrc/cpu/*.cpp")
+    cxx = ["-O3", "-ffp-contract=off", "-fvisibility=hidden"]
+    link = []
+    if sys.platform.startswith("linux"):
+        # OpenMP makes at::parallel_for parallel. libgomp resolves to the copy torch already loaded.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
+    want_cuda = os.environ.get("EPIC_KERNELS_NO_CUDA", "0") not in ("1", "true", "TRUE", "yes")
+    use_cuda = want_cuda and bool(torch.version.cuda) and CUDA_HOME is not None
+    if use_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        return [CUDAExtension(
+            "epic_kernels._C", sources + rel("csrc/cuda/*.cu"),
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math=false"]},
+            extra_link_args=link)]
+    return [CppExtension("epic_kernels._C", sources, extra_compile_args={"cxx": cxx},
+                         extra_link_args=link)]
+
+
+def _cmdclass():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+setup(
+    name="epic_kernels",
+    version="0.1.0",
+    description="Exact, fast EPIC (entropy-aligned) decoding kernels for language models",
+    packages=find_packages(include=["epic_kernels", "epic_kernels.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",            # torch.library.register_fake / opcheck / get_ctx
+        "transformers>=4.56",    # per-layer caches (cache.layers[i].keys), from_pretrained(dtype=)
+        "gguf",
+        "accelerate",
+        "tqdm",
+        "matplotlib",
+        "sacrebleu",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "triton; sys_platform == 'linux'"],
+    },
+    entry_points={
+        "console_scripts": [
+            "epic-generate = epic_kernels.cli:generate_main",
+            "epic-calibrate = epic_kernels.cli:calibrate_main",
+        ],
+    },
+    ext_modules=_extensions(),
+    cmdclass=_cmdclass(),
+    zip_safe=False,
+)
