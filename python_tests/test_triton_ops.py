@@ -1,0 +1,405 @@
+"""Triton kernels vs the pure-PyTorch reference.
+
+Without CUDA the kernels run under the Triton interpreter on CPU tensors: triton reads
+``TRITON_INTERPRET`` when a kernel is *decorated*, i.e. when ``epic_kernels.triton_kernels`` is first
+imported, so the variable is set here before that import (and the modules are reloaded if another
+test imported them earlier in compiled mode). With CUDA the same tests run compiled on ``cuda``.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import epic_kernels  # noqa: E402
+from epic_kernels import philox, reference as R  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(epic_kernels.__file__)))
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+DEVICES = (["cuda"] if torch.cuda.is_available() else []) + (["cpu"] if INTERPRET else [])
+needs_triton = pytest.mark.skipif(not HAS_TRITON or not DEVICES, reason="needs triton and CUDA or TRITON_INTERPRET=1")
+
+
+def _ops():
+    """The kernel modules, decorated for the interpreter when it is on (reloaded if needed)."""
+    import epic_kernels.triton_kernels as tk
+    from epic_kernels.triton_kernels import _philox, gumbel_topk_prune, softmax_entropy
+    if INTERPRET and not _philox.is_interpreted(softmax_entropy._softmax_entropy_partial_kernel):
+        for mod in (_philox, softmax_entropy, gumbel_topk_prune, tk):
+            importlib.reload(mod)
+    return tk
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
+
+
+# (dtype, atol, rtol) for entropy / lse, and the relative tolerance for near-ties of z
+TOLS = [(torch.float32, 2e-5, 2e-6), (torch.float16, 2e-5, 2e-6), (torch.bfloat16, 2e-5, 2e-6),
+        (torch.float64, 1e-11, 1e-12)]
+
+
+def mismatches(name: str, got: torch.Tensor, want: torch.Tensor, atol=0.0, rtol=0.0, show: int = 8) -> str:
+    """'' when ``got`` matches ``want`` (NaN-free, inf equal), else a message with the first mismatches."""
+    got, want = got.detach().cpu(), want.detach().cpu()
+    if got.shape != want.shape:
+        return f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    if got.dtype.is_floating_point:
+        g, w = got.to(torch.float64), want.to(torch.float64)
+        same_inf = (g == w)
+        bad = ~(same_inf | ((g - w).abs() <= atol + rtol * w.abs()))
+    else:
+        bad = got != want
+    if not bad.any():
+        return ""
+    idx = bad.nonzero()[:show]
+    rows = [f"  at {tuple(i.tolist())}: got {got[tuple(i)].item()!r} want {want[tuple(i)].item()!r}" for i in idx]
+    return f"{name}: {int(bad.sum())} of {bad.numel()} differ; first:\n" + "\n".join(rows)
+
+
+def make_logits(B: int, V: int, dtype, kind: str = "mixed") -> torch.Tensor:
+    """Random logits with the hard cases: all-but-one -inf rows, -inf holes, large and tiny scales."""
+    x = torch.randn(B, V, dtype=torch.float64) * 3
+    if kind == "mixed":
+        x[0, :] = float("-inf")
+        x[0, V // 2] = 1.5                          # all but one -inf
+        if B > 1:
+            x[1, ::3] = float("-inf")
+            x[1, 1 % V] = 0.25
+        if B > 2:
+            x[2] = x[2] * 1e-3                      # nearly uniform
+        if B > 3:
+            x[3] = x[3] + (3e4 if dtype == torch.float16 else 1e5)   # very large logits
+        if B > 4:
+            x[4] = x[4] * 40                        # very peaked
+        if B > 5:
+            x[5] = x[5] - 1e4                       # very negative
+    return x.to(dtype)
+
+
+def keys(B: int):
+    return (torch.randint(0, 2**32, (B,), dtype=torch.int64), torch.randint(0, 2**31, (B,), dtype=torch.int64))
+
+
+# ------------------------------------------------------------------------------------------------ #
+# Philox                                                                                           #
+# ------------------------------------------------------------------------------------------------ #
+
+
+@needs_triton
+@pytest.mark.parametrize("device", DEVICES)
+def test_philox_words_and_noise_match_reference(device):
+    from epic_kernels.triton_kernels._philox import philox_noise_triton
+    _ops()
+    k = torch.tensor([0, 1, 2**32 - 1, (5 << 32) | 12345, ((2**31 - 1) << 32) | (2**32 - 1)])
+    off = torch.randint(0, 2**62, (k.numel(), 300), dtype=torch.int64)
+    off[:, :4] = torch.tensor([0, 2**32 - 1, 2**32, ((2**31 - 1) << 32) | (2**32 - 1)])
+    words, noise = philox_noise_triton(k.to(device), off.to(device))
+    want = philox.randint(k[:, None], off)
+    assert not (msg := mismatches("words", words, want)), msg
+    assert not (msg := mismatches("gumbel", noise, philox.gumbel(want))), msg
+
+
+# ------------------------------------------------------------------------------------------------ #
+# softmax entropy (+ same-pass Gumbel-max)                                                         #
+# ------------------------------------------------------------------------------------------------ #
+
+
+def exact_entropy(x: torch.Tensor):
+    """The reference's entropy and lse, computed in float64 on row-max-shifted logits.
+
+    ``reference.softmax_entropy`` evaluates ``H = lse - sum p x``, which cancels catastrophically for
+    large |logits| in float32 (1e5 + N(0, 9) gives H = 127); shifting first keeps the same formula exact.
+    """
+    x64 = x.to(torch.float64)
+    top = x64.max(-1, keepdim=True).values
+    ent, lse = R.softmax_entropy(x64 - top)
+    acc = R.compute_dtype(x.dtype)
+    return ent.to(acc), (lse + top.squeeze(-1)).to(acc)
+
+
+def _check_entropy(device, B, V, dtype, atol, rtol, num_chunks, kind="mixed"):
+    tk = _ops()
+    x = make_logits(B, V, dtype, kind)
+    seeds, pos = keys(B)
+    streams = torch.randint(0, 2**31 - 1, (B,), dtype=torch.int64)
+    ent, lse, tok = tk.softmax_entropy_triton(x.to(device), seeds.to(device), streams.to(device), pos.to(device),
+                                              num_chunks=num_chunks)
+    ent_ref, lse_ref = exact_entropy(x)
+    assert ent.dtype == ent_ref.dtype and lse.dtype == lse_ref.dtype
+    assert not (msg := mismatches("lse", lse, lse_ref, atol, rtol)), msg
+    assert not (msg := mismatches("entropy", ent, ent_ref, atol * max(1.0, math.log(V)), rtol)), msg
+    assert not (msg := mismatches("tokens", tok, R.gumbel_argmax(x, seeds, streams, pos))), msg
+    if B * V <= 4000:     # the same statistics without the sample (the interpreter is slow)
+        ent2, lse2, tok2 = tk.softmax_entropy_triton(x.to(device), num_chunks=num_chunks)
+        assert tok2 is None and torch.equal(ent2, ent) and torch.equal(lse2, lse)
+
+
+@needs_triton
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B", [1, 3, 33])
+@pytest.mark.parametrize("V", [1, 17, 111, 4097])
+@pytest.mark.parametrize("num_chunks", [1, 3], ids=["single", "split"])
+def test_softmax_entropy_float32(device, B, V, num_chunks):
+    if B * V > 100_000 and num_chunks > 1:
+        pytest.skip("split is for small batches; too slow in the interpreter at 33 x 4097")
+    _check_entropy(device, B, V, torch.float32, 2e-5, 2e-6, num_chunks)
+
+
+@needs_triton
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, atol, rtol", TOLS)
+@pytest.mark.parametrize("B, V", [(3, 111), (33, 17), (1, 4097)])
+@pytest.mark.parametrize("num_chunks", [1, 5], ids=["single", "split"])
+def test_softmax_entropy_dtypes(device, dtype, atol, rtol, B, V, num_chunks):
+    _check_entropy(device, B, V, dtype, atol, rtol, num_chunks)
+
+
+@needs_triton
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, atol, rtol", [TOLS[0], TOLS[2]])
+def test_softmax_entropy_vocab_32000_heuristic(device, dtype, atol, rtol):
+    _check_entropy(device, 2, 32000, dtype, atol, rtol, None, kind="plain")
+
+
+@needs_triton
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, atol, rtol", TOLS)
+def test_softmax_entropy_vs_reference_directly(device, dtype, atol, rtol):
+    """Ordinary logits: the reference itself (no float64 oracle) within the dtype's tolerance."""
+    tk = _ops()
+    x = make_logits(5, 300, dtype, kind="plain")
+    x[0, 1:] = float("-inf")
+    ent, lse, _ = tk.softmax_entropy_triton(x.to(device), num_chunks=2)
+    ent_ref, lse_ref = R.softmax_entropy(x)
+    assert not (msg := mismatches("lse", lse, lse_ref, atol, rtol)), msg
+    assert not (msg := mismatches("entropy", ent, ent_ref, 4 * atol, rtol)), msg
+
+
+# ------------------------------------------------------------------------------------------------ #
+# Gumbel prune                                                                                     #
+# ------------------------------------------------------------------------------------------------ #
+
+
+def reference_prune_with_lse(logits, seeds, positions, width, top_k, lse) -> R.PruneResult:
+    """``reference.gumbel_topk_prune`` with a given centering ``lse``: isolates the exactness of the
+    kernel's z / window / top-k arithmetic from the ulp-level difference between two logsumexps."""
+    x = logits.to(R.compute_dtype(logits.dtype))
+    z = x - lse.to(x.dtype).unsqueeze(-1) + philox.noise(seeds, 0, positions, x.shape[-1]).to(x.dtype)
+    front_scores, front_ids = z.max(-1).values, torch.argmax(z, -1)
+    w = torch.as_tensor(width, dtype=z.dtype).expand(z.shape[0])
+    keep = torch.isfinite(z) & (z >= (front_scores - w).unsqueeze(-1))
+    rows, ids = torch.nonzero(keep, as_tuple=True)
+    counts = keep.sum(-1)
+    kk = min(top_k, z.shape[-1])
+    order = torch.sort(z, dim=-1, descending=True, stable=True)
+    ts, ti = order.values[:, :kk], order.indices[:, :kk]
+    ti = torch.where(torch.isfinite(ts), ti, -1)
+    ti = torch.cat([ti, ti.new_full((z.shape[0], top_k - kk), -1)], 1)
+    ts = torch.cat([ts, ts.new_full((z.shape[0], top_k - kk), float("-inf"))], 1)
+    return R.PruneResult(ids, z[rows, ids], counts, torch.cat([counts.new_zeros(1), counts.cumsum(0)]),
+                         front_ids, front_scores, ti, ts, lse)
+
+
+def assert_prune_equal(got: R.PruneResult, want: R.PruneResult):
+    for name, g, w in zip(got._fields, got, want):
+        assert g.dtype == w.dtype, f"{name}: dtype {g.dtype} != {w.dtype}"
+        assert not (msg := mismatches(name, g, w)), msg
+
+
+def assert_prune_matches_reference(got: R.PruneResult, ref: R.PruneResult, logits, seeds, positions, width, rtol):
+    """Against the true reference: identical, except where a difference is a genuine near-tie
+    (|z - threshold| or |z_a - z_b| within the ulp-level shift that a different lse causes)."""
+    got = R.PruneResult(*(t.cpu() for t in got))
+    assert not (msg := mismatches("lse", got.lse, ref.lse, 0.0, rtol)), msg
+    z = R.perturbed_scores(logits, seeds, positions)
+    tol = 8 * rtol * (1 + z.abs().where(torch.isfinite(z), 0).amax(-1) + ref.lse.abs())   # per row
+    w = torch.as_tensor(width, dtype=z.dtype).expand(z.shape[0])
+    for b in range(z.shape[0]):
+        g_ids = set(got.ids[got.offsets[b]:got.offsets[b + 1]].tolist())
+        r_ids = set(ref.ids[ref.offsets[b]:ref.offsets[b + 1]].tolist())
+        thr = ref.front_scores[b] - w[b]
+        for v in g_ids ^ r_ids:
+            assert abs(z[b, v] - thr) <= tol[b], f"row {b}: survivor {v} differs and is no near-tie"
+            warnings.warn(f"row {b}: survivor {v} differs from the reference at a near-tie (documented)")
+        if got.front_ids[b] != ref.front_ids[b]:
+            warnings.warn(f"row {b}: front-runner differs from the reference at a near-tie (documented)")
+            assert abs(z[b, got.front_ids[b]] - z[b, ref.front_ids[b]]) <= tol[b], f"row {b}: front-runner"
+        gk = got.topk_ids[b]
+        zk = torch.where(gk >= 0, z[b, gk.clamp(min=0)], float("-inf"))
+        assert not (msg := mismatches(f"row {b} top-k (by reference z)", zk, ref.topk_scores[b], tol[b].item())), msg
+        assert abs(got.front_scores[b] - ref.front_scores[b]) <= tol[b], f"row {b}: front score"
+    common = got.ids.numel() == ref.ids.numel() and torch.equal(got.ids, ref.ids)
+    if common:
+        assert not (msg := mismatches("survivor z", got.scores, ref.scores, tol.max().item(), 0)), msg
+
+
+def _check_prune(device, B, V, dtype, width, top_k, num_chunks, capacity=512, kind="mixed"):
+    tk = _ops()
+    x = make_logits(B, V, dtype, kind)
+    seeds, pos = keys(B)
+    dev_width = width.to(device) if isinstance(width, torch.Tensor) else width
+    got = tk.gumbel_topk_prune_triton(x.to(device), seeds.to(device), pos.to(device), dev_width, top_k,
+                                      num_chunks=num_chunks, capacity=capacity)
+    got = R.PruneResult(*(t.cpu() for t in got))
+    assert_prune_equal(got, reference_prune_with_lse(x, seeds, pos, width, top_k, got.lse))
+    rtol = 1e-14 if dtype == torch.float64 else 1e-6
+    assert_prune_matches_reference(got, R.gumbel_topk_prune(x, seeds, pos, width, top_k), x, seeds, pos, width, rtol)
+    return got
+
+
+@needs_triton
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B", [1, 3, 33])
+@pytest.mark.parametrize("V", [1, 17, 111, 4097])
+@pytest.mark.parametrize("num_chunks, capacity", [(1, 512), (3, 4)], ids=["single", "split-overflow"])
+def test_prune_float32(device, B, V, num_chunks, capacity):
+    if B * V > 100_000 and num_chunks > 1:
+        pytest.skip("split is for small batches; too slow in the interpreter at 33 x 4097")
+    width = torch.rand(B, dtype=torch.float64) * 4
+    _check_prune(device, B, V, torch.float32, width, 4, num_chunks, capacity)
+
+
+@needs_triton
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [TOLS[1][0], TOLS[2][0], TOLS[3][0]])
+@pytest.mark.parametrize("B, V", [(3, 111), (33, 17), (1, 4097)])
+@pytest.mark.parametrize("num_chunks", [1, 4], ids=["single", "split"])
+def test_prune_dtypes(device, dtype, B, V, num_chunks):
+    _check_prune(device, B, V, dtype, 2.5, 3, num_chunks)
+
+
+@needs_triton
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("width, top_k", [(0.0, 1), (0.0, 7), (1e-3, 2), (math.inf, 5), (50.0, 200), (3.0, 1)])
+def test_prune_windows_and_topk(device, width, top_k):
+    """width 0 (one survivor) with top_k > survivors takes the dense path; inf keeps every finite
+    token; top_k > V pads with -1 / -inf."""
+    got = _check_prune(device, 6, 111, torch.float32, width, top_k, None)
+    if width == 0.0:
+        assert got.counts.tolist() == [1] * 6
+    if math.isinf(width):
+        assert got.counts.tolist() == torch.isfinite(make_logits(6, 111, torch.float32)).sum(-1).tolist()
+
+
+@needs_triton
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prune_vocab_32000_heuristic(device, dtype):
+    _check_prune(device, 2, 32000, dtype, 3.0, 8, None, kind="plain")
+
+
+@needs_triton
+@pytest.mark.parametrize("device", DEVICES)
+def test_prune_dense_path_forced(device):
+    """capacity 1 overflows every chunk with more than one candidate: the exact dense path."""
+    _check_prune(device, 3, 4097, torch.float32, 5.0, 6, 2, capacity=1)
+
+
+# ------------------------------------------------------------------------------------------------ #
+# Launch plan, validation, import without triton, GPU compilation                                  #
+# ------------------------------------------------------------------------------------------------ #
+
+
+@needs_triton
+def test_plan_chunks_splits_small_batches_only():
+    from epic_kernels.triton_kernels.softmax_entropy import plan_chunks
+    cpu = torch.device("cpu")
+    assert plan_chunks(1, 128256, cpu, False)[0] > 1
+    assert plan_chunks(64, 128256, cpu, False)[0] == 1
+    assert plan_chunks(1, 17, cpu, False)[0] == 1
+    C, chunk, block = plan_chunks(1, 4097, cpu, True, num_chunks=3)
+    assert C == 3 and chunk % block == 0 and C * chunk >= 4097 > (C - 1) * chunk
+
+
+@needs_triton
+def test_validation_errors():
+    tk = _ops()
+    x = torch.randn(2, 5)
+    s, p = torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="logits"):
+        tk.softmax_entropy_triton(torch.randn(5))
+    with pytest.raises(ValueError, match="float16"):
+        tk.softmax_entropy_triton(torch.zeros(2, 5, dtype=torch.int32))
+    with pytest.raises(ValueError, match="positions"):
+        tk.softmax_entropy_triton(x, s)
+    with pytest.raises(ValueError, match="seeds"):
+        tk.gumbel_topk_prune_triton(x, torch.full((2,), 2**32), p, 1.0, 1)
+    with pytest.raises(ValueError, match="shape"):
+        tk.gumbel_topk_prune_triton(x, s[:1], p, 1.0, 1)
+    with pytest.raises(ValueError, match="width"):
+        tk.gumbel_topk_prune_triton(x, s, p, -1.0, 1)
+    with pytest.raises(ValueError, match="top_k"):
+        tk.gumbel_topk_prune_triton(x, s, p, 1.0, 0)
+
+
+def test_import_without_triton_raises_only_when_called():
+    code = textwrap.dedent("""
+        import sys, torch
+        sys.modules["triton"] = None
+        import epic_kernels.triton_kernels as tk
+        assert not tk.HAS_TRITON
+        try:
+            tk.softmax_entropy_triton(torch.zeros(1, 3))
+        except RuntimeError as e:
+            assert "triton" in str(e)
+        else:
+            raise AssertionError("no error")
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, *sys.path]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+COMPILE = """
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from epic_kernels.triton_kernels import softmax_entropy as se, gumbel_topk_prune as gp
+ptr = lambda names, t: {n: t for n in names.split()}
+for dt, acc, tacc in [("bf16", "fp32", tl.float32), ("fp64", "fp64", tl.float64)]:
+    sig = {**ptr("logits_ptr", "*" + dt), **ptr("key_ptr base_ptr tok_ptr", "*i64"),
+           **ptr("ent_ptr lse_ptr pm_ptr ps_ptr pt_ptr pbv_ptr", "*" + acc), "pbi_ptr": "*i32",
+           **ptr("V stride_row CHUNK NUM_CHUNKS", "i32"), **ptr("ACC SAMPLE SPLIT BLOCK", "constexpr")}
+    kernels = [(se._softmax_entropy_partial_kernel, sig, dict(ACC=tacc, SAMPLE=True, SPLIT=True, BLOCK=1024))]
+    sig = {**ptr("pm_ptr ps_ptr pt_ptr pbv_ptr ent_ptr lse_ptr", "*" + acc), "pbi_ptr": "*i32", "tok_ptr": "*i64",
+           **ptr("V NUM_CHUNKS", "i32"), **ptr("SAMPLE CPAD", "constexpr")}
+    kernels.append((se._softmax_entropy_combine_kernel, sig, dict(SAMPLE=True, CPAD=64)))
+    sig = {"logits_ptr": "*" + dt, **ptr("lse_ptr width_ptr cand_z_ptr part_z_ptr", "*" + acc),
+           **ptr("key_ptr base_ptr", "*i64"), **ptr("cand_id_ptr part_id_ptr part_n_ptr part_f_ptr", "*i32"),
+           **ptr("V stride_row CHUNK NUM_CHUNKS", "i32"), **ptr("ACC CAP BLOCK", "constexpr")}
+    kernels.append((gp._gumbel_prune_scan_kernel, sig, dict(ACC=tacc, CAP=512, BLOCK=1024)))
+    sig = {"logits_ptr": "*" + dt, **ptr("rows_ptr key_ptr base_ptr", "*i64"), **ptr("lse_ptr z_ptr", "*" + acc),
+           **ptr("V stride_row", "i32"), **ptr("ACC BLOCK", "constexpr")}
+    kernels.append((gp._gumbel_prune_dense_kernel, sig, dict(ACC=tacc, BLOCK=1024)))
+    for fn, sig, consts in kernels:
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 80, 32))
+        assert ".entry" in k.asm["ptx"], fn
+print("compiled")
+"""
+
+
+@needs_triton
+def test_kernels_compile_for_a_cuda_target():
+    """The interpreter accepts things the compiler rejects: compile every kernel to PTX for sm_80 (no
+    GPU needed) in a process where the interpreter is off."""
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join([ROOT, *sys.path]))
+    out = subprocess.run([sys.executable, "-c", COMPILE], capture_output=True, text=True, env=env, timeout=300)
+    if out.returncode != 0 and "nvidia" not in out.stderr.lower() and "backend" in out.stderr.lower():
+        pytest.skip("triton has no CUDA backend here")
+    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
