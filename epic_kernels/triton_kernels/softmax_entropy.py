@@ -16,6 +16,8 @@ row writing partial ``(m, s, t, best value, best id)`` and a tiny combine kernel
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ._philox import (_gumbel_noise, accumulate_dtype, check_device, is_interpreted, noise_keys,
@@ -109,6 +111,11 @@ def _softmax_entropy_combine_kernel(pm_ptr, ps_ptr, pt_ptr, pbv_ptr, pbi_ptr, en
         tl.store(tok_ptr + row, BI.to(tl.int64))
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def plan_chunks(rows: int, vocab: int, device: torch.device, interpreted: bool,
                 num_chunks: int | None = None) -> tuple[int, int, int]:
     """``(num_chunks, chunk, BLOCK)`` for ``rows x vocab``: split the vocabulary when rows are few.
@@ -118,7 +125,8 @@ def plan_chunks(rows: int, vocab: int, device: torch.device, interpreted: bool,
     """
     block = min(4096 if interpreted else 1024, max(16, triton.next_power_of_2(vocab)))
     if num_chunks is None:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+            if device.type == "cuda" else 4
         most = triton.cdiv(vocab, 4 * block)
         num_chunks = 1 if rows >= 2 * sms else max(1, min(most, triton.cdiv(2 * sms, rows), 1024))
     num_chunks = max(1, min(int(num_chunks), triton.cdiv(vocab, 16)))
