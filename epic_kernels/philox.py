@@ -23,7 +23,7 @@ result lies within a few float64 ulps of a float32 rounding boundary (probabilit
 So the backends draw the same noise, not merely noise within tolerance.
 
 All integer arithmetic below uses int64 tensors that hold uint32 values, because PyTorch has no
-full uint32 multiply; ``_mulhilo`` splits one factor in 16-bit halves so no product overflows.
+full uint32 multiply; the 64-bit products wrap, which leaves their bits those of the unsigned product.
 """
 from __future__ import annotations
 
@@ -41,12 +41,12 @@ MAX_ROLLOUTS = 2**31 - 2  # stream 1 + r must stay below 2**31
 
 
 def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """High and low 32-bit words of the 64-bit product ``a * b`` (a: constant, b: uint32 in int64)."""
-    b_hi, b_lo = b >> 16, b & 0xFFFF
-    t_hi, t_lo = a * b_hi, a * b_lo          # each < 2**48: no int64 overflow
-    hi = (t_hi + (t_lo >> 16)) >> 16
-    lo = ((t_hi << 16) + t_lo) & MASK32
-    return hi, lo
+    """High and low 32-bit words of the 64-bit product ``a * b`` (a: constant, b: uint32 in int64).
+
+    The int64 product wraps modulo 2**64, so its bits are exactly those of the unsigned product.
+    """
+    p = a * b
+    return (p >> 32) & MASK32, p & MASK32
 
 
 def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):

@@ -83,5 +83,24 @@ def random_prompts(vocab: int, lengths, *, seed: int = 0) -> list[list[int]]:
     return [torch.randint(2, vocab, (n,), generator=gen).tolist() for n in lengths]
 
 
-__all__ = ["tiny_llama", "next_log_probs", "exact_lookahead_entropy",
+
+
+@torch.no_grad()
+def prefill(model, prompts: list[list[int]]):
+    """Run left-padded prompts through ``model``.
+
+    Returns ``(logits [B, V], cache, attention_mask [B, L])``: the next-token logits after each
+    prompt, the model's cache and the padding mask of that cache (0 = left padding).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts must be non-empty lists of token ids")
+    length = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (length - len(p)) + list(p) for p in prompts])
+    mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    return out.logits[:, -1, :], out.past_key_values, mask
+
+
+__all__ = ["tiny_llama", "prefill", "next_log_probs", "exact_lookahead_entropy",
            "exact_lookahead_entropies", "random_prompts"]

@@ -1,0 +1,37 @@
+"""Shared fixtures. Triton runs in its CPU interpreter when no GPU is present (set before import)."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from epic_kernels.testing import prefill, random_prompts, tiny_llama  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """No test may depend on global RNG state; fix it anyway so failures reproduce."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A float64 tiny Llama with a 32-token vocabulary."""
+    return tiny_llama(32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny16():
+    """A float64 tiny Llama with a 16-token vocabulary (cheap to enumerate)."""
+    return tiny_llama(16, seed=1)
+
+
+@pytest.fixture(scope="session")
+def batch7(tiny):
+    """Seven prompts of different lengths, prefilled with left padding."""
+    prompts = random_prompts(32, [5, 9, 3, 7, 6, 4, 8], seed=1)
+    logits, kv, mask = prefill(tiny, prompts)
+    return prompts, logits, kv, mask
