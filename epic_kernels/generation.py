@@ -1,0 +1,158 @@
+"""Whole-sequence EPIC decoding: ``epic_kernels.generate(model, input_ids, ...)``.
+
+Prefill once, then one ``sample_step`` per position. Sequences that emit an end-of-sequence token
+leave the batch (their cache rows are dropped), so they cost nothing afterwards. When a step can
+hand back the winner's forward (next logits and cache), the loop uses it instead of running the
+model again; otherwise it feeds the sampled tokens itself.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ._validate import check_int
+from .api import sample_step
+from .reference import softmax_entropy
+
+
+@dataclass
+class StepRecord:
+    """Statistics of one decoding step over the sequences still active in it."""
+
+    active: int
+    survivors: float               # mean over active sequences
+    evaluated_depth1: float
+    evaluated_deeper: float
+    forward_calls: int             # EPIC's own model calls (the loop's token feed not included)
+    forward_tokens: int
+    forwards_saved: int            # sequences whose next forward came for free from the winner's
+    seconds: float
+
+
+@dataclass
+class GenerationOutput:
+    sequences: torch.Tensor                      # [B, T + n]: prompt (as given) + new tokens, pad after EOS
+    new_tokens: list[list[int]]                  # the generated ids per sequence (EOS included)
+    entropies: list[list[float]] = field(default_factory=list)   # H(q(. | prefix)) at each step
+    steps: list[StepRecord] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """Totals and per-generated-token averages over the whole generation."""
+        n_tokens = sum(len(t) for t in self.new_tokens)
+        seconds = sum(s.seconds for s in self.steps)
+        per = max(n_tokens, 1)
+        weight = [s.active for s in self.steps]
+        def mean(attr):
+            return sum(getattr(s, attr) * w for s, w in zip(self.steps, weight)) / max(sum(weight), 1)
+        return dict(tokens=n_tokens, seconds=seconds, tokens_per_second=n_tokens / seconds if seconds else 0.0,
+                    mean_survivors=mean("survivors"), mean_evaluated_depth1=mean("evaluated_depth1"),
+                    mean_evaluated_deeper=mean("evaluated_deeper"),
+                    forward_calls_per_token=sum(s.forward_calls for s in self.steps) / per,
+                    forward_tokens_per_token=sum(s.forward_tokens for s in self.steps) / per,
+                    forwards_saved=sum(s.forwards_saved for s in self.steps))
+
+
+def _left_pad(input_ids, attention_mask):
+    if attention_mask is None:
+        return input_ids, torch.ones_like(input_ids)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(attention_mask.shape)}")
+    mask = attention_mask.to(torch.int64)
+    if ((mask != 0) & (mask != 1)).any():
+        raise ValueError("attention_mask must hold only 0 and 1")
+    if (mask.sum(-1) == 0).any():
+        raise ValueError("a prompt is empty (its attention_mask row has no 1)")
+    if (mask[:, 1:] < mask[:, :-1]).any():
+        raise ValueError("prompts must be left-padded (attention_mask 0s before 1s)")
+    return input_ids, mask
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+             max_new_tokens: int = 64, alpha: float = 0.2, horizon: int = 4, rollouts: int = 2,
+             seed=0, eos_token_id=None, pad_token_id: int = 0, top_k: int | None = None,
+             top_p: float | None = None, min_p: float | None = None, rollout_top_k: int | None = None,
+             block_size: int = 4, on_step=None) -> GenerationOutput:
+    """Decode up to ``max_new_tokens`` tokens per sequence with EPIC.
+
+    Parameters
+    ----------
+    model : causal LM with the Hugging Face call convention.
+    input_ids : int64 ``[B, T]``, left-padded prompts.
+    attention_mask : ``[B, T]``, 0 on padding; all ones if omitted.
+    seed : int (sequence b uses ``seed + b``) or B ints: the per-sequence keys. A sequence's tokens
+        depend only on its own prompt and seed, not on the rest of the batch.
+    eos_token_id : int or list of ints ending a sequence (None: run to ``max_new_tokens``).
+    on_step : optional callback ``on_step(step, rows, tokens)`` after each step (for streaming).
+    Other parameters: as ``sample_step``.
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError("input_ids must be a non-empty int64 tensor [batch, length]")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+    check_int(max_new_tokens, "max_new_tokens", 0)
+    input_ids, mask = _left_pad(input_ids.to(torch.int64), attention_mask)
+    batch = input_ids.shape[0]
+    from ._validate import check_seeds
+    seeds = check_seeds(seed, batch)
+    eos = set() if eos_token_id is None else set(
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+
+    new_tokens: list[list[int]] = [[] for _ in range(batch)]
+    entropies: list[list[float]] = [[] for _ in range(batch)]
+    records: list[StepRecord] = []
+    if max_new_tokens > 0:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        logits, kv = out.logits[:, -1, :], out.past_key_values
+        rows = torch.arange(batch)                 # which sequence each active row is
+        for step in range(max_new_tokens):
+            start = time.perf_counter()
+            h_q, _ = softmax_entropy(logits)
+            res = sample_step(logits, kv, model, alpha=alpha, horizon=horizon, rollouts=rollouts,
+                              seed=seeds[rows], attention_mask=mask, rollout_top_k=rollout_top_k,
+                              top_k=top_k, top_p=top_p, min_p=min_p, block_size=block_size)
+            tokens = res.tokens
+            for i, r in enumerate(rows.tolist()):
+                new_tokens[r].append(int(tokens[i]))
+                entropies[r].append(float(h_q[i]))
+            done = torch.tensor([int(t) in eos for t in tokens.tolist()], dtype=torch.bool)
+            keep = (~done).nonzero().flatten()
+            saved = 0
+            if step + 1 < max_new_tokens and len(keep):
+                if res.next_logits is not None and res.kv is not None:
+                    logits, kv = res.next_logits, res.kv
+                    saved = len(rows)
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                    if len(keep) < len(rows):
+                        kv.batch_select_indices(keep)
+                        logits, mask = logits[keep], mask[keep]
+                else:
+                    if len(keep) < len(rows):
+                        kv.batch_select_indices(keep)
+                        mask, tokens = mask[keep], tokens[keep]
+                    pos = mask.sum(-1, keepdim=True)
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                    out = model(input_ids=tokens.view(-1, 1), attention_mask=mask, position_ids=pos,
+                                past_key_values=kv, use_cache=True)
+                    logits = out.logits[:, -1, :]
+            st = res.stats
+            records.append(StepRecord(
+                active=len(rows), survivors=float(st.survivors.double().mean()),
+                evaluated_depth1=float(st.evaluated_depth1.double().mean()),
+                evaluated_deeper=float(st.evaluated_deeper.double().mean()),
+                forward_calls=st.forward_calls, forward_tokens=st.forward_tokens, forwards_saved=saved,
+                seconds=time.perf_counter() - start))
+            if on_step is not None:
+                on_step(step, rows, res.tokens)
+            rows = rows[keep]
+            if len(rows) == 0:
+                break
+    n = max((len(t) for t in new_tokens), default=0)
+    tail = torch.full((batch, n), pad_token_id, dtype=torch.int64)
+    for r, toks in enumerate(new_tokens):
+        tail[r, :len(toks)] = torch.tensor(toks, dtype=torch.int64)
+    return GenerationOutput(torch.cat([input_ids, tail], dim=1), new_tokens, entropies, records)

