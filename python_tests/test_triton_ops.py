@@ -328,18 +328,19 @@ def test_plan_chunks_splits_small_batches_only():
 
 
 @needs_triton
-def test_validation_errors():
+@pytest.mark.parametrize("device", DEVICES)
+def test_validation_errors(device):
     tk = _ops()
-    x = torch.randn(2, 5)
-    s, p = torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64)
+    x = torch.randn(2, 5, device=device)
+    s, p = (torch.zeros(2, dtype=torch.int64, device=device) for _ in range(2))
     with pytest.raises(ValueError, match="logits"):
-        tk.softmax_entropy_triton(torch.randn(5))
+        tk.softmax_entropy_triton(torch.randn(5, device=device))
     with pytest.raises(ValueError, match="float16"):
-        tk.softmax_entropy_triton(torch.zeros(2, 5, dtype=torch.int32))
+        tk.softmax_entropy_triton(torch.zeros(2, 5, dtype=torch.int32, device=device))
     with pytest.raises(ValueError, match="positions"):
         tk.softmax_entropy_triton(x, s)
     with pytest.raises(ValueError, match="seeds"):
-        tk.gumbel_topk_prune_triton(x, torch.full((2,), 2**32), p, 1.0, 1)
+        tk.gumbel_topk_prune_triton(x, torch.full((2,), 2**32, device=device), p, 1.0, 1)
     with pytest.raises(ValueError, match="shape"):
         tk.gumbel_topk_prune_triton(x, s[:1], p, 1.0, 1)
     with pytest.raises(ValueError, match="width"):
