@@ -28,7 +28,7 @@ def _extensions():
         return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
     sources = rel("csrc/ops.cpp") + rel("csrc/module.cpp") + rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-ffp-contract=off", "-fvisibility=hidden"]
+    cxx = ["-O3", "-ffp-contract=fast", "-fvisibility=hidden", "-Wno-psabi"]
     link = []
     if sys.platform.startswith("linux"):
         # OpenMP makes at::parallel_for parallel. libgomp resolves to the copy torch already loaded.

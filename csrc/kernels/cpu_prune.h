@@ -33,7 +33,7 @@ struct WorseFirst {  // std heap comparator: the "largest" element (heap top) is
 };
 
 template <typename acc_t>
-inline void heap_offer(std::vector<Cand<acc_t>>& heap, int64_t top_k, const Cand<acc_t>& c) {
+EPIC_INLINE void heap_offer(std::vector<Cand<acc_t>>& heap, int64_t top_k, const Cand<acc_t>& c) {
   if (static_cast<int64_t>(heap.size()) < top_k) {
     heap.push_back(c);
     std::push_heap(heap.begin(), heap.end(), WorseFirst<acc_t>());
@@ -47,7 +47,7 @@ inline void heap_offer(std::vector<Cand<acc_t>>& heap, int64_t top_k, const Cand
 // x[0..n): entries v0.. of one row; lse: the row's logsumexp; seed: (z, id) of some entry of the row
 // (a lower bound of the final front, used only to skip entries early).
 template <typename T, typename acc_t>
-inline void prune_piece(const T* x, int64_t n, int64_t v0, const NoiseKey& key, acc_t lse,
+EPIC_INLINE void prune_piece(const T* x, int64_t n, int64_t v0, const NoiseKey& key, acc_t lse,
                         acc_t width, Cand<acc_t> seed, int64_t top_k, PrunePiece<acc_t>* out) {
   alignas(64) acc_t buf[kBlock];
   const acc_t gmax = static_cast<acc_t>(kGumbelMaxBound);
@@ -69,7 +69,11 @@ inline void prune_piece(const T* x, int64_t n, int64_t v0, const NoiseKey& key, 
     const acc_t* p = load_block(x + b0, nb, buf, &np);
     const acc_t bm = block_max(p, np);
     if (!(bm > neg_inf<acc_t>()) || (bm - lse) + gmax < threshold) continue;
-    for (int64_t i = 0; i < nb; ++i) {
+    for (int64_t i = 0; i < np; ++i) {  // padding entries are -inf
+      if (i % kLanes == 0 && !group_reaches(p + i, lse, gmax, threshold)) {
+        i += kLanes - 1;
+        continue;
+      }
       if (!(p[i] > neg_inf<acc_t>())) continue;
       const acc_t xc = p[i] - lse;
       if (xc + gmax < threshold) continue;

@@ -19,6 +19,14 @@
 #include "online_softmax.h"
 #include "philox.h"
 
+// Force inlining, so that the whole kernel is compiled for the instruction set of the function
+// that calls it (each target_clones clone in csrc/cpu/cpu_kernels.cpp).
+#if defined(__GNUC__)
+#define EPIC_INLINE inline __attribute__((always_inline))
+#else
+#define EPIC_INLINE inline
+#endif
+
 namespace epic {
 namespace cpu {
 
@@ -27,41 +35,44 @@ constexpr int64_t kBlock = 1024;   // entries per block (4 KiB of float: stays i
 constexpr int64_t kChunk = 16384;  // entries per parallel task; fixed, so results never depend on
                                    // the number of threads
 
-// e^x in float for x in [-86, 88], relative error ~1 ulp (Cephes polynomial, Cody-Waite reduction);
-// exactly 0 below -86. Branch-free so that loops calling it vectorize; never produces denormals.
-inline float fast_expf(float x) {
-  const float xc = x < -86.0f ? -86.0f : (x > 88.0f ? 88.0f : x);
-  float n = xc * 1.44269504088896341f;
-  n = (n + 12582912.0f) - 12582912.0f;  // round to nearest integer (1.5 * 2^23 trick)
-  float r = xc - n * 0.693359375f;      // ln 2 split in two parts: r = x - n ln 2 exactly enough
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * (r * r) + r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;  // 2^n
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -86.0f ? 0.0f : y * scale;
+// 16 float lanes as one GCC/Clang vector: the compiler maps it to 1 AVX-512, 2 AVX2 or 4 SSE
+// registers, with the same per-lane arithmetic (and so the same results) in every case.
+typedef float vfloat __attribute__((vector_size(64)));
+typedef int32_t vint __attribute__((vector_size(64)));
+static_assert(sizeof(vfloat) == kLanes * sizeof(float), "one vfloat holds the 16 lanes");
+
+EPIC_INLINE vfloat vload(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof(v));  // unaligned load
+  return v;
+}
+EPIC_INLINE vfloat vsplat(float x) { return vfloat{} + x; }
+EPIC_INLINE bool vany(vint mask) {
+  int32_t any = 0;
+  for (int j = 0; j < kLanes; ++j) any |= mask[j];
+  return any != 0;
 }
 
-// Per accumulate type: the exp used in the hot loop and the floor below which e^d is exactly 0
-// (clamping d there keeps e * d = 0 for -inf entries instead of 0 * -inf = NaN).
-template <typename acc_t>
-struct ExpOps;
-template <>
-struct ExpOps<float> {
-  static constexpr float kFloor = -87.0f;
-  static inline float exp(float d) { return fast_expf(d); }
-};
-template <>
-struct ExpOps<double> {
-  static constexpr double kFloor = -746.0;  // std::exp(-746) == 0
-  static inline double exp(double d) { return std::exp(d); }
-};
+// e^x for 16 floats with x in [-86, 0] (the caller clamps), as 2^y with y = x log2(e):
+// n = round(y) by the 1.5 * 2^23 trick (whose bits also give 2^n), f = y - n in [-0.5, 0.5],
+// 2^f by a degree-5 polynomial (fitted for relative error; 3e-7 for x in [-10, 0], 1.3e-6 at
+// x = -86). The result is at least e^-86 ~ 4e-38, a normal float: no denormals (slow on x86),
+// and a clamped -inf entry adds a negligible 4e-38 to a sum that is >= 1.
+EPIC_INLINE vfloat fast_exp_nonpos(vfloat x) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const vfloat t = x * 1.44269504088896341f + kMagic;
+  const vfloat n = t - kMagic;
+  const vfloat f = x * 1.44269504088896341f - n;
+  vfloat p = vsplat(0.00129156676f);
+  p = p * f + 0.0096685309f;
+  p = p * f + 0.0555168875f;
+  p = p * f + 0.240222648f;
+  p = p * f + 0.693146467f;
+  p = p * f + 1.0f;
+  // the low bits of t hold n: bits of t minus bits of kMagic (0x4B400000) = n; 2^n = (n+127) << 23
+  const vint bits = (reinterpret_cast<const vint&>(t) + (127 - 0x4B400000)) << 23;
+  return p * reinterpret_cast<const vfloat&>(bits);
+}
 
 template <typename acc_t>
 constexpr acc_t neg_inf() {
@@ -71,7 +82,7 @@ constexpr acc_t neg_inf() {
 // Convert n entries to acc_t into buf, padded with -inf up to a multiple of kLanes; returns the
 // padded pointer. Full blocks that already are acc_t are used in place.
 template <typename T, typename acc_t>
-inline const acc_t* load_block(const T* x, int64_t n, acc_t* buf, int64_t* padded) {
+EPIC_INLINE const acc_t* load_block(const T* x, int64_t n, acc_t* buf, int64_t* padded) {
   *padded = (n + kLanes - 1) / kLanes * kLanes;
   if constexpr (std::is_same<T, acc_t>::value) {
     if (n == *padded) return x;
@@ -82,7 +93,7 @@ inline const acc_t* load_block(const T* x, int64_t n, acc_t* buf, int64_t* padde
 }
 
 template <typename acc_t>
-inline acc_t block_max(const acc_t* p, int64_t np) {
+EPIC_INLINE acc_t block_max(const acc_t* p, int64_t np) {
   acc_t mx[kLanes];
   for (int j = 0; j < kLanes; ++j) mx[j] = neg_inf<acc_t>();
   for (int64_t i = 0; i < np; i += kLanes)
@@ -92,31 +103,67 @@ inline acc_t block_max(const acc_t* p, int64_t np) {
   return m;
 }
 
+EPIC_INLINE float block_max(const float* p, int64_t np) {
+  vfloat mx = vsplat(-std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < np; i += kLanes) {
+    const vfloat v = vload(p + i);
+    mx = v > mx ? v : mx;
+  }
+  float m = mx[0];
+  for (int j = 1; j < kLanes; ++j) m = mx[j] > m ? mx[j] : m;
+  return m;
+}
+
 template <typename acc_t>
-inline int64_t first_index(const acc_t* p, int64_t np, acc_t value) {
+EPIC_INLINE int64_t first_index(const acc_t* p, int64_t np, acc_t value) {
   for (int64_t i = 0; i < np; ++i)
     if (p[i] == value) return i;
   return -1;
 }
 
 // s += e^{x - m}, t += e^{x - m} (x - m), lane j taking entries j, j + 16, ...
-template <typename acc_t>
-inline void accumulate(const acc_t* p, int64_t np, acc_t m, acc_t* s, acc_t* t) {
+// (d is clamped at a floor, so -inf entries give a finite e * d, not 0 * -inf = NaN.)
+EPIC_INLINE void accumulate(const double* p, int64_t np, double m, double* s, double* t) {
   for (int64_t i = 0; i < np; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) {
-      acc_t d = p[i + j] - m;
-      d = d < ExpOps<acc_t>::kFloor ? ExpOps<acc_t>::kFloor : d;
-      const acc_t e = ExpOps<acc_t>::exp(d);
+      double d = p[i + j] - m;
+      d = d < -746.0 ? -746.0 : d;  // std::exp(-746) == 0
+      const double e = std::exp(d);
       s[j] += e;
       t[j] += e * d;
     }
   }
 }
 
+EPIC_INLINE void accumulate(const float* p, int64_t np, float m, float* s, float* t) {
+  vfloat vs = vload(s), vt = vload(t);
+  const vfloat floor = vsplat(-86.0f), vm = vsplat(m);
+  for (int64_t i = 0; i < np; i += kLanes) {
+    vfloat d = vload(p + i) - vm;  // <= 0
+    d = d > floor ? d : floor;      // maxps
+    const vfloat e = fast_exp_nonpos(d);
+    vs += e;
+    vt += e * d;
+  }
+  std::memcpy(s, &vs, sizeof(vs));
+  std::memcpy(t, &vt, sizeof(vt));
+}
+
+// Could any of the 16 entries p[0..16) reach bound: (p - sub) + add >= bound? (Same arithmetic as
+// the per-entry test, so skipping a group skips exactly entries that test false.)
+EPIC_INLINE bool group_reaches(const float* p, float sub, float add, float bound) {
+  return vany(((vload(p) - sub) + add) >= bound);
+}
+EPIC_INLINE bool group_reaches(const double* p, double sub, double add, double bound) {
+  bool any = false;
+  for (int j = 0; j < kLanes; ++j) any |= (p[j] - sub) + add >= bound;
+  return any;
+}
+
 // Gumbel-max over one block: best = argmax (x_v + G_v), lower id on ties. The noise of an entry is
 // drawn only if x_v + Gmax could reach the current best (exact: x + G <= x + Gmax after rounding).
 template <typename acc_t>
-inline void sample_block(const acc_t* p, int64_t nb, int64_t v0, acc_t bm, const NoiseKey& key,
+EPIC_INLINE void sample_block(const acc_t* p, int64_t nb, int64_t v0, acc_t bm, const NoiseKey& key,
                          Cand<acc_t>& best) {
   const acc_t gmax = static_cast<acc_t>(kGumbelMaxBound);
   if (bm + gmax < best.val) return;
@@ -127,14 +174,17 @@ inline void sample_block(const acc_t* p, int64_t nb, int64_t v0, acc_t bm, const
     if (better(c, best)) best = c;
   };
   consider(first_index(p, nb, bm));  // the block maximum first: a good bound for the rest
-  for (int64_t i = 0; i < nb; ++i)
-    if (p[i] + gmax >= best.val) consider(i);
+  for (int64_t i0 = 0; i0 < nb; i0 += kLanes) {  // nb <= padded length; padding is -inf
+    if (!group_reaches(p + i0, acc_t(0), gmax, best.val)) continue;
+    for (int64_t i = i0; i < i0 + kLanes; ++i)
+      if (p[i] + gmax >= best.val) consider(i);
+  }
 }
 
 // Online softmax statistics of x[0..n) (entries v0.., for the noise key) and, when key is given,
 // the Gumbel-max candidate of the piece. st and best are overwritten.
 template <typename T, typename acc_t>
-inline void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey* key,
+EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey* key,
                           RowState<acc_t>* st, Cand<acc_t>* best) {
   alignas(64) acc_t buf[kBlock];
   acc_t s[kLanes], t[kLanes];

@@ -1,0 +1,155 @@
+"""Lazy loader of the compiled extension ``epic_kernels._C`` (C++ CPU and CUDA kernels).
+
+``import epic_kernels`` never imports ``_C``: the first call of :func:`load` does, which registers
+``torch.ops.epic_kernels.*`` (schemas in ``csrc/ops.cpp``) and the fake (meta) kernels below, so the
+ops also work under ``torch.compile`` / FakeTensor. The result, the module or the ImportError, is
+cached. Build the extension with ``pip install --no-build-isolation -e .`` from the repository root.
+
+Ops (all rows of ``logits [N, V]``; float16 / bfloat16 / float32 / float64; accumulate dtype float32,
+float64 for float64 logits)::
+
+    softmax_entropy(logits) -> (entropy [N], lse [N])
+    softmax_entropy_sample(logits, seeds, streams, positions) -> (entropy, lse, tokens int64 [N])
+    gumbel_topk_prune(logits, seeds, positions, width [B], top_k)
+        -> (ids, scores, counts, offsets, front_ids, front_scores, topk_ids, topk_scores, lse)
+    _philox_randint(seed, offset) -> words       _gumbel_noise(seeds, streams, positions, vocab)
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+
+import torch
+
+BUILD_HINT = ("build it from the repository root with `pip install --no-build-isolation -e .` "
+              "(needs a C++17 compiler; CUDA kernels are added when torch and the toolkit have CUDA)")
+
+_lock = threading.Lock()
+_state: dict = {"loaded": False, "module": None, "error": None}
+
+
+def load():
+    """Import ``epic_kernels._C`` once; return the module, or ``None`` if it is not built/loadable."""
+    if not _state["loaded"]:
+        with _lock:
+            if not _state["loaded"]:
+                try:
+                    module = importlib.import_module("epic_kernels._C")
+                    _register_fakes()
+                    _state["module"] = module
+                except (ImportError, OSError) as exc:   # not built, or built against another torch
+                    _state["error"] = exc
+                _state["loaded"] = True
+    return _state["module"]
+
+
+def available() -> bool:
+    """True when the compiled extension can be loaded (loads it)."""
+    return load() is not None
+
+
+def error() -> BaseException | None:
+    """Why the extension could not be loaded (``None`` if it loaded or was never tried)."""
+    return _state["error"]
+
+
+def ops():
+    """``torch.ops.epic_kernels``, loading the extension first; RuntimeError if it is not built."""
+    if load() is None:
+        raise RuntimeError(f"the epic_kernels C++ extension is not available ({_state['error']}); "
+                           f"{BUILD_HINT}")
+    return torch.ops.epic_kernels
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_logits_meta(logits: torch.Tensor) -> None:
+    torch._check(logits.dim() == 2, lambda: f"logits must have shape (N, V), got {tuple(logits.shape)}")
+    torch._check(logits.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+                 lambda: f"logits must be float16, bfloat16, float32 or float64, got {logits.dtype}")
+
+
+def _register_fakes() -> None:
+    """Shape/dtype-only kernels, so the ops trace under FakeTensor, torch.compile and export."""
+
+    @torch.library.register_fake("epic_kernels::softmax_entropy")
+    def _softmax_entropy_fake(logits):
+        _check_logits_meta(logits)
+        n, acc = logits.shape[0], _acc(logits.dtype)
+        return logits.new_empty(n, dtype=acc), logits.new_empty(n, dtype=acc)
+
+    @torch.library.register_fake("epic_kernels::softmax_entropy_sample")
+    def _softmax_entropy_sample_fake(logits, seeds, streams, positions):
+        _check_logits_meta(logits)
+        n, acc = logits.shape[0], _acc(logits.dtype)
+        return (logits.new_empty(n, dtype=acc), logits.new_empty(n, dtype=acc),
+                logits.new_empty(n, dtype=torch.int64))
+
+    @torch.library.register_fake("epic_kernels::gumbel_topk_prune")
+    def _gumbel_topk_prune_fake(logits, seeds, positions, width, top_k):
+        _check_logits_meta(logits)
+        torch._check(top_k >= 1, lambda: f"top_k must be >= 1, got {top_k}")
+        b, acc = logits.shape[0], _acc(logits.dtype)
+        survivors = torch.library.get_ctx().new_dynamic_size()   # data-dependent: sum of counts
+        long = torch.int64
+        return (logits.new_empty(survivors, dtype=long), logits.new_empty(survivors, dtype=acc),
+                logits.new_empty(b, dtype=long), logits.new_empty(b + 1, dtype=long),
+                logits.new_empty(b, dtype=long), logits.new_empty(b, dtype=acc),
+                logits.new_empty((b, top_k), dtype=long), logits.new_empty((b, top_k), dtype=acc),
+                logits.new_empty(b, dtype=acc))
+
+    @torch.library.register_fake("epic_kernels::_philox_randint")
+    def _philox_randint_fake(seed, offset):
+        torch._check(seed.shape == offset.shape, lambda: "seed and offset must have the same shape")
+        return torch.empty_like(seed, dtype=torch.int64, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("epic_kernels::_gumbel_noise")
+    def _gumbel_noise_fake(seeds, streams, positions, vocab):
+        return seeds.new_empty((seeds.shape[0], vocab), dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------ #
+# Typed wrappers                                                                                   #
+# ------------------------------------------------------------------------------------------------ #
+
+
+def softmax_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy and logsumexp of ``softmax(logits)`` per row, one pass. ``logits [N, V]`` float.
+
+    Returns ``(entropy [N], lse [N])`` in float32 (float64 for float64 logits).
+    """
+    return ops().softmax_entropy(logits)
+
+
+def softmax_entropy_sample(logits: torch.Tensor, seeds: torch.Tensor, streams, positions: torch.Tensor):
+    """``softmax_entropy`` plus the keyed Gumbel-max token of each row, in the same pass.
+
+    Parameters
+    ----------
+    logits : ``[N, V]`` float.
+    seeds : int64 ``[N]`` in [0, 2**32); streams : int or int64 ``[N]`` (0 step, 1 + r rollout r);
+    positions : int64 ``[N]`` in [0, 2**31).
+
+    Returns ``(entropy [N], lse [N], tokens int64 [N])``; tokens equal ``reference.gumbel_argmax``.
+    """
+    streams = torch.as_tensor(streams, dtype=torch.int64, device=logits.device).expand(logits.shape[0])
+    return ops().softmax_entropy_sample(logits, seeds, streams.contiguous(), positions)
+
+
+def gumbel_topk_prune(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor, width,
+                      top_k: int):
+    """C++/CUDA ``reference.gumbel_topk_prune``: same arguments, returns a ``PruneResult``.
+
+    ``width`` may be a float or a ``[B]`` tensor; it is expanded to ``[B]`` in the accumulate dtype.
+    """
+    from .reference import PruneResult
+
+    width = torch.as_tensor(width, dtype=_acc(logits.dtype), device=logits.device)
+    width = width.reshape(-1).expand(logits.shape[0]).contiguous()
+    return PruneResult(*ops().gumbel_topk_prune(logits, seeds, positions, width, int(top_k)))
+
+
+__all__ = ["load", "available", "error", "ops", "softmax_entropy", "softmax_entropy_sample",
+           "gumbel_topk_prune", "BUILD_HINT"]
