@@ -38,13 +38,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def softmax_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy and log-sum-exp of ``softmax(logits)`` per row; ``-inf`` entries have probability 0.
 
-    ``H = lse - sum_v p_v * l_v``. Returns two tensors ``[N]`` in the compute dtype.
+    ``H = -sum_v p_v log p_v`` with ``log p = l - lse`` (no cancellation for large logits).
+    Returns two tensors ``[N]`` in the compute dtype.
     """
     x = logits.to(compute_dtype(logits.dtype))
     lse = torch.logsumexp(x, dim=-1)
-    p = torch.exp(x - lse.unsqueeze(-1))
-    weighted = torch.where(p > 0, p * x, torch.zeros_like(x))   # avoids 0 * -inf
-    return lse - weighted.sum(-1), lse
+    log_p = x - lse.unsqueeze(-1)
+    p = torch.exp(log_p)
+    return -torch.where(p > 0, p * log_p, torch.zeros_like(x)).sum(-1), lse   # 0 * -inf := 0
 
 
 def policy_logits(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
