@@ -96,7 +96,12 @@ def noise(seeds: torch.Tensor, stream, positions: torch.Tensor, vocab: int) -> t
     positions : int64 tensor [N], the position of the token being sampled in its own sequence.
     vocab : int, number of vocabulary entries V.
     """
-    seed = stream_seed(seeds, stream).view(-1, 1)
-    vocab_ids = torch.arange(vocab, dtype=torch.int64, device=seeds.device)
-    offset = (positions.to(torch.int64).view(-1, 1) << 32) | vocab_ids
+    vocab_ids = torch.arange(vocab, dtype=torch.int64, device=seeds.device).expand(len(seeds), vocab)
+    return noise_at(seeds, stream, positions, vocab_ids)
+
+
+def noise_at(seeds: torch.Tensor, stream, positions: torch.Tensor, vocab_ids: torch.Tensor) -> torch.Tensor:
+    """Gumbel noise of the entries ``vocab_ids [N, m]`` only (same values as ``noise`` there)."""
+    seed = stream_seed(seeds, torch.as_tensor(stream, dtype=torch.int64).view(-1)).view(-1, 1)
+    offset = (positions.to(torch.int64).view(-1, 1) << 32) | vocab_ids.to(torch.int64)
     return gumbel(randint(seed, offset))

@@ -1,0 +1,161 @@
+"""Fork attention: many rollout rows share their sequence's prefix KV without copying it.
+
+Registered with transformers' attention interface as ``"epic_fork"``; the engine switches a model to
+it only for its own forward calls (``fork_mode``). Each row n of such a call belongs to sequence
+``seq[n]`` and owns slot ``slot[n]`` of a small pool holding its suffix (candidate token plus rollout
+tokens, at most ``horizon`` of them). Attention of a row's query is split in two and merged with the
+log-sum-exp trick (cascade attention):
+
+    prefix part  q_n . K_prefix[seq[n]]   computed per sequence for all its rows in one matmul
+    suffix part  q_n . K_slot[slot[n]]    a few tokens per row
+
+so the prefix is read in place, and the memory a step adds is the pool: rows x horizon tokens.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+
+import torch
+
+ATTENTION_NAME = "epic_fork"
+_local = threading.local()
+
+
+class SlotPool:
+    """Per-layer suffix storage ``[slots, kv_heads, horizon, head_dim]`` for the rollout rows of a step."""
+
+    def __init__(self, n_layers: int, kv_heads: int, head_dim: int, slot_len: int, dtype):
+        self.shape = (kv_heads, slot_len, head_dim)
+        self.dtype = dtype
+        self.keys = [torch.empty(0, *self.shape, dtype=dtype) for _ in range(n_layers)]
+        self.values = [torch.empty(0, *self.shape, dtype=dtype) for _ in range(n_layers)]
+
+    @property
+    def slots(self) -> int:
+        return self.keys[0].shape[0]
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` slots (contents of existing slots kept). New slots are zeroed: tokens
+        beyond a row's fill are masked out, and a masked score must multiply a finite value."""
+        if n <= self.slots:
+            return
+        n = max(n, 2 * self.slots)
+        def grow(t):
+            out = torch.zeros(n, *self.shape, dtype=self.dtype)
+            out[: t.shape[0]].copy_(t)
+            return out
+        self.keys = [grow(t) for t in self.keys]
+        self.values = [grow(t) for t in self.values]
+
+    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor, length: int) -> None:
+        """Copy the first ``length`` tokens of slots ``src`` into slots ``dst`` (rollout fan-out)."""
+        for t in self.keys + self.values:
+            t[dst, :, :length] = t[src, :, :length]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+@dataclass
+class ForkBatch:
+    """The rows of one forward call (set as the thread's active batch by ``fork_mode``)."""
+
+    prefix_layers: list        # per layer (keys, values) [B, kv_heads, L, head_dim]
+    prefix_bias: torch.Tensor  # [B, 1, 1, L]
+    pool: SlotPool
+    seq: torch.Tensor          # int64 [N]
+    slot: torch.Tensor         # int64 [N]
+    fill: torch.Tensor         # int64 [N]: where the row's new token goes in its slot
+    pad_index: torch.Tensor    # int64 [B, R]: row of each (sequence, j), N for padding
+    row_j: torch.Tensor        # int64 [N]: the row's index j within its sequence
+    suffix_bias: torch.Tensor  # [N, 1, 1, T]: 0 for slot tokens <= fill, -inf beyond
+
+    @classmethod
+    def build(cls, prefix, pool: SlotPool, seq, slot, fill, dtype) -> "ForkBatch":
+        B = prefix.batch
+        counts = torch.bincount(seq, minlength=B)
+        order = torch.argsort(seq, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        row_j = torch.empty_like(seq)
+        row_j[order] = torch.arange(len(seq)) - starts[seq[order]]
+        R = int(counts.max()) if len(seq) else 0
+        pad_index = torch.full((B, max(R, 1)), len(seq), dtype=torch.int64)
+        pad_index[seq, row_j] = torch.arange(len(seq))
+        T = int(fill.max()) + 1
+        ahead = torch.arange(T).view(1, T) > fill.view(-1, 1)
+        suffix_bias = torch.zeros(len(seq), T, dtype=dtype).masked_fill(ahead, float("-inf"))
+        return cls(prefix.layers, prefix.bias(dtype), pool, seq, slot, fill, pad_index, row_j,
+                   suffix_bias[:, None, None, :])
+
+
+def fork_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention-interface function; ``query [N, H, 1, D]``, ``key/value [N, Hkv, 1, D]``."""
+    fb: ForkBatch = _local.batch
+    layer = module.layer_idx
+    N, H, _, D = query.shape
+    Hkv = key.shape[1]
+    G = H // Hkv
+    scale = scaling if scaling is not None else D ** -0.5
+    pool_k, pool_v = fb.pool.keys[layer], fb.pool.values[layer]
+    pool_k[fb.slot, :, fb.fill] = key[:, :, 0]
+    pool_v[fb.slot, :, fb.fill] = value[:, :, 0]
+    T = fb.suffix_bias.shape[-1]
+    q = query[:, :, 0].reshape(N, Hkv, G, D)
+    # suffix part: each row against its own slot
+    s_suf = torch.matmul(q, pool_k[fb.slot, :, :T].transpose(-1, -2)) * scale + fb.suffix_bias
+    m_suf = s_suf.amax(-1, keepdim=True)
+    e_suf = torch.exp(s_suf - m_suf)
+    o_suf = torch.matmul(e_suf, pool_v[fb.slot, :, :T])
+    l_suf = e_suf.sum(-1, keepdim=True)
+    # prefix part: all rows of a sequence in one matmul against its prefix, read in place
+    K, V = fb.prefix_layers[layer]
+    B, R = fb.pad_index.shape
+    q_pad = torch.cat([q, q.new_zeros(1, Hkv, G, D)])[fb.pad_index]           # [B, R, Hkv, G, D]
+    q_pad = q_pad.permute(0, 2, 1, 3, 4).reshape(B, Hkv, R * G, D)
+    s_pre = torch.matmul(q_pad, K.transpose(-1, -2)) * scale + fb.prefix_bias  # [B, Hkv, R*G, L]
+    m_pre = s_pre.amax(-1, keepdim=True)
+    e_pre = torch.exp(s_pre - m_pre)
+    l_pre = e_pre.sum(-1, keepdim=True)
+    o_pre = torch.matmul(e_pre, V)
+
+    def rows(t):                                    # [B, Hkv, R*G, x] -> [N, Hkv, G, x]
+        return t.view(B, Hkv, R, G, -1)[fb.seq, :, fb.row_j]
+    o_pre, m_pre, l_pre = rows(o_pre), rows(m_pre), rows(l_pre)
+    m = torch.maximum(m_pre, m_suf)
+    a, b = torch.exp(m_pre - m), torch.exp(m_suf - m)
+    out = (o_pre * a + o_suf * b) / (l_pre * a + l_suf * b)     # [N, Hkv, G, D]
+    return out.reshape(N, 1, H, D), None
+
+
+def _register():
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, fork_attention)
+
+
+@contextlib.contextmanager
+def fork_mode(model, batch: ForkBatch):
+    """Run ``model`` with fork attention over ``batch`` for the duration of the block."""
+    if not getattr(_register, "done", False):
+        _register()
+        _register.done = True
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = ATTENTION_NAME
+    _local.batch = batch
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+        _local.batch = None
+
+
+def supports_fork(model) -> bool:
+    """True when the model's attention layers dispatch through transformers' attention interface."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not layers:
+        return False
+    attn = getattr(layers[0], "self_attn", None)
+    return attn is not None and hasattr(attn, "layer_idx") and hasattr(model.config, "_attn_implementation")

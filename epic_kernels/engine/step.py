@@ -1,0 +1,69 @@
+"""The fast EPIC step: fused prune kernel, candidate-block manager, fork-attention rollouts, and
+reuse of the winner's forward. Returns the reference lazy sampler's tokens."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ops._dispatch import choose
+from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
+from ..reference import SampleStats, entropy_bound
+from .evaluator import Evaluator
+from .manager import make_manager
+
+
+@dataclass
+class FastStep:
+    tokens: torch.Tensor             # int64 [B]
+    stats: SampleStats
+    entropy: torch.Tensor            # [B] winner's lookahead-entropy estimate (NaN if not evaluated)
+    next_logits: torch.Tensor        # [B, V] logits after appending each winner
+    next_keys: list                  # per layer [B, kv_heads, head_dim]: the winners' own KV
+    next_values: list
+
+
+@torch.no_grad()
+def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = None,
+                advance: bool = True) -> FastStep:
+    """One EPIC step for every sequence of ``prefix`` (a ``PrefixView``).
+
+    With ``advance`` the step also produces each sequence's next logits and the KV of its winner:
+    from the winner's own depth-1 evaluation when it had one (a forward saved), otherwise from one
+    extra batched call over just those sequences (the call a plain decoding loop would make).
+    """
+    B, V = logits.shape
+    which = choose(logits.device, backend)
+    k = cfg.horizon
+    bound = entropy_bound(V, cfg.rollout_top_k)
+    width = abs(cfg.alpha) * k * (bound * (1 + 1e-6) + 1e-6)
+    pr = gumbel_topk_prune_impl(logits, prefix.seeds, prefix.positions, width, 1, which)
+    seq = torch.repeat_interleave(torch.arange(B), pr.counts)
+    ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype)
+    mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, bound, cfg.block_size)
+    while True:
+        idx, depth = mgr.next_requests()
+        if len(idx) == 0:
+            break
+        known, partial = ev.run(idx, depth)
+        mgr.update(idx, known, partial, ev.scores(idx, partial, pr.scores, cfg.alpha))
+    win = mgr.winners()
+    depth1, deeper = mgr.stats()
+    evaluated = ev.depth[win] >= 1
+    stats = SampleStats(pr.counts.clone(), depth1, deeper, ev.calls, ev.forward_tokens)
+    stats.extra["forwards_saved"] = int(evaluated.sum()) if advance else 0
+    entropy = torch.full((B,), float("nan"), dtype=pr.scores.dtype)
+    if evaluated.any():
+        entropy[evaluated] = torch.stack([ev.table[m, : int(ev.depth[m])].mean(-1).sum()
+                                          for m in win[evaluated].tolist()]).to(entropy.dtype)
+    next_logits = next_keys = next_values = None
+    if advance:
+        missing = win[~evaluated]
+        if len(missing):                           # the forward a plain loop would have made
+            calls, toks = ev.calls, ev.forward_tokens
+            ev.run(missing, torch.ones_like(missing))
+            stats.extra["finish_calls"], stats.extra["finish_tokens"] = ev.calls - calls, ev.forward_tokens - toks
+            ev.calls, ev.forward_tokens = calls, toks
+        next_logits = torch.stack([ev.next_logits[m] for m in win.tolist()])
+        next_keys, next_values = ev.winner_kv(win)
+    return FastStep(pr.ids[win], stats, entropy, next_logits, next_keys, next_values)
