@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._validate import check_int
+from ._validate import check_config, check_int, check_seeds
 from .api import sample_step
-from .reference import softmax_entropy
+from .reference import EpicConfig
+from .truncation import truncate
 
 
 @dataclass
@@ -75,7 +76,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
              max_new_tokens: int = 64, alpha: float = 0.2, horizon: int = 4, rollouts: int = 2,
              seed=0, eos_token_id=None, pad_token_id: int = 0, top_k: int | None = None,
              top_p: float | None = None, min_p: float | None = None, rollout_top_k: int | None = None,
-             block_size: int = 4, on_step=None) -> GenerationOutput:
+             block_size: int = 4, engine: str = "auto", backend: str | None = None,
+             on_step=None) -> GenerationOutput:
     """Decode up to ``max_new_tokens`` tokens per sequence with EPIC.
 
     Parameters
@@ -86,20 +88,30 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     seed : int (sequence b uses ``seed + b``) or B ints: the per-sequence keys. A sequence's tokens
         depend only on its own prompt and seed, not on the rest of the batch.
     eos_token_id : int or list of ints ending a sequence (None: run to ``max_new_tokens``).
+    engine : ``"auto"`` (the fast engine when the model supports it), ``"fast"`` or ``"reference"``.
     on_step : optional callback ``on_step(step, rows, tokens)`` after each step (for streaming).
     Other parameters: as ``sample_step``.
     """
+    from .engine import PrefixCache, fast_sample, supports_fork
+    from .ops import choose
+    from .ops.softmax_entropy import softmax_entropy_impl
+
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError("input_ids must be a non-empty int64 tensor [batch, length]")
+        raise ValueError("input_ids must be a non-empty integer tensor [batch, length]")
     if input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
     check_int(max_new_tokens, "max_new_tokens", 0)
+    cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts, rollout_top_k=rollout_top_k,
+                     block_size=block_size)
+    check_config(cfg)
+    if engine not in ("auto", "fast", "reference"):
+        raise ValueError(f"engine must be 'auto', 'fast' or 'reference', got {engine!r}")
     input_ids, mask = _left_pad(input_ids.to(torch.int64), attention_mask)
     batch = input_ids.shape[0]
-    from ._validate import check_seeds
     seeds = check_seeds(seed, batch)
     eos = set() if eos_token_id is None else set(
         [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+    fast = engine == "fast" or (engine == "auto" and supports_fork(model))
 
     new_tokens: list[list[int]] = [[] for _ in range(batch)]
     entropies: list[list[float]] = [[] for _ in range(batch)]
@@ -108,46 +120,50 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
         logits, kv = out.logits[:, -1, :], out.past_key_values
+        if fast:
+            cache, kv = PrefixCache.from_hf(kv, mask), None
+        which = choose(logits.device, backend)
         rows = torch.arange(batch)                 # which sequence each active row is
         for step in range(max_new_tokens):
             start = time.perf_counter()
-            h_q, _ = softmax_entropy(logits)
-            res = sample_step(logits, kv, model, alpha=alpha, horizon=horizon, rollouts=rollouts,
-                              seed=seeds[rows], attention_mask=mask, rollout_top_k=rollout_top_k,
-                              top_k=top_k, top_p=top_p, min_p=min_p, block_size=block_size)
+            h_q, _, _ = softmax_entropy_impl(logits, backend=which)
+            advance = step + 1 < max_new_tokens
+            if fast:
+                res = fast_sample(truncate(logits, top_k, top_p, min_p), cache.view(seeds[rows]), model, cfg,
+                                  backend, advance=advance)
+                if advance:
+                    cache.append(res.next_keys, res.next_values)
+                    logits = res.next_logits
+            else:
+                res = sample_step(logits, kv, model, alpha=alpha, horizon=horizon, rollouts=rollouts,
+                                  seed=seeds[rows], attention_mask=mask, rollout_top_k=rollout_top_k,
+                                  top_k=top_k, top_p=top_p, min_p=min_p, block_size=block_size,
+                                  advance=advance, engine="reference")
+                if advance:
+                    logits, kv, mask = res.next_logits, res.kv, res.attention_mask
             tokens = res.tokens
             for i, r in enumerate(rows.tolist()):
                 new_tokens[r].append(int(tokens[i]))
                 entropies[r].append(float(h_q[i]))
             done = torch.tensor([int(t) in eos for t in tokens.tolist()], dtype=torch.bool)
             keep = (~done).nonzero().flatten()
-            saved = 0
-            if step + 1 < max_new_tokens and len(keep):
-                if res.next_logits is not None and res.kv is not None:
-                    logits, kv = res.next_logits, res.kv
-                    saved = len(rows)
-                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                    if len(keep) < len(rows):
-                        kv.batch_select_indices(keep)
-                        logits, mask = logits[keep], mask[keep]
+            if advance and len(keep) < len(rows):     # finished sequences leave the batch's work
+                logits = logits[keep]
+                if fast:
+                    cache.select(keep)
                 else:
-                    if len(keep) < len(rows):
-                        kv.batch_select_indices(keep)
-                        mask, tokens = mask[keep], tokens[keep]
-                    pos = mask.sum(-1, keepdim=True)
-                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                    out = model(input_ids=tokens.view(-1, 1), attention_mask=mask, position_ids=pos,
-                                past_key_values=kv, use_cache=True)
-                    logits = out.logits[:, -1, :]
+                    kv.batch_select_indices(keep)
+                    mask = mask[keep]
             st = res.stats
             records.append(StepRecord(
                 active=len(rows), survivors=float(st.survivors.double().mean()),
                 evaluated_depth1=float(st.evaluated_depth1.double().mean()),
                 evaluated_deeper=float(st.evaluated_deeper.double().mean()),
-                forward_calls=st.forward_calls, forward_tokens=st.forward_tokens, forwards_saved=saved,
+                forward_calls=st.forward_calls, forward_tokens=st.forward_tokens,
+                forwards_saved=int(st.extra.get("forwards_saved", 0)),
                 seconds=time.perf_counter() - start))
             if on_step is not None:
-                on_step(step, rows, res.tokens)
+                on_step(step, rows, tokens)
             rows = rows[keep]
             if len(rows) == 0:
                 break

@@ -73,9 +73,22 @@ def entropy_bound(vocab: int, top_k: int | None) -> float:
 
 
 def gumbel_argmax(logits: torch.Tensor, seeds: torch.Tensor, stream, positions: torch.Tensor):
-    """``argmax_v (logits_v + G_v)`` per row with keyed noise; the lower id wins a tie."""
-    g = philox.noise(seeds, stream, positions, logits.shape[-1])
-    return torch.argmax(logits.to(compute_dtype(logits.dtype)) + g, dim=-1)
+    """``argmax_v (logits_v + G_v)`` per row with keyed noise; the lower id wins a tie.
+
+    Noise is drawn only where it can matter: every entry when a row is fully finite, else just the
+    finite entries (a truncated policy): the result is the same, the cost much lower.
+    """
+    x = logits.to(compute_dtype(logits.dtype))
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return torch.argmax(x + philox.noise(seeds, stream, positions, x.shape[-1]), dim=-1)
+    width = int(finite.sum(-1).max())
+    ids = torch.sort(torch.where(finite, torch.arange(x.shape[-1]), x.shape[-1]), dim=-1).values[:, :width]
+    valid = ids < x.shape[-1]                       # rows with fewer finite entries are padded
+    ids = torch.where(valid, ids, 0)
+    g = philox.noise_at(seeds, stream, positions, ids)
+    perturbed = torch.where(valid, x.gather(1, ids) + g, torch.tensor(float("-inf"), dtype=x.dtype))
+    return ids.gather(1, torch.argmax(perturbed, dim=-1, keepdim=True)).squeeze(1)
 
 
 def perturbed_scores(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor):

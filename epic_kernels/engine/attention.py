@@ -104,21 +104,23 @@ def fork_attention(module, query, key, value, attention_mask=None, scaling=None,
     T = fb.suffix_bias.shape[-1]
     q = query[:, :, 0].reshape(N, Hkv, G, D)
     # suffix part: each row against its own slot
-    s_suf = torch.matmul(q, pool_k[fb.slot, :, :T].transpose(-1, -2)) * scale + fb.suffix_bias
+    s_suf = torch.matmul(q, pool_k[fb.slot, :, :T].transpose(-1, -2)).mul_(scale).add_(fb.suffix_bias)
     m_suf = s_suf.amax(-1, keepdim=True)
-    e_suf = torch.exp(s_suf - m_suf)
+    e_suf = s_suf.sub_(m_suf).exp_()
     o_suf = torch.matmul(e_suf, pool_v[fb.slot, :, :T])
     l_suf = e_suf.sum(-1, keepdim=True)
-    # prefix part: all rows of a sequence in one matmul against its prefix, read in place
+    # prefix part: all rows of a sequence in one matmul against its prefix, read in place.
+    # In-place ops keep a single [B, Hkv, R*G, L] score buffer alive.
     K, V = fb.prefix_layers[layer]
     B, R = fb.pad_index.shape
     q_pad = torch.cat([q, q.new_zeros(1, Hkv, G, D)])[fb.pad_index]           # [B, R, Hkv, G, D]
     q_pad = q_pad.permute(0, 2, 1, 3, 4).reshape(B, Hkv, R * G, D)
-    s_pre = torch.matmul(q_pad, K.transpose(-1, -2)) * scale + fb.prefix_bias  # [B, Hkv, R*G, L]
+    s_pre = torch.matmul(q_pad, K.transpose(-1, -2)).mul_(scale).add_(fb.prefix_bias)  # [B, Hkv, R*G, L]
     m_pre = s_pre.amax(-1, keepdim=True)
-    e_pre = torch.exp(s_pre - m_pre)
+    e_pre = s_pre.sub_(m_pre).exp_()
     l_pre = e_pre.sum(-1, keepdim=True)
     o_pre = torch.matmul(e_pre, V)
+    del s_pre, e_pre
 
     def rows(t):                                    # [B, Hkv, R*G, x] -> [N, Hkv, G, x]
         return t.view(B, Hkv, R, G, -1)[fb.seq, :, fb.row_j]

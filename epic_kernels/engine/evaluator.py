@@ -75,6 +75,7 @@ class Evaluator:
             picks.append(tok)
         return ent, torch.stack(picks, 1)
 
+    @torch.no_grad()
     def run(self, idx: torch.Tensor, target: torch.Tensor):
         """Advance candidates ``idx`` to depths ``target``; return their ``(depth, partial RB sum)``."""
         K, k = self.cfg.rollouts, self.cfg.horizon
