@@ -19,8 +19,10 @@ TORCH_LIBRARY(epic_kernels, m) {
       "gumbel_topk_prune(Tensor logits, Tensor seeds, Tensor positions, Tensor width, int top_k)"
       " -> (Tensor ids, Tensor scores, Tensor counts, Tensor offsets, Tensor front_ids,"
       " Tensor front_scores, Tensor topk_ids, Tensor topk_scores, Tensor lse)");
-  // Testing helpers: raw Philox words of tl.randint(seed, offset) (int64 in, int64 words out), and
-  // the float32 Gumbel noise (N, vocab) of keys (seeds[n], streams[n], positions[n], v).
+  // Testing helpers: raw Philox words of tl.randint(seed, offset) (int64 in, int64 words out),
+  // the float32 Gumbel noise (N, vocab) of keys (seeds[n], streams[n], positions[n], v), and the
+  // float32 noise of given words (int64 holding uint32), through the same code as the kernels.
   m.def("_philox_randint(Tensor seed, Tensor offset) -> Tensor");
   m.def("_gumbel_noise(Tensor seeds, Tensor streams, Tensor positions, int vocab) -> Tensor");
+  m.def("_gumbel_from_words(Tensor words) -> Tensor");
 }

@@ -12,7 +12,8 @@ float64 for float64 logits)::
     softmax_entropy_sample(logits, seeds, streams, positions) -> (entropy, lse, tokens int64 [N])
     gumbel_topk_prune(logits, seeds, positions, width [B], top_k)
         -> (ids, scores, counts, offsets, front_ids, front_scores, topk_ids, topk_scores, lse)
-    _philox_randint(seed, offset) -> words       _gumbel_noise(seeds, streams, positions, vocab)
+    _philox_randint(seed, offset) -> words    _gumbel_noise(seeds, streams, positions, vocab) -> noise
+    _gumbel_from_words(words) -> noise        (testing helpers: the kernels' own noise path)
 """
 from __future__ import annotations
 
@@ -104,6 +105,10 @@ def _register_fakes() -> None:
     def _philox_randint_fake(seed, offset):
         torch._check(seed.shape == offset.shape, lambda: "seed and offset must have the same shape")
         return torch.empty_like(seed, dtype=torch.int64, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("epic_kernels::_gumbel_from_words")
+    def _gumbel_from_words_fake(words):
+        return torch.empty_like(words, dtype=torch.float32, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("epic_kernels::_gumbel_noise")
     def _gumbel_noise_fake(seeds, streams, positions, vocab):

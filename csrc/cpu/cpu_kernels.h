@@ -26,5 +26,12 @@ EPIC_DECLARE_PIECES(c10::Half, float)
 EPIC_DECLARE_PIECES(c10::BFloat16, float)
 #undef EPIC_DECLARE_PIECES
 
+// Keyed Gumbel noise through the same SIMD code as the kernels (so every CPU op draws identical
+// noise): entries v = 0..V-1 of one key into out[0..V), and raw Philox words (int64 holding
+// uint32) into noise.
+void gumbel_row_cpu(const NoiseKey& key, int64_t V, float* out);
+float gumbel_one_cpu(const NoiseKey& key, int64_t v);
+void gumbel_words_cpu(const int64_t* words, int64_t n, float* out);
+
 }  // namespace cpu
 }  // namespace epic

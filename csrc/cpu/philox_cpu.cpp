@@ -7,6 +7,9 @@
 
 #include "../glue.h"
 #include "../kernels/philox.h"
+#include "cpu_kernels.h"
+
+#include <algorithm>
 
 namespace epic {
 namespace cpu {
@@ -41,13 +44,26 @@ at::Tensor gumbel_noise_cpu(const at::Tensor& seeds, const at::Tensor& streams,
   const int64_t N = s.size(0);
   at::Tensor out = at::empty({N, vocab}, like.options());
   float* g = out.data_ptr<float>();
-  at::parallel_for(0, N * vocab, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / vocab, v = i % vocab;
+  at::parallel_for(0, N, std::max<int64_t>(1, 4096 / std::max<int64_t>(vocab, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
       const NoiseKey key = NoiseKey::make(s.data_ptr<int64_t>()[n], r.data_ptr<int64_t>()[n],
                                           p.data_ptr<int64_t>()[n]);
-      g[i] = key.gumbel(static_cast<uint32_t>(v));
+      gumbel_row_cpu(key, vocab, g + n * vocab);
     }
+  });
+  return out;
+}
+
+// words: int64 holding uint32 Philox words -> float32 Gumbel noise, same shape
+at::Tensor gumbel_from_words_cpu(const at::Tensor& words) {
+  TORCH_CHECK(words.scalar_type() == at::kLong, "_gumbel_from_words: words must be int64");
+  const at::Tensor w = words.contiguous();
+  at::Tensor out = at::empty(w.sizes(), w.options().dtype(at::kFloat));
+  const int64_t* wp = w.const_data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, (w.numel() + 7) / 8, 512, [&](int64_t begin, int64_t end) {
+    const int64_t lo = begin * 8, hi = std::min<int64_t>(end * 8, w.numel());
+    gumbel_words_cpu(wp + lo, hi - lo, op + lo);
   });
   return out;
 }
@@ -59,4 +75,5 @@ at::Tensor gumbel_noise_cpu(const at::Tensor& seeds, const at::Tensor& streams,
 TORCH_LIBRARY_IMPL(epic_kernels, CPU, m) {
   m.impl("_philox_randint", &epic::cpu::philox_randint_cpu);
   m.impl("_gumbel_noise", &epic::cpu::gumbel_noise_cpu);
+  m.impl("_gumbel_from_words", &epic::cpu::gumbel_from_words_cpu);
 }

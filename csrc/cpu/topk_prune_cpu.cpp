@@ -50,7 +50,7 @@ PruneOutputs run_prune(const at::Tensor& logits, const std::vector<NoiseKey>& ke
     seeds[row] = no_cand<acc_t>();
     if (st.arg >= 0) {  // z of the row's largest logit: a lower bound of the front-runner
       const acc_t xa = static_cast<acc_t>(x[row * row_stride + st.arg]);
-      const acc_t g = static_cast<acc_t>(keys[row].gumbel(static_cast<uint32_t>(st.arg)));
+      const acc_t g = static_cast<acc_t>(gumbel_one_cpu(keys[row], st.arg));
       seeds[row] = Cand<acc_t>{(xa - lse_p[row]) + g, st.arg};
     }
   }

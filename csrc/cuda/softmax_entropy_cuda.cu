@@ -172,6 +172,12 @@ __global__ void gumbel_noise_kernel(const int64_t* __restrict__ seeds_ptr,
   out_ptr[i] = NoiseKey::make(seeds_ptr[n], streams_ptr[n], positions_ptr[n]).gumbel(static_cast<uint32_t>(v));
 }
 
+__global__ void gumbel_from_words_kernel(const int64_t* __restrict__ words_ptr, int64_t n,
+                                         float* __restrict__ out_ptr) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) out_ptr[i] = gumbel_from_word(static_cast<uint32_t>(words_ptr[i]));
+}
+
 // seed, offset: int64, same shape -> int64 words, same shape
 at::Tensor philox_randint_cuda(const at::Tensor& seed, const at::Tensor& offset) {
   TORCH_CHECK(seed.scalar_type() == at::kLong && offset.scalar_type() == at::kLong,
@@ -210,6 +216,21 @@ at::Tensor gumbel_noise_cuda(const at::Tensor& seeds, const at::Tensor& streams,
   return out;
 }
 
+// words: int64 holding uint32 words -> float32 Gumbel noise, same shape
+at::Tensor gumbel_from_words_cuda(const at::Tensor& words) {
+  TORCH_CHECK(words.scalar_type() == at::kLong, "_gumbel_from_words: words must be int64");
+  const c10::cuda::CUDAGuard guard(words.device());
+  const at::Tensor w = words.contiguous();
+  at::Tensor out = at::empty(w.sizes(), w.options().dtype(at::kFloat));
+  const int64_t n = w.numel();
+  if (n > 0) {
+    gumbel_from_words_kernel<<<(n + 255) / 256, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        w.const_data_ptr<int64_t>(), n, out.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace epic
@@ -219,4 +240,5 @@ TORCH_LIBRARY_IMPL(epic_kernels, CUDA, m) {
   m.impl("softmax_entropy_sample", &epic::cuda::softmax_entropy_sample_cuda);
   m.impl("_philox_randint", &epic::cuda::philox_randint_cuda);
   m.impl("_gumbel_noise", &epic::cuda::gumbel_noise_cuda);
+  m.impl("_gumbel_from_words", &epic::cuda::gumbel_from_words_cuda);
 }

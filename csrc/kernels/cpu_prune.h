@@ -63,22 +63,28 @@ EPIC_INLINE void prune_piece(const T* x, int64_t n, int64_t v0, const NoiseKey& 
     return heap.front().val < c ? heap.front().val : c;
   };
   acc_t threshold = cut();
+  alignas(64) int32_t idx[kBlock + 8];
+  alignas(64) float g[kBlock + 8];
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
     const int64_t nb = std::min(kBlock, n - b0);
     int64_t np;
     const acc_t* p = load_block(x + b0, nb, buf, &np);
     const acc_t bm = block_max(p, np);
     if (!(bm > neg_inf<acc_t>()) || (bm - lse) + gmax < threshold) continue;
-    for (int64_t i = 0; i < np; ++i) {  // padding entries are -inf
-      if (i % kLanes == 0 && !group_reaches(p + i, lse, gmax, threshold)) {
-        i += kLanes - 1;
-        continue;
+    int64_t m = 0;  // candidates of the block: finite, upper bound >= threshold
+    for (int64_t i0 = 0; i0 < np; i0 += kLanes) {  // padding entries are -inf
+      if (!group_reaches(p + i0, lse, gmax, threshold)) continue;
+      for (int64_t i = i0; i < i0 + kLanes; ++i) {
+        idx[m] = static_cast<int32_t>(i);
+        m += (p[i] > neg_inf<acc_t>() && (p[i] - lse) + gmax >= threshold) ? 1 : 0;
       }
-      if (!(p[i] > neg_inf<acc_t>())) continue;
-      const acc_t xc = p[i] - lse;
-      if (xc + gmax < threshold) continue;
-      const int64_t v = v0 + b0 + i;
-      const Cand<acc_t> c{xc + static_cast<acc_t>(key.gumbel(static_cast<uint32_t>(v))), v};
+    }
+    for (int64_t j = m; j < m + 8; ++j) idx[j] = 0;
+    gumbel_batch(key, v0 + b0, idx, m, g);
+    for (int64_t j = 0; j < m; ++j) {
+      const acc_t xc = p[idx[j]] - lse;
+      if (xc + gmax < threshold) continue;  // the threshold rose since the candidate was taken
+      const Cand<acc_t> c{xc + static_cast<acc_t>(g[j]), v0 + b0 + idx[j]};
       if (better(c, front)) front = c;
       heap_offer(heap, top_k, c);
       if (c.val >= front.val - width) kept.push_back(c);

@@ -16,16 +16,9 @@
 #include <limits>
 #include <type_traits>
 
+#include "cpu_noise.h"
 #include "online_softmax.h"
 #include "philox.h"
-
-// Force inlining, so that the whole kernel is compiled for the instruction set of the function
-// that calls it (each target_clones clone in csrc/cpu/cpu_kernels.cpp).
-#if defined(__GNUC__)
-#define EPIC_INLINE inline __attribute__((always_inline))
-#else
-#define EPIC_INLINE inline
-#endif
 
 namespace epic {
 namespace cpu {
@@ -161,23 +154,31 @@ EPIC_INLINE bool group_reaches(const double* p, double sub, double add, double b
 }
 
 // Gumbel-max over one block: best = argmax (x_v + G_v), lower id on ties. The noise of an entry is
-// drawn only if x_v + Gmax could reach the current best (exact: x + G <= x + Gmax after rounding).
+// drawn only if x_v + Gmax could reach the best so far (exact: x + G <= x + Gmax after rounding);
+// the block maximum goes first, as it gives a good bound for the rest. Noise is computed 8 at a time.
 template <typename acc_t>
-EPIC_INLINE void sample_block(const acc_t* p, int64_t nb, int64_t v0, acc_t bm, const NoiseKey& key,
-                         Cand<acc_t>& best) {
+EPIC_INLINE void sample_block(const acc_t* p, int64_t np, int64_t v0, acc_t bm, const NoiseKey& key,
+                              Cand<acc_t>& best) {
   const acc_t gmax = static_cast<acc_t>(kGumbelMaxBound);
   if (bm + gmax < best.val) return;
-  auto consider = [&](int64_t i) {
-    if (!(p[i] > neg_inf<acc_t>())) return;
-    const int64_t v = v0 + i;
-    const Cand<acc_t> c{p[i] + static_cast<acc_t>(key.gumbel(static_cast<uint32_t>(v))), v};
-    if (better(c, best)) best = c;
-  };
-  consider(first_index(p, nb, bm));  // the block maximum first: a good bound for the rest
-  for (int64_t i0 = 0; i0 < nb; i0 += kLanes) {  // nb <= padded length; padding is -inf
+  alignas(64) int32_t idx[kBlock + 8];
+  alignas(64) float g[kBlock + 8];
+  const int32_t top = static_cast<int32_t>(first_index(p, np, bm));
+  const Cand<acc_t> c0{bm + static_cast<acc_t>(gumbel_one(key, v0 + top)), v0 + top};
+  if (better(c0, best)) best = c0;
+  int64_t n = 0;
+  for (int64_t i0 = 0; i0 < np; i0 += kLanes) {  // padding entries are -inf
     if (!group_reaches(p + i0, acc_t(0), gmax, best.val)) continue;
-    for (int64_t i = i0; i < i0 + kLanes; ++i)
-      if (p[i] + gmax >= best.val) consider(i);
+    for (int64_t i = i0; i < i0 + kLanes; ++i) {
+      idx[n] = static_cast<int32_t>(i);
+      n += (p[i] > neg_inf<acc_t>() && p[i] + gmax >= best.val) ? 1 : 0;
+    }
+  }
+  for (int64_t j = n; j < n + 8; ++j) idx[j] = 0;
+  gumbel_batch(key, v0, idx, n, g);
+  for (int64_t j = 0; j < n; ++j) {
+    const Cand<acc_t> c{p[idx[j]] + static_cast<acc_t>(g[j]), v0 + idx[j]};
+    if (better(c, best)) best = c;
   }
 }
 
@@ -210,7 +211,7 @@ EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey
       arg = v0 + b0 + first_index(p, np, bm);
     }
     accumulate(p, np, m, s, t);
-    if (key != nullptr) sample_block(p, nb, v0 + b0, bm, *key, *best);
+    if (key != nullptr) sample_block(p, np, v0 + b0, bm, *key, *best);
   }
   acc_t ss = 0, tt = 0;
   for (int j = 0; j < kLanes; ++j) {
