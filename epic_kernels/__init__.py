@@ -3,11 +3,12 @@
 ``import epic_kernels`` never needs the compiled extension; it is loaded on first use.
 """
 from .api import StepOutput, sample_step
+from .entropy import lookahead_entropy
 from .generation import GenerationOutput, generate
 from .reference import EpicConfig, SampleResult, SampleStats
 from .truncation import truncate
 
 __version__ = "0.1.0"
 
-__all__ = ["sample_step", "StepOutput", "generate", "GenerationOutput", "EpicConfig", "SampleResult", "SampleStats", "truncate",
-           "__version__"]
+__all__ = ["sample_step", "StepOutput", "generate", "GenerationOutput", "lookahead_entropy", "EpicConfig",
+           "SampleResult", "SampleStats", "truncate", "__version__"]

@@ -71,9 +71,12 @@ class ForkBatch:
     pad_index: torch.Tensor    # int64 [B, R]: row of each (sequence, j), N for padding
     row_j: torch.Tensor        # int64 [N]: the row's index j within its sequence
     suffix_bias: torch.Tensor  # [N, 1, 1, T]: 0 for slot tokens <= fill, -inf beyond
+    row_bias: torch.Tensor | None = None   # [B, 1, R, 1, L]: per-row prefix limits (optional)
 
     @classmethod
-    def build(cls, prefix, pool: SlotPool, seq, slot, fill, dtype) -> "ForkBatch":
+    def build(cls, prefix, pool: SlotPool, seq, slot, fill, dtype, row_limit=None) -> "ForkBatch":
+        """``row_limit [N]`` (optional): row n sees only the first ``row_limit[n]`` prefix positions,
+        so rows that share one sequence's KV can fork from different prefixes of it."""
         B = prefix.batch
         counts = torch.bincount(seq, minlength=B)
         order = torch.argsort(seq, stable=True)
@@ -86,8 +89,16 @@ class ForkBatch:
         T = int(fill.max()) + 1
         ahead = torch.arange(T).view(1, T) > fill.view(-1, 1)
         suffix_bias = torch.zeros(len(seq), T, dtype=dtype).masked_fill(ahead, float("-inf"))
+        row_bias = None
+        if row_limit is not None:
+            L = prefix.mask.shape[1]
+            limits = torch.full((B, max(R, 1)), L, dtype=torch.int64)
+            limits[seq, row_j] = row_limit
+            beyond = torch.arange(L).view(1, 1, L) >= limits.unsqueeze(-1)
+            row_bias = torch.zeros(beyond.shape, dtype=dtype).masked_fill(beyond, float("-inf"))
+            row_bias = row_bias[:, None, :, None, :]
         return cls(prefix.layers, prefix.bias(dtype), pool, seq, slot, fill, pad_index, row_j,
-                   suffix_bias[:, None, None, :])
+                   suffix_bias[:, None, None, :], row_bias)
 
 
 def fork_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
@@ -116,6 +127,8 @@ def fork_attention(module, query, key, value, attention_mask=None, scaling=None,
     q_pad = torch.cat([q, q.new_zeros(1, Hkv, G, D)])[fb.pad_index]           # [B, R, Hkv, G, D]
     q_pad = q_pad.permute(0, 2, 1, 3, 4).reshape(B, Hkv, R * G, D)
     s_pre = torch.matmul(q_pad, K.transpose(-1, -2)).mul_(scale).add_(fb.prefix_bias)  # [B, Hkv, R*G, L]
+    if fb.row_bias is not None:
+        s_pre.view(B, Hkv, R, G, -1).add_(fb.row_bias)
     m_pre = s_pre.amax(-1, keepdim=True)
     e_pre = s_pre.sub_(m_pre).exp_()
     l_pre = e_pre.sum(-1, keepdim=True)

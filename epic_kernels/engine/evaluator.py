@@ -35,9 +35,14 @@ def topk_policy(logits: torch.Tensor, k: int):
 class Evaluator:
     """Rollout state of one step's candidates (``seq``, ``tokens`` ``[M]``)."""
 
-    def __init__(self, model, prefix, seq, tokens, cfg, backend: str, score_dtype):
+    def __init__(self, model, prefix, seq, tokens, cfg, backend: str, score_dtype, positions=None):
+        """``positions [M]`` (optional): candidate m sits at ``positions[m]`` and sees only the prefix
+        before it (rows sharing one sequence's KV fork from different prefixes of it, as when
+        measuring the entropy at every position of a text); default: its sequence's length."""
         self.model, self.prefix, self.cfg, self.backend = model, prefix, cfg, backend
         self.seq, self.tokens = seq, tokens
+        self.base = prefix.positions[seq] if positions is None else positions
+        self.row_limit = None if positions is None else positions
         M, K, k = len(tokens), cfg.rollouts, cfg.horizon
         keys = prefix.layers[0][0]
         self.pool = SlotPool(len(prefix.layers), keys.shape[1], keys.shape[3], k, keys.dtype)
@@ -49,8 +54,8 @@ class Evaluator:
         self.calls = self.forward_tokens = 0
 
     # -- one model call over rows of (sequence, slot, fill, token, position) --------------------
-    def _forward(self, seq, slot, fill, tokens, positions):
-        fb = ForkBatch.build(self.prefix, self.pool, seq, slot, fill, self.pool.dtype)
+    def _forward(self, seq, slot, fill, tokens, positions, limit=None):
+        fb = ForkBatch.build(self.prefix, self.pool, seq, slot, fill, self.pool.dtype, limit)
         with fork_mode(self.model, fb):
             out = self.model(input_ids=tokens.view(-1, 1), position_ids=positions.view(-1, 1), use_cache=False)
         self.calls += 1
@@ -60,6 +65,7 @@ class Evaluator:
     def _entropy_and_samples(self, logits, seqs, streams, positions):
         """Entropy of the rollout policy and one keyed sample per column of ``streams [R, S]``."""
         seeds = self.prefix.seeds[seqs]
+        positions = positions.contiguous()
         top_k = self.cfg.rollout_top_k
         if top_k is not None and top_k < logits.shape[-1]:
             vals, ids = topk_policy(logits, top_k)
@@ -81,7 +87,6 @@ class Evaluator:
         K, k = self.cfg.rollouts, self.cfg.horizon
         goal = torch.zeros_like(self.depth)
         goal[idx] = target
-        pos0 = self.prefix.positions
         while True:
             active = (self.depth < goal).nonzero().flatten()
             if len(active) == 0:
@@ -100,20 +105,22 @@ class Evaluator:
             slot = torch.cat([first * K, paths])
             fill = torch.cat([torch.zeros_like(first), self.depth[deep_c]])
             toks = torch.cat([self.tokens[first], self.last[deep].flatten()])
-            logits = self._forward(seq, slot, fill, toks, pos0[seq] + fill)
+            cand = torch.cat([first, deep_c])
+            limit = None if self.row_limit is None else self.row_limit[cand]
+            logits = self._forward(seq, slot, fill, toks, self.base[cand] + fill, limit)
             n1 = len(first)
             if n1:
                 for j, m in enumerate(first.tolist()):
                     self.next_logits[m] = logits[j]
                 streams = (1 + torch.arange(K)).expand(n1, K)
-                ent, ys = self._entropy_and_samples(logits[:n1], self.seq[first], streams, pos0[self.seq[first]] + 1)
+                ent, ys = self._entropy_and_samples(logits[:n1], self.seq[first], streams, self.base[first] + 1)
                 self.table[first, 0, :] = ent.to(self.table.dtype).view(-1, 1)
                 self.last[first] = ys
             if len(deep):
                 d = self.depth[deep_c]
                 roll = torch.arange(K).repeat(len(deep))
                 ent, ys = self._entropy_and_samples(logits[n1:], self.seq[deep_c], (1 + roll).view(-1, 1),
-                                                    pos0[self.seq[deep_c]] + d + 1)
+                                                    self.base[deep_c] + d + 1)
                 self.table[deep_c, d, roll] = ent.to(self.table.dtype)
                 self.last[deep_c, roll] = ys[:, 0]
             self.depth[active] += 1

@@ -1,0 +1,41 @@
+"""lookahead_entropy: every prefix of a text forks from one KV and matches the reference rollouts."""
+import pytest
+import torch
+
+from epic_kernels.entropy import lookahead_entropy
+from epic_kernels.reference import EpicConfig, rb_estimate
+from epic_kernels.rollout import Prefix, rollout_entropies
+from epic_kernels.testing import exact_lookahead_entropy, prefill
+
+TEXT = [3, 7, 2, 9, 4, 1, 5, 12]
+
+
+def test_matches_reference_rollouts_at_every_prefix(tiny16):
+    h = lookahead_entropy(tiny16, torch.tensor(TEXT), horizon=3, rollouts=2, seed=5)
+    cfg = EpicConfig(alpha=1.0, horizon=3, rollouts=2)
+    for i, t in enumerate(range(1, len(TEXT))):
+        _, kv, mask = prefill(tiny16, [TEXT[:t]])
+        table, _, _, _ = rollout_entropies(tiny16, Prefix.build(kv, 5, 1, mask, tiny16), torch.tensor([0]),
+                                           torch.tensor([TEXT[t]]), torch.tensor([3]), cfg)
+        assert abs(float(h[i]) - float(rb_estimate(table)[0])) < 1e-10
+
+
+def test_horizon1_exact_and_candidate_matrix(tiny16):
+    cands = torch.tensor([[0, 5], [3, 3], [15, 1]])
+    h = lookahead_entropy(tiny16, torch.tensor(TEXT), positions=torch.tensor([1, 4, 8]), candidates=cands,
+                          horizon=1, rollouts=1)
+    assert h.shape == (3, 2)
+    for i, t in enumerate([1, 4, 8]):
+        for j in range(2):
+            assert abs(float(h[i, j]) - exact_lookahead_entropy(tiny16, TEXT[:t], int(cands[i, j]), 1)) < 1e-10
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(positions=torch.tensor([0])), "positions must lie"),
+    (dict(positions=torch.tensor([8])), "need positions < T"),
+    (dict(candidates=torch.tensor([1, 2])), "candidates must be"),
+    (dict(horizon=0), "horizon"),
+])
+def test_bad_input(tiny16, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        lookahead_entropy(tiny16, torch.tensor(TEXT), **kwargs)
