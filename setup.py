@@ -3,8 +3,9 @@
 The C++/CUDA extension ``epic_kernels._C`` registers ``torch.ops.epic_kernels.*``:
 
 * CPU sources (csrc/ops.cpp, csrc/module.cpp, csrc/cpu/*.cpp) are always built, with -O3 and
-  OpenMP (at::parallel_for). No -march flag: the hot kernels are cloned per x86-64 level and the
-  best clone is picked at load time (csrc/cpu/cpu_kernels.cpp), so the library runs on any x86-64.
+  OpenMP (at::parallel_for). No -march flag: the hot kernels are compiled once per x86-64 level
+  (AVX-512, AVX2, SSE2) and the best body is picked at load time (csrc/cpu/cpu_kernels.cpp), so the
+  library runs on any x86-64.
 * CUDA sources (csrc/cuda/*.cu) are added only when torch is a CUDA build (torch.version.cuda) and
   a CUDA toolkit is found (CUDA_HOME), unless EPIC_KERNELS_NO_CUDA=1. TORCH_CUDA_ARCH_LIST
   defaults to "8.0;9.0" (A100, H100).

@@ -31,8 +31,15 @@ VOCABS = [1, 17, 111, 4097, 32000]
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    """Fixed RNG; one intra-op thread (the reference's many small parallel ops crawl when another
+    process holds the second core; the kernels' results do not depend on the thread count, which
+    test_results_do_not_depend_on_threads_or_row_stride checks with several threads)."""
     torch.manual_seed(1234)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def mismatches(name, got, want, atol=0.0, rtol=0.0, show=8) -> str:
@@ -110,6 +117,13 @@ def test_philox_words_bit_identical():
     s, o = torch.broadcast_tensors(seeds[:, None], offsets[None, :])
     got = OPS._philox_randint(s.contiguous(), o.contiguous())
     assert not (msg := mismatches("words", got, philox.randint(s, o))), msg
+
+
+def test_gumbel_noise_exhaustive_over_uniforms():
+    """Noise depends on a word only through its top 23 bits: every one of the 2^23 values gives the
+    reference's float32 noise exactly (the kernels' SIMD logs vs torch.log in float64)."""
+    words = (torch.arange(2**23, dtype=torch.int64) << 9) | 0x1A5
+    assert not (msg := mismatches("noise", OPS._gumbel_from_words(words), philox.gumbel(words))), msg
 
 
 def test_gumbel_noise_bit_identical():
@@ -212,7 +226,7 @@ def test_results_do_not_depend_on_threads_or_row_stride():
         torch.set_num_threads(1)
         one = (OPS.softmax_entropy_sample(x, seeds, seeds * 0, positions),
                _ext.gumbel_topk_prune(x, seeds, positions, 3.0, 4))
-        torch.set_num_threads(max(2, threads))
+        torch.set_num_threads(2)
         many = (OPS.softmax_entropy_sample(x.contiguous(), seeds, seeds * 0, positions),
                 _ext.gumbel_topk_prune(x, seeds, positions, 3.0, 4))
     finally:
@@ -273,6 +287,7 @@ def test_opcheck_softmax_ops():
     torch.library.opcheck(OPS.softmax_entropy_sample.default, (x, seeds, streams, positions))
     torch.library.opcheck(OPS._gumbel_noise.default, (seeds, streams, positions, 19))
     torch.library.opcheck(OPS._philox_randint.default, (seeds, positions << 32))
+    torch.library.opcheck(OPS._gumbel_from_words.default, (seeds,))
 
 
 def test_opcheck_gumbel_topk_prune():

@@ -1,56 +1,95 @@
-// Instantiations of the plain-pointer CPU kernels (csrc/kernels/cpu_*.h), multiversioned.
+// Instantiations of the plain-pointer CPU kernels (csrc/kernels/cpu_*.h), one per instruction set.
+//
+// On x86-64 Linux with GCC, each entry point is a GCC function-multiversioning set: an AVX-512
+// body (16-float vectors), an AVX2 + FMA body (8-float vectors) and a baseline SSE2 body (4-float
+// vectors); the loader picks one from the running CPU (ifunc). No -march flag is needed, and the
+// library runs on any x86-64. Elsewhere one portable body is built. The multiversioned functions
+// are file-local; the exported entry points call them, which is what makes calls from the other
+// files dispatch (a plain declaration alone would bind to the default body).
 #include "cpu_kernels.h"
+
+#include <algorithm>
+#include <cstring>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(EPIC_NO_MULTIVERSION)
-// One clone per x86-64 level, chosen at load time from the CPU's features (ifunc).
-#define EPIC_MULTIVERSION \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define EPIC_MULTIVERSION
+#define EPIC_MULTIVERSION 1
 #endif
 
 namespace epic {
 namespace cpu {
+namespace {
 
-#define EPIC_DEFINE_PIECES(T, acc_t)                                                            \
-  EPIC_MULTIVERSION void softmax_piece_cpu(const T* x, int64_t n, int64_t v0,                   \
-                                           const NoiseKey* key, RowState<acc_t>* st,            \
-                                           Cand<acc_t>* best) {                                 \
-    softmax_piece<T, acc_t>(x, n, v0, key, st, best);                                           \
+#define EPIC_PIECES_BODY(ATTR, W, T, acc_t)                                                       \
+  ATTR void softmax_piece_mv(const T* x, int64_t n, int64_t v0, const NoiseKey* key,            \
+                             RowState<acc_t>* st, Cand<acc_t>* best) {                          \
+    softmax_piece<W, T, acc_t>(x, n, v0, key, st, best);                                        \
   }                                                                                             \
-  EPIC_MULTIVERSION void prune_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey& key, \
-                                         acc_t lse, acc_t width, Cand<acc_t> seed,              \
-                                         int64_t top_k, PrunePiece<acc_t>* out) {               \
-    prune_piece<T, acc_t>(x, n, v0, key, lse, width, seed, top_k, out);                         \
+  ATTR void prune_piece_mv(const T* x, int64_t n, int64_t v0, const NoiseKey& key, acc_t lse,   \
+                           acc_t width, Cand<acc_t> seed, int64_t top_k,                        \
+                           PrunePiece<acc_t>* out) {                                            \
+    prune_piece<W, T, acc_t>(x, n, v0, key, lse, width, seed, top_k, out);                      \
   }
 
-EPIC_DEFINE_PIECES(float, float)
-EPIC_DEFINE_PIECES(double, double)
-EPIC_DEFINE_PIECES(c10::Half, float)
-EPIC_DEFINE_PIECES(c10::BFloat16, float)
-
-EPIC_MULTIVERSION void gumbel_row_cpu(const NoiseKey& key, int64_t V, float* out) {
-  alignas(64) int32_t idx[kBlock + 8];
-  alignas(64) float g[kBlock + 8];
-  for (int64_t j = 0; j < kBlock + 8; ++j) idx[j] = static_cast<int32_t>(j);
-  for (int64_t v0 = 0; v0 < V; v0 += kBlock) {
-    const int64_t n = std::min(kBlock, V - v0);
-    gumbel_batch(key, v0, idx, n, g);
-    std::memcpy(out + v0, g, n * sizeof(float));
+#define EPIC_NOISE_BODY(ATTR)                                                                   \
+  ATTR void gumbel_row_mv(const NoiseKey& key, int64_t V, float* out) {                         \
+    alignas(64) int32_t idx[kBlock + 8];                                                        \
+    alignas(64) float g[kBlock + 8];                                                            \
+    for (int64_t j = 0; j < kBlock + 8; ++j) idx[j] = static_cast<int32_t>(j);                  \
+    for (int64_t v0 = 0; v0 < V; v0 += kBlock) {                                                \
+      const int64_t n = std::min(kBlock, V - v0);                                               \
+      gumbel_batch(key, v0, idx, n, g);                                                         \
+      std::memcpy(out + v0, g, n * sizeof(float));                                              \
+    }                                                                                           \
+  }                                                                                             \
+  ATTR float gumbel_one_mv(const NoiseKey& key, int64_t v) { return gumbel_one(key, v); }      \
+  ATTR void gumbel_words_mv(const int64_t* words, int64_t n, float* out) {                      \
+    for (int64_t j = 0; j < n; j += 8) {                                                        \
+      vu32x8 w = vu32x8{};                                                                      \
+      for (int k = 0; k < 8 && j + k < n; ++k) w[k] = static_cast<uint32_t>(words[j + k]);      \
+      const vf32x8 g = gumbel_from_words8(w);                                                   \
+      for (int k = 0; k < 8 && j + k < n; ++k) out[j + k] = g[k];                               \
+    }                                                                                           \
   }
-}
 
-EPIC_MULTIVERSION float gumbel_one_cpu(const NoiseKey& key, int64_t v) { return gumbel_one(key, v); }
+#if defined(EPIC_MULTIVERSION)
+#define EPIC_ALL_TARGETS(T, acc_t)                                                     \
+  EPIC_PIECES_BODY(__attribute__((target("arch=x86-64-v4"))), 16, T, acc_t)           \
+  EPIC_PIECES_BODY(__attribute__((target("arch=x86-64-v3"))), 8, T, acc_t)            \
+  EPIC_PIECES_BODY(__attribute__((target("default"))), 4, T, acc_t)
+EPIC_NOISE_BODY(__attribute__((target("arch=x86-64-v4"))))
+EPIC_NOISE_BODY(__attribute__((target("arch=x86-64-v3"))))
+EPIC_NOISE_BODY(__attribute__((target("default"))))
+#else
+#define EPIC_ALL_TARGETS(T, acc_t) EPIC_PIECES_BODY(, 8, T, acc_t)
+EPIC_NOISE_BODY()
+#endif
 
-EPIC_MULTIVERSION void gumbel_words_cpu(const int64_t* words, int64_t n, float* out) {
-  for (int64_t j = 0; j < n; j += 8) {
-    vu32x8 w = vu32x8{};
-    for (int k = 0; k < 8 && j + k < n; ++k) w[k] = static_cast<uint32_t>(words[j + k]);
-    const vf32x8 g = gumbel_from_words8(w);
-    for (int k = 0; k < 8 && j + k < n; ++k) out[j + k] = g[k];
+EPIC_ALL_TARGETS(float, float)
+EPIC_ALL_TARGETS(double, double)
+EPIC_ALL_TARGETS(c10::Half, float)
+EPIC_ALL_TARGETS(c10::BFloat16, float)
+
+}  // namespace
+
+#define EPIC_EXPORT_PIECES(T, acc_t)                                                             \
+  void softmax_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey* key,                \
+                         RowState<acc_t>* st, Cand<acc_t>* best) {                              \
+    softmax_piece_mv(x, n, v0, key, st, best);                                                  \
+  }                                                                                             \
+  void prune_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey& key, acc_t lse,       \
+                       acc_t width, Cand<acc_t> seed, int64_t top_k, PrunePiece<acc_t>* out) {  \
+    prune_piece_mv(x, n, v0, key, lse, width, seed, top_k, out);                                \
   }
-}
+
+EPIC_EXPORT_PIECES(float, float)
+EPIC_EXPORT_PIECES(double, double)
+EPIC_EXPORT_PIECES(c10::Half, float)
+EPIC_EXPORT_PIECES(c10::BFloat16, float)
+
+void gumbel_row_cpu(const NoiseKey& key, int64_t V, float* out) { gumbel_row_mv(key, V, out); }
+float gumbel_one_cpu(const NoiseKey& key, int64_t v) { return gumbel_one_mv(key, v); }
+void gumbel_words_cpu(const int64_t* words, int64_t n, float* out) { gumbel_words_mv(words, n, out); }
 
 }  // namespace cpu
 }  // namespace epic

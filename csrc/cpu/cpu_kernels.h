@@ -1,5 +1,5 @@
-// Entry points of the CPU kernels, one overload per input dtype. They are compiled once per
-// instruction set in cpu_kernels.cpp (GCC target_clones on x86-64 Linux: AVX-512, AVX2, baseline)
+// Entry points of the CPU kernels, one overload per input dtype. cpu_kernels.cpp compiles each
+// once per instruction set (GCC function multiversioning on x86-64 Linux: AVX-512, AVX2, SSE2)
 // and the loader picks the best one for the running CPU, so no -march flag is needed.
 #pragma once
 

@@ -9,7 +9,7 @@
 #include "philox.h"
 
 // Force inlining, so that the whole kernel is compiled for the instruction set of the function
-// that calls it (each target_clones clone in csrc/cpu/cpu_kernels.cpp).
+// that calls it (each multiversioned body in csrc/cpu/cpu_kernels.cpp).
 #if defined(__GNUC__)
 #define EPIC_INLINE inline __attribute__((always_inline))
 #else

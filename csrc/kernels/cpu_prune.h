@@ -46,7 +46,7 @@ EPIC_INLINE void heap_offer(std::vector<Cand<acc_t>>& heap, int64_t top_k, const
 
 // x[0..n): entries v0.. of one row; lse: the row's logsumexp; seed: (z, id) of some entry of the row
 // (a lower bound of the final front, used only to skip entries early).
-template <typename T, typename acc_t>
+template <int W, typename T, typename acc_t>
 EPIC_INLINE void prune_piece(const T* x, int64_t n, int64_t v0, const NoiseKey& key, acc_t lse,
                         acc_t width, Cand<acc_t> seed, int64_t top_k, PrunePiece<acc_t>* out) {
   alignas(64) acc_t buf[kBlock];
@@ -69,11 +69,11 @@ EPIC_INLINE void prune_piece(const T* x, int64_t n, int64_t v0, const NoiseKey& 
     const int64_t nb = std::min(kBlock, n - b0);
     int64_t np;
     const acc_t* p = load_block(x + b0, nb, buf, &np);
-    const acc_t bm = block_max(p, np);
+    const acc_t bm = block_max<W>(p, np);
     if (!(bm > neg_inf<acc_t>()) || (bm - lse) + gmax < threshold) continue;
     int64_t m = 0;  // candidates of the block: finite, upper bound >= threshold
     for (int64_t i0 = 0; i0 < np; i0 += kLanes) {  // padding entries are -inf
-      if (!group_reaches(p + i0, lse, gmax, threshold)) continue;
+      if (!group_reaches<W>(p + i0, lse, gmax, threshold)) continue;
       for (int64_t i = i0; i < i0 + kLanes; ++i) {
         idx[m] = static_cast<int32_t>(i);
         m += (p[i] > neg_inf<acc_t>() && (p[i] - lse) + gmax >= threshold) ? 1 : 0;

@@ -4,9 +4,13 @@
 //
 // Layout of the work: a piece is walked in blocks of kBlock entries. Per block, (1) the block
 // maximum, (2) if it raises the running maximum m, the 16 lane accumulators are rescaled once,
-// (3) s += e^{x - m}, t += e^{x - m} (x - m) over 16 independent lanes (vectorizes; the lane
-// structure also fixes the summation order, so results do not depend on the SIMD width), and
-// (4) the Gumbel-max candidates of the block, which re-reads the block from L1. Memory is read once.
+// (3) s += e^{x - m}, t += e^{x - m} (x - m) over 16 independent lanes, and (4) the Gumbel-max
+// candidates of the block, which re-reads the block from L1. Memory is read once.
+//
+// The float loops use GCC/Clang vector extensions of W floats (W = 4, 8 or 16: SSE, AVX2, AVX-512;
+// csrc/cpu/cpu_kernels.cpp instantiates one per instruction set). The 16 logical lanes are 16 / W
+// vectors, so every W performs the same per-lane arithmetic in the same order: the results do
+// not depend on the SIMD width.
 #pragma once
 
 #include <algorithm>
@@ -28,43 +32,69 @@ constexpr int64_t kBlock = 1024;   // entries per block (4 KiB of float: stays i
 constexpr int64_t kChunk = 16384;  // entries per parallel task; fixed, so results never depend on
                                    // the number of threads
 
-// 16 float lanes as one GCC/Clang vector: the compiler maps it to 1 AVX-512, 2 AVX2 or 4 SSE
-// registers, with the same per-lane arithmetic (and so the same results) in every case.
-typedef float vfloat __attribute__((vector_size(64)));
-typedef int32_t vint __attribute__((vector_size(64)));
-static_assert(sizeof(vfloat) == kLanes * sizeof(float), "one vfloat holds the 16 lanes");
+template <int W>
+struct VecTypes;
+template <>
+struct VecTypes<4> {
+  typedef float f __attribute__((vector_size(16)));
+  typedef int32_t i __attribute__((vector_size(16)));
+};
+template <>
+struct VecTypes<8> {
+  typedef float f __attribute__((vector_size(32)));
+  typedef int32_t i __attribute__((vector_size(32)));
+};
+template <>
+struct VecTypes<16> {
+  typedef float f __attribute__((vector_size(64)));
+  typedef int32_t i __attribute__((vector_size(64)));
+};
+template <int W>
+using vf = typename VecTypes<W>::f;  // W float lanes
+template <int W>
+using vi = typename VecTypes<W>::i;  // W int32 lanes (comparison masks)
 
-EPIC_INLINE vfloat vload(const float* p) {
-  vfloat v;
+template <int W>
+EPIC_INLINE vf<W> vload(const float* p) {
+  vf<W> v;
   std::memcpy(&v, p, sizeof(v));  // unaligned load
   return v;
 }
-EPIC_INLINE vfloat vsplat(float x) { return vfloat{} + x; }
-EPIC_INLINE bool vany(vint mask) {
+template <int W>
+EPIC_INLINE vf<W> vsplat(float x) {
+  return vf<W>{} + x;
+}
+template <int W>
+EPIC_INLINE vf<W> vmax(vf<W> a, vf<W> b) {  // b if either is NaN
+  return a > b ? a : b;
+}
+template <int W>
+EPIC_INLINE bool vany(vi<W> mask) {
   int32_t any = 0;
-  for (int j = 0; j < kLanes; ++j) any |= mask[j];
+  for (int j = 0; j < W; ++j) any |= mask[j];
   return any != 0;
 }
 
-// e^x for 16 floats with x in [-86, 0] (the caller clamps), as 2^y with y = x log2(e):
+// e^x for W floats with x in [-86, 0] (the caller clamps), as 2^y with y = x log2(e):
 // n = round(y) by the 1.5 * 2^23 trick (whose bits also give 2^n), f = y - n in [-0.5, 0.5],
 // 2^f by a degree-5 polynomial (fitted for relative error; 3e-7 for x in [-10, 0], 1.3e-6 at
 // x = -86). The result is at least e^-86 ~ 4e-38, a normal float: no denormals (slow on x86),
 // and a clamped -inf entry adds a negligible 4e-38 to a sum that is >= 1.
-EPIC_INLINE vfloat fast_exp_nonpos(vfloat x) {
+template <int W>
+EPIC_INLINE vf<W> fast_exp_nonpos(vf<W> x) {
   constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const vfloat t = x * 1.44269504088896341f + kMagic;
-  const vfloat n = t - kMagic;
-  const vfloat f = x * 1.44269504088896341f - n;
-  vfloat p = vsplat(0.00129156676f);
+  const vf<W> t = x * 1.44269504088896341f + kMagic;
+  const vf<W> n = t - kMagic;
+  const vf<W> f = x * 1.44269504088896341f - n;
+  vf<W> p = vsplat<W>(0.00129156676f);
   p = p * f + 0.0096685309f;
   p = p * f + 0.0555168875f;
   p = p * f + 0.240222648f;
   p = p * f + 0.693146467f;
   p = p * f + 1.0f;
   // the low bits of t hold n: bits of t minus bits of kMagic (0x4B400000) = n; 2^n = (n+127) << 23
-  const vint bits = (reinterpret_cast<const vint&>(t) + (127 - 0x4B400000)) << 23;
-  return p * reinterpret_cast<const vfloat&>(bits);
+  const vi<W> bits = (reinterpret_cast<const vi<W>&>(t) + (127 - 0x4B400000)) << 23;
+  return p * reinterpret_cast<const vf<W>&>(bits);
 }
 
 template <typename acc_t>
@@ -85,37 +115,33 @@ EPIC_INLINE const acc_t* load_block(const T* x, int64_t n, acc_t* buf, int64_t* 
   return buf;
 }
 
-template <typename acc_t>
-EPIC_INLINE acc_t block_max(const acc_t* p, int64_t np) {
-  acc_t mx[kLanes];
-  for (int j = 0; j < kLanes; ++j) mx[j] = neg_inf<acc_t>();
+template <int W>
+EPIC_INLINE double block_max(const double* p, int64_t np) {
+  double mx[kLanes];
+  for (int j = 0; j < kLanes; ++j) mx[j] = neg_inf<double>();
   for (int64_t i = 0; i < np; i += kLanes)
     for (int j = 0; j < kLanes; ++j) mx[j] = p[i + j] > mx[j] ? p[i + j] : mx[j];
-  acc_t m = mx[0];
+  double m = mx[0];
   for (int j = 1; j < kLanes; ++j) m = mx[j] > m ? mx[j] : m;
   return m;
 }
 
+template <int W>
 EPIC_INLINE float block_max(const float* p, int64_t np) {
-  vfloat mx = vsplat(-std::numeric_limits<float>::infinity());
-  for (int64_t i = 0; i < np; i += kLanes) {
-    const vfloat v = vload(p + i);
-    mx = v > mx ? v : mx;
-  }
-  float m = mx[0];
-  for (int j = 1; j < kLanes; ++j) m = mx[j] > m ? mx[j] : m;
+  constexpr int H = kLanes / W;
+  vf<W> mx[H];
+  for (int h = 0; h < H; ++h) mx[h] = vsplat<W>(neg_inf<float>());
+  for (int64_t i = 0; i < np; i += kLanes)
+    for (int h = 0; h < H; ++h) mx[h] = vmax<W>(vload<W>(p + i + h * W), mx[h]);
+  for (int h = 1; h < H; ++h) mx[0] = vmax<W>(mx[h], mx[0]);
+  float m = mx[0][0];
+  for (int j = 1; j < W; ++j) m = mx[0][j] > m ? mx[0][j] : m;
   return m;
-}
-
-template <typename acc_t>
-EPIC_INLINE int64_t first_index(const acc_t* p, int64_t np, acc_t value) {
-  for (int64_t i = 0; i < np; ++i)
-    if (p[i] == value) return i;
-  return -1;
 }
 
 // s += e^{x - m}, t += e^{x - m} (x - m), lane j taking entries j, j + 16, ...
 // (d is clamped at a floor, so -inf entries give a finite e * d, not 0 * -inf = NaN.)
+template <int W>
 EPIC_INLINE void accumulate(const double* p, int64_t np, double m, double* s, double* t) {
   for (int64_t i = 0; i < np; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) {
@@ -128,35 +154,56 @@ EPIC_INLINE void accumulate(const double* p, int64_t np, double m, double* s, do
   }
 }
 
+template <int W>
 EPIC_INLINE void accumulate(const float* p, int64_t np, float m, float* s, float* t) {
-  vfloat vs = vload(s), vt = vload(t);
-  const vfloat floor = vsplat(-86.0f), vm = vsplat(m);
-  for (int64_t i = 0; i < np; i += kLanes) {
-    vfloat d = vload(p + i) - vm;  // <= 0
-    d = d > floor ? d : floor;      // maxps
-    const vfloat e = fast_exp_nonpos(d);
-    vs += e;
-    vt += e * d;
+  constexpr int H = kLanes / W;
+  vf<W> vs[H], vt[H];
+  for (int h = 0; h < H; ++h) {
+    vs[h] = vload<W>(s + h * W);
+    vt[h] = vload<W>(t + h * W);
   }
-  std::memcpy(s, &vs, sizeof(vs));
-  std::memcpy(t, &vt, sizeof(vt));
+  const vf<W> floor = vsplat<W>(-86.0f), vm = vsplat<W>(m);
+  for (int64_t i = 0; i < np; i += kLanes) {
+    for (int h = 0; h < H; ++h) {
+      const vf<W> d = vmax<W>(floor, vload<W>(p + i + h * W) - vm);  // <= 0; NaN stays NaN
+      const vf<W> e = fast_exp_nonpos<W>(d);
+      vs[h] += e;
+      vt[h] += e * d;
+    }
+  }
+  for (int h = 0; h < H; ++h) {
+    std::memcpy(s + h * W, &vs[h], sizeof(vs[h]));
+    std::memcpy(t + h * W, &vt[h], sizeof(vt[h]));
+  }
 }
 
 // Could any of the 16 entries p[0..16) reach bound: (p - sub) + add >= bound? (Same arithmetic as
 // the per-entry test, so skipping a group skips exactly entries that test false.)
+template <int W>
 EPIC_INLINE bool group_reaches(const float* p, float sub, float add, float bound) {
-  return vany(((vload(p) - sub) + add) >= bound);
+  constexpr int H = kLanes / W;
+  vi<W> any = ((vload<W>(p) - sub) + add) >= bound;
+  for (int h = 1; h < H; ++h) any |= ((vload<W>(p + h * W) - sub) + add) >= bound;
+  return vany<W>(any);
 }
+template <int W>
 EPIC_INLINE bool group_reaches(const double* p, double sub, double add, double bound) {
   bool any = false;
   for (int j = 0; j < kLanes; ++j) any |= (p[j] - sub) + add >= bound;
   return any;
 }
 
+template <typename acc_t>
+EPIC_INLINE int64_t first_index(const acc_t* p, int64_t np, acc_t value) {
+  for (int64_t i = 0; i < np; ++i)
+    if (p[i] == value) return i;
+  return -1;
+}
+
 // Gumbel-max over one block: best = argmax (x_v + G_v), lower id on ties. The noise of an entry is
 // drawn only if x_v + Gmax could reach the best so far (exact: x + G <= x + Gmax after rounding);
 // the block maximum goes first, as it gives a good bound for the rest. Noise is computed 8 at a time.
-template <typename acc_t>
+template <int W, typename acc_t>
 EPIC_INLINE void sample_block(const acc_t* p, int64_t np, int64_t v0, acc_t bm, const NoiseKey& key,
                               Cand<acc_t>& best) {
   const acc_t gmax = static_cast<acc_t>(kGumbelMaxBound);
@@ -168,7 +215,7 @@ EPIC_INLINE void sample_block(const acc_t* p, int64_t np, int64_t v0, acc_t bm, 
   if (better(c0, best)) best = c0;
   int64_t n = 0;
   for (int64_t i0 = 0; i0 < np; i0 += kLanes) {  // padding entries are -inf
-    if (!group_reaches(p + i0, acc_t(0), gmax, best.val)) continue;
+    if (!group_reaches<W>(p + i0, acc_t(0), gmax, best.val)) continue;
     for (int64_t i = i0; i < i0 + kLanes; ++i) {
       idx[n] = static_cast<int32_t>(i);
       n += (p[i] > neg_inf<acc_t>() && p[i] + gmax >= best.val) ? 1 : 0;
@@ -184,7 +231,7 @@ EPIC_INLINE void sample_block(const acc_t* p, int64_t np, int64_t v0, acc_t bm, 
 
 // Online softmax statistics of x[0..n) (entries v0.., for the noise key) and, when key is given,
 // the Gumbel-max candidate of the piece. st and best are overwritten.
-template <typename T, typename acc_t>
+template <int W, typename T, typename acc_t>
 EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey* key,
                           RowState<acc_t>* st, Cand<acc_t>* best) {
   alignas(64) acc_t buf[kBlock];
@@ -197,7 +244,7 @@ EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey
     const int64_t nb = std::min(kBlock, n - b0);
     int64_t np;
     const acc_t* p = load_block(x + b0, nb, buf, &np);
-    const acc_t bm = block_max(p, np);
+    const acc_t bm = block_max<W>(p, np);
     if (!(bm > neg_inf<acc_t>())) continue;  // only -inf entries: they contribute nothing
     if (bm > m) {
       if (m > neg_inf<acc_t>()) {  // rescale the lanes to the new maximum
@@ -210,8 +257,8 @@ EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey
       m = bm;
       arg = v0 + b0 + first_index(p, np, bm);
     }
-    accumulate(p, np, m, s, t);
-    if (key != nullptr) sample_block(p, np, v0 + b0, bm, *key, *best);
+    accumulate<W>(p, np, m, s, t);
+    if (key != nullptr) sample_block<W>(p, np, v0 + b0, bm, *key, *best);
   }
   acc_t ss = 0, tt = 0;
   for (int j = 0; j < kLanes; ++j) {
