@@ -23,7 +23,7 @@ import threading
 import torch
 
 BUILD_HINT = ("build it from the repository root with `pip install --no-build-isolation -e .` "
-              "(needs a C++17 compiler; CUDA kernels are added when torch and the toolkit have CUDA)")
+              "(needs a C++20 compiler, g++ >= 10; CUDA kernels are added when torch and the toolkit have CUDA)")
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "module": None, "error": None}
