@@ -55,6 +55,12 @@ class GenerationOutput:
                     forwards_saved=sum(s.forwards_saved for s in self.steps))
 
 
+def _so_far(input_ids, new_tokens, rows):
+    """``[n, T + steps]``: the prompts of sequences ``rows`` followed by what they generated so far."""
+    tails = torch.tensor([new_tokens[r] for r in rows.tolist()], dtype=torch.int64).view(len(rows), -1)
+    return torch.cat([input_ids[rows], tails], dim=1)
+
+
 def _left_pad(input_ids, attention_mask):
     if attention_mask is None:
         return input_ids, torch.ones_like(input_ids)
@@ -77,7 +83,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
              seed=0, eos_token_id=None, pad_token_id: int = 0, top_k: int | None = None,
              top_p: float | None = None, min_p: float | None = None, rollout_top_k: int | None = None,
              block_size: int = 4, engine: str = "auto", backend: str | None = None,
-             on_step=None) -> GenerationOutput:
+             logits_processor=None, stopping_criteria=None, on_step=None) -> GenerationOutput:
     """Decode up to ``max_new_tokens`` tokens per sequence with EPIC.
 
     Parameters
@@ -89,6 +95,9 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
         depend only on its own prompt and seed, not on the rest of the batch.
     eos_token_id : int or list of ints ending a sequence (None: run to ``max_new_tokens``).
     engine : ``"auto"`` (the fast engine when the model supports it), ``"fast"`` or ``"reference"``.
+    logits_processor : optional ``f(input_ids [n, T], logits [n, V]) -> logits`` applied before EPIC at
+        every step (for example a Hugging Face ``LogitsProcessorList`` with top-k / top-p warpers).
+    stopping_criteria : optional ``f(input_ids [n, T], logits) -> bool [n]`` ending sequences early.
     on_step : optional callback ``on_step(step, rows, tokens)`` after each step (for streaming).
     Other parameters: as ``sample_step``.
     """
@@ -128,14 +137,17 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             start = time.perf_counter()
             h_q, _, _ = softmax_entropy_impl(logits, backend=which)
             advance = step + 1 < max_new_tokens
+            scores = logits
+            if logits_processor is not None:
+                scores = logits_processor(_so_far(input_ids, new_tokens, rows), logits)
             if fast:
-                res = fast_sample(truncate(logits, top_k, top_p, min_p), cache.view(seeds[rows]), model, cfg,
+                res = fast_sample(truncate(scores, top_k, top_p, min_p), cache.view(seeds[rows]), model, cfg,
                                   backend, advance=advance)
                 if advance:
                     cache.append(res.next_keys, res.next_values)
                     logits = res.next_logits
             else:
-                res = sample_step(logits, kv, model, alpha=alpha, horizon=horizon, rollouts=rollouts,
+                res = sample_step(scores, kv, model, alpha=alpha, horizon=horizon, rollouts=rollouts,
                                   seed=seeds[rows], attention_mask=mask, rollout_top_k=rollout_top_k,
                                   top_k=top_k, top_p=top_p, min_p=min_p, block_size=block_size,
                                   advance=advance, engine="reference")
@@ -146,6 +158,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                 new_tokens[r].append(int(tokens[i]))
                 entropies[r].append(float(h_q[i]))
             done = torch.tensor([int(t) in eos for t in tokens.tolist()], dtype=torch.bool)
+            if stopping_criteria is not None:
+                done |= torch.as_tensor(stopping_criteria(_so_far(input_ids, new_tokens, rows), scores)).bool().cpu()
             keep = (~done).nonzero().flatten()
             if advance and len(keep) < len(rows):     # finished sequences leave the batch's work
                 logits = logits[keep]
