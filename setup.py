@@ -21,8 +21,18 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        sys.exit("epic_kernels: building the C++ extension needs torch installed first (pip install "
+                 "'torch>=2.4'), then `pip install --no-build-isolation -e .` so that the build uses "
+                 "that torch instead of an isolated, possibly different one.")
+    return torch
+
+
 def _extensions():
-    import torch
+    torch = _torch()
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
     def rel(pattern):
@@ -48,6 +58,7 @@ def _extensions():
 
 
 def _cmdclass():
+    _torch()
     from torch.utils.cpp_extension import BuildExtension
 
     return {"build_ext": BuildExtension.with_options(use_ninja=True)}
