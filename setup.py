@@ -51,7 +51,7 @@ def _extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         return [CUDAExtension(
             "epic_kernels._C", sources + rel("csrc/cuda/*.cu"),
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math=false"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             extra_link_args=link)]
     return [CppExtension("epic_kernels._C", sources, extra_compile_args={"cxx": cxx},
                          extra_link_args=link)]
