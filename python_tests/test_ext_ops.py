@@ -235,6 +235,19 @@ def test_results_do_not_depend_on_threads_or_row_stride():
         assert torch.equal(a, b)
 
 
+def test_strided_last_dim_and_one_value_width():
+    x = make_logits(5, 300, torch.float32)
+    xt = x.t().contiguous().t()                         # stride (1, 5): last dim not contiguous
+    seeds, positions = make_keys(5)
+    for a, b in zip(OPS.softmax_entropy_sample(xt, seeds, seeds * 0, positions),
+                    OPS.softmax_entropy_sample(x, seeds, seeds * 0, positions)):
+        assert torch.equal(a, b)
+    got = OPS.gumbel_topk_prune(xt, seeds, positions, torch.tensor(2.5, dtype=torch.float64), 3)
+    want = OPS.gumbel_topk_prune(x, seeds, positions, torch.full((5,), 2.5), 3)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda: OPS.softmax_entropy(torch.zeros(3)), "shape"),
     (lambda: OPS.softmax_entropy(torch.zeros(2, 3, dtype=torch.int32)), "float16"),
