@@ -14,8 +14,11 @@
 2. ``EpicLogitsProcessor``: a logits processor that holds the model. Hugging Face's loop owns the
    cache and never shows it to a processor, so the processor must run the model over the whole
    prefix again at every step (prefill cost each token: quadratic in the length) before it can fork
-   rollouts; its output is a one-hot score row that forces EPIC's token. Use it when the loop must
-   stay Hugging Face's own (beam search aside); prefer ``custom_generate`` for speed.
+   rollouts; its output is a one-hot score row that forces EPIC's token. Hugging Face runs custom
+   processors *before* its sampling warpers (temperature, top-k, top-p, min-p), so give the
+   truncation to the processor itself (``EpicLogitsProcessor(model, top_k=50)``); warpers after it
+   see a one-hot row and change nothing. Use it when the loop must stay Hugging Face's own; prefer
+   ``custom_generate`` for speed.
 
 Keys: sequence b's seed is ``epic_seed + b`` (or the list given) and each token's noise is keyed by
 its position in its own sequence, so both ways give each sequence the tokens it would get alone.
@@ -59,14 +62,16 @@ class EpicLogitsProcessor:
     ----------
     model : the model being decoded (the processor runs it itself: no cache reaches a processor).
     attention_mask : ``[B, T0]`` mask of the prompt (left padding); all ones if omitted.
-    alpha, horizon, rollouts, seed, rollout_top_k, block_size : as ``epic_kernels.sample_step``.
+    alpha, horizon, rollouts, seed, rollout_top_k, block_size, top_k, top_p, min_p : as
+        ``epic_kernels.sample_step`` (top_k / top_p / min_p truncate the candidates before EPIC).
     """
 
     def __init__(self, model, *, attention_mask=None, alpha: float = 0.2, horizon: int = 4, rollouts: int = 2,
-                 seed=0, rollout_top_k: int | None = None, block_size: int = 4):
+                 seed=0, rollout_top_k: int | None = None, block_size: int = 4, top_k: int | None = None,
+                 top_p: float | None = None, min_p: float | None = None):
         self.model, self.prompt_mask = model, attention_mask
-        self.kwargs = dict(alpha=alpha, horizon=horizon, rollouts=rollouts, seed=seed,
-                           rollout_top_k=rollout_top_k, block_size=block_size)
+        self.kwargs = dict(alpha=alpha, horizon=horizon, rollouts=rollouts, seed=seed, rollout_top_k=rollout_top_k,
+                           block_size=block_size, top_k=top_k, top_p=top_p, min_p=min_p)
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -80,6 +85,13 @@ class EpicLogitsProcessor:
             mask = torch.cat([self.prompt_mask.to(torch.int64), torch.ones(B, grown, dtype=torch.int64)], 1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        # Hugging Face hands processors float32 scores from its own cached forward. When the processors
+        # before this one only removed tokens (the kept scores are the logits), use the model's logits
+        # from our forward at full precision, as epic_kernels.generate does.
+        native = out.logits[:, -1, :]
+        kept = torch.isfinite(scores)
+        if torch.allclose(scores[kept].double(), native[kept].double(), rtol=1e-5, atol=1e-5):
+            scores = native.masked_fill(~kept, float("-inf"))
         step = sample_step(scores, out.past_key_values, self.model, attention_mask=mask, advance=False,
                            **self.kwargs)
         forced = torch.full_like(scores, float("-inf"))
