@@ -1,0 +1,214 @@
+"""A naive batched EPIC sampler, kept as the baseline the fast engine is measured against.
+
+It is exact (same target distribution, same keyed noise, hence the library's tokens for the same
+seeds) but does what a first implementation would do:
+
+1. admissible window: keep candidates with ``z_i >= max_j z_j - |alpha| k U`` (one left: it wins);
+2. depth 1: ``copy.deepcopy`` the Hugging Face cache and ``batch_select_indices`` one row per
+   candidate, one batched forward of every candidate of every sequence;
+3. one prune with the depth-1 bounds (the reference's ``_bounds``);
+4. every candidate still alive goes to FULL depth: deepcopy the depth-1 cache again,
+   ``batch_select_indices`` each row ``K`` times (one per rollout), one batched forward per depth;
+   no best-first order, no adaptive horizon, no early stop;
+5. argmax of the exact scores ``score(z, alpha, rb_estimate(table))`` (lower id on ties).
+
+The randomness is the library's (``reference.perturbed_scores`` for the step noise,
+``reference.gumbel_argmax`` with stream ``1 + r`` for rollout r), so a candidate's estimate is the
+one the reference computes and the argmax is the exhaustive sampler's. With ``advance=True`` it also
+returns the next logits and cache, from the winner's depth-1 row when every winner had one, else by
+one plain forward of the winners (the forward any decoding loop makes; counted apart, as the fast
+engine does).
+
+    python benchmarks/naive_baseline.py --quick          # agreement with the fast engine, 3 steps
+    python benchmarks/naive_baseline.py --steps 16 --reference
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+try:
+    from . import _common as C
+except ImportError:                                 # run as a script
+    import _common as C  # type: ignore
+
+import torch  # noqa: E402
+
+from epic_kernels.reference import (SampleStats, _bounds, entropy_bound, gumbel_argmax,  # noqa: E402
+                                    perturbed_scores, policy_logits, rb_estimate, score, softmax_entropy)
+from epic_kernels.rollout import Prefix  # noqa: E402
+from epic_kernels.truncation import truncate  # noqa: E402
+
+
+@dataclass
+class NaiveStep:
+    tokens: torch.Tensor                 # int64 [B]
+    stats: SampleStats                   # forward_calls / forward_tokens: EPIC's own work only
+    entropy: torch.Tensor                # [B] winner's estimate (NaN when it won without a forward)
+    next_logits: torch.Tensor | None = None
+    kv: object | None = None
+    attention_mask: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _forward(model, ids, cache, mask, positions):
+    out = model(input_ids=ids.view(-1, 1), attention_mask=mask, position_ids=positions.view(-1, 1),
+                past_key_values=cache, use_cache=True)
+    return out.logits[:, -1, :]
+
+
+@torch.no_grad()
+def naive_sample(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int = 4, rollouts: int = 2,
+                 seed=0, attention_mask: torch.Tensor | None = None, rollout_top_k: int | None = None,
+                 top_k: int | None = None, advance: bool = False) -> NaiveStep:
+    """One exact EPIC step the naive way (see the module docstring). Arguments as ``sample_step``;
+    ``kv`` (a transformers ``DynamicCache``, batch B) is never modified."""
+    B, V = logits.shape
+    prefix = Prefix.build(kv, seed, B, attention_mask, model)
+    mask, pos, seeds = prefix.mask, prefix.positions, prefix.seeds
+    logits = truncate(logits, top_k)
+    k, K = horizon, rollouts
+    bound = entropy_bound(V, rollout_top_k) * (1 + 1e-6) + 1e-6        # as reference.lazy_sample
+    width = abs(alpha) * k * bound
+    z = perturbed_scores(logits, seeds, pos)
+    front = z.max(-1, keepdim=True).values
+    window = torch.isfinite(z) & ((z >= front - width) if width > 0 else (z == front))
+    rows, cands = torch.nonzero(window, as_tuple=True)               # ascending id within a row
+    counts = window.sum(-1)
+    tokens = torch.empty(B, dtype=torch.int64)
+    entropy = torch.full((B,), float("nan"), dtype=z.dtype)
+    evaluated_deeper = torch.zeros(B, dtype=torch.int64)
+    stats = SampleStats(counts.clone(), torch.zeros(B, dtype=torch.int64), evaluated_deeper)
+    single = counts == 1
+    tokens[single] = cands[single[rows]]
+    multi = ~single[rows]
+    r_idx, c_ids = rows[multi], cands[multi]                          # candidates needing a forward
+    depth1_logits = cache1 = None
+    cand_of_row = torch.full((B,), -1, dtype=torch.int64)             # winner's depth-1 row
+    if len(r_idx):
+        stats.evaluated_depth1 = torch.bincount(r_idx, minlength=B)
+        # ---- depth 1: a full copy of the cache, then one row per candidate -----------------------
+        cache1 = copy.deepcopy(kv)
+        cache1.batch_select_indices(r_idx)
+        mask1 = torch.cat([mask[r_idx], torch.ones_like(mask[r_idx, :1])], 1)
+        depth1_logits = _forward(model, c_ids, cache1, mask1, pos[r_idx])
+        stats.forward_calls, stats.forward_tokens = 1, len(c_ids)
+        pol = policy_logits(depth1_logits, rollout_top_k)
+        ent, _ = softmax_entropy(pol)
+        N = len(c_ids)
+        table = torch.zeros(N, k, K, dtype=z.dtype)
+        table[:, 0, :] = ent.to(z.dtype).view(-1, 1)
+        zc = z[r_idx, c_ids]
+        # ---- one prune with the depth-1 bounds ---------------------------------------------------
+        depth = torch.ones(N, dtype=torch.int64)
+        partial = rb_estimate(table, 1)
+        lb, ub = _bounds(zc, alpha, partial, depth, k, bound)
+        best_lb = torch.full((B,), float("-inf"), dtype=lb.dtype).scatter_reduce(0, r_idx, lb, "amax")
+        alive = ub >= best_lb[r_idx]
+        n_alive = torch.bincount(r_idx[alive], minlength=B)
+        deep = alive & (n_alive[r_idx] > 1) & (k > 1)
+        d_idx = deep.nonzero().flatten()
+        evaluated_deeper += torch.bincount(r_idx[d_idx], minlength=B)
+        # ---- every remaining candidate to full depth, K rollouts each -----------------------------
+        if len(d_idx):
+            rep = d_idx.repeat_interleave(K)
+            roll = torch.arange(K).repeat(len(d_idx))
+            cache = copy.deepcopy(cache1)
+            cache.batch_select_indices(rep)
+            rmask, rpos, rseeds = mask1[rep], pos[r_idx[rep]], seeds[r_idx[rep]]
+            y = gumbel_argmax(pol[rep], rseeds, 1 + roll, rpos + 1)
+            for j in range(1, k):
+                rmask = torch.cat([rmask, torch.ones_like(rmask[:, :1])], 1)
+                out = _forward(model, y, cache, rmask, rpos + j)
+                stats.forward_calls += 1
+                stats.forward_tokens += len(y)
+                p = policy_logits(out, rollout_top_k)
+                e, _ = softmax_entropy(p)
+                table[rep, j, roll] = e.to(z.dtype)
+                if j + 1 < k:
+                    y = gumbel_argmax(p, rseeds, 1 + roll, rpos + j + 1)
+        # ---- argmax of the exact scores over the alive candidates ---------------------------------
+        h = rb_estimate(table, k)
+        s = torch.where(alive, score(zc, alpha, torch.where(deep, h, partial)),
+                        torch.full_like(zc, float("-inf")))
+        full = torch.full((B, V), float("-inf"), dtype=s.dtype)
+        full[r_idx, c_ids] = s
+        hit = (~single).nonzero().flatten()
+        win = torch.argmax(full[hit], dim=-1)                        # first maximum: lower id
+        tokens[hit] = win
+        # depth-1 row of each winner (row-major order, so a lookup by (row, id))
+        key = r_idx * V + c_ids
+        cand_of_row[hit] = torch.searchsorted(key, hit * V + win)
+        hw = cand_of_row[hit]
+        entropy[hit] = torch.where(deep[hw], h[hw], partial[hw]).to(entropy.dtype)
+    out = NaiveStep(tokens, stats, entropy)
+    if not advance:
+        return out
+    next_mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    if bool((cand_of_row >= 0).all()):       # every winner had a depth-1 forward: reuse it
+        new_kv = cache1
+        new_kv.batch_select_indices(cand_of_row)
+        out.next_logits = depth1_logits[cand_of_row]
+        out.extra.update(forwards_saved=B, finish_calls=0)
+    else:                                    # the plain loop's forward
+        new_kv = copy.deepcopy(kv)
+        out.next_logits = _forward(model, tokens, new_kv, next_mask, pos)
+        out.extra.update(forwards_saved=0, finish_calls=1, finish_tokens=B)
+    out.kv, out.attention_mask = new_kv, next_mask
+    return out
+
+
+@torch.no_grad()
+def main(argv=None):
+    p = C.base_parser(__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=12, help="teacher-forced steps per setting")
+    p.add_argument("--alpha", type=float, default=0.2)
+    p.add_argument("--horizon", type=int, default=4)
+    p.add_argument("--rollouts", type=int, default=2)
+    p.add_argument("--reference", action="store_true", help="also compare with the reference lazy sampler")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps = 3
+    C.setup_torch(args.threads)
+    import epic_kernels
+
+    model, tok, load_s = C.load(args.model)
+    ids = C.chat_ids(tok, C.load_prompts(args.data, 1)[0])
+    settings = [("top-k 50", 50, 50), ("full vocab", None, None)]
+    rows, results = [], []
+    for name, top_k, rtop_k in settings:
+        kw = dict(alpha=args.alpha, horizon=args.horizon, rollouts=args.rollouts, seed=args.seed,
+                  rollout_top_k=rtop_k, top_k=top_k)
+        out = model(input_ids=ids, use_cache=True)
+        logits, kv = out.logits[:, -1, :], out.past_key_values
+        agree_fast = agree_ref = 0
+        t_naive, calls, ftoks = [], [], []
+        for _ in C.progress(range(args.steps), args.no_progress, desc=name):
+            nv, dt = C.timed(lambda: naive_sample(logits, kv, model, advance=True, **kw))
+            fast = epic_kernels.sample_step(logits, kv, model, engine="fast", advance=True, **kw)
+            agree_fast += int(torch.equal(nv.tokens, fast.tokens))
+            if args.reference:
+                ref = epic_kernels.sample_step(logits, kv, model, engine="reference", advance=False, **kw)
+                agree_ref += int(torch.equal(nv.tokens, ref.tokens))
+            t_naive.append(dt)
+            calls.append(nv.stats.forward_calls)
+            ftoks.append(nv.stats.forward_tokens)
+            logits, kv = fast.next_logits, fast.kv                  # follow the fast engine's trajectory
+        r = dict(setting=name, steps=args.steps, agree_fast=agree_fast,
+                 agree_reference=agree_ref if args.reference else None, naive_ms=C.median(t_naive) * 1e3,
+                 calls_per_step=sum(calls) / len(calls), tokens_per_step=sum(ftoks) / len(ftoks))
+        results.append(r)
+        rows.append([name, args.steps, f"{agree_fast}/{args.steps}",
+                     f"{agree_ref}/{args.steps}" if args.reference else "-", r["naive_ms"],
+                     r["calls_per_step"], r["tokens_per_step"]])
+    print(f"\nnaive baseline, alpha {args.alpha}, horizon {args.horizon}, rollouts {args.rollouts}, "
+          f"{args.threads} threads (model loaded in {load_s:.0f}s)\n")
+    print(C.md_table(["setting", "steps", "tokens = fast", "tokens = reference", "naive ms/step (median)",
+                      "forward calls/step", "forward tokens/step"], rows))
+    C.write_json(args.json, dict(machine=C.machine(), args=vars(args), results=results))
+    bad = [r for r in results if r["agree_fast"] != r["steps"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
