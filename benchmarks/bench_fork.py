@@ -1,0 +1,161 @@
+"""Fork cost: the engine's slot pool against ``copy.deepcopy`` + ``batch_repeat_interleave`` of the
+Hugging Face cache, on the embedded model's cache shapes (30 layers, 3 KV heads, head_dim 64, float32;
+a random ``DynamicCache``, no model run).
+
+For each prefix length L and rollout count R (one sequence forked into R rows):
+
+* **fork, KV side.** HF: ``copy.deepcopy(cache)`` then ``batch_repeat_interleave(R)`` (R full copies
+  of the prefix). Engine: a ``SlotPool`` (per layer ``[R, kv_heads, horizon, head_dim]``) reserved
+  for R slots, plus the depth-1 fan-out ``copy_slots`` (slot 0's first token into slots 1..R-1): the
+  prefix itself is read in place. Time (median of interleaved repeats) and bytes added
+  (HF: R copies of the prefix; engine: ``pool.nbytes()``).
+* **attention of one layer for those R rows** at depth 2 (each row: the shared prefix + 2 own tokens).
+  HF: ``scaled_dot_product_attention`` over the R copies (GQA); engine: ``fork_attention`` (one matmul
+  per sequence over the prefix + a tiny per-row suffix part, merged by log-sum-exp).
+
+    python benchmarks/bench_fork.py
+    python benchmarks/bench_fork.py --quick --json fork.json
+"""
+from __future__ import annotations
+
+import copy
+import types
+
+try:
+    from . import _common as C
+except ImportError:                                   # run as a script
+    import _common as C  # type: ignore
+
+import torch  # noqa: E402
+
+from epic_kernels.engine import attention as A  # noqa: E402
+from epic_kernels.engine.cache import PrefixView  # noqa: E402
+
+LAYERS, KV_HEADS, HEADS, HEAD_DIM = 30, 3, 9, 64
+
+
+def random_cache(L: int, seed: int = 0):
+    from transformers import DynamicCache
+
+    g = torch.Generator().manual_seed(seed)
+    data = [(torch.randn(1, KV_HEADS, L, HEAD_DIM, generator=g), torch.randn(1, KV_HEADS, L, HEAD_DIM, generator=g))
+            for _ in range(LAYERS)]
+    return DynamicCache(ddp_cache_data=data)
+
+
+def hf_fork(cache, R):
+    forked = copy.deepcopy(cache)
+    forked.batch_repeat_interleave(R)
+    return forked
+
+
+def engine_fork(R, horizon):
+    pool = A.SlotPool(LAYERS, KV_HEADS, HEAD_DIM, horizon, torch.float32)
+    pool.reserve(R)
+    if R > 1:
+        pool.copy_slots(torch.zeros(R - 1, dtype=torch.int64), torch.arange(1, R), 1)
+    return pool
+
+
+def cache_bytes(cache) -> int:
+    return sum(layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+               for layer in cache.layers)
+
+
+def attention_pair(cache, R, horizon, seed=1):
+    """Callables for one layer's attention of R depth-2 rows: HF sdpa over copies, and fork attention."""
+    g = torch.Generator().manual_seed(seed)
+    L = cache.layers[0].keys.shape[2]
+    q = torch.randn(R, HEADS, 1, HEAD_DIM, generator=g)
+    k_new = torch.randn(R, KV_HEADS, 1, HEAD_DIM, generator=g)
+    v_new = torch.randn(R, KV_HEADS, 1, HEAD_DIM, generator=g)
+    own = torch.randn(R, KV_HEADS, 1, HEAD_DIM, generator=g)          # each row's depth-1 token
+    K0, V0 = cache.layers[0].keys, cache.layers[0].values
+    K_hf = torch.cat([K0.expand(R, -1, -1, -1), own, k_new], 2).contiguous()      # the copies
+    V_hf = torch.cat([V0.expand(R, -1, -1, -1), own, v_new], 2).contiguous()
+
+    def hf():
+        return torch.nn.functional.scaled_dot_product_attention(q, K_hf, V_hf, enable_gqa=True)
+
+    mask = torch.ones(1, L, dtype=torch.int64)
+    view = PrefixView([(K0, V0)], mask, mask.sum(-1), torch.zeros(1, dtype=torch.int64))
+    pool = A.SlotPool(1, KV_HEADS, HEAD_DIM, horizon, torch.float32)
+    pool.reserve(R)
+    pool.keys[0][:R, :, 0] = own[:, :, 0]
+    pool.values[0][:R, :, 0] = own[:, :, 0]
+    seq, slot = torch.zeros(R, dtype=torch.int64), torch.arange(R)
+    fill = torch.ones(R, dtype=torch.int64)
+    fb = A.ForkBatch.build(view, pool, seq, slot, fill, torch.float32)
+    module = types.SimpleNamespace(layer_idx=0)
+
+    def fork():
+        A._local.batch = fb
+        try:
+            return A.fork_attention(module, q, k_new, v_new, scaling=HEAD_DIM ** -0.5)[0]
+        finally:
+            A._local.batch = None
+
+    # same math: the fork output must equal sdpa over the copies
+    ref = hf().transpose(1, 2)                     # [R, 1, H, D]
+    err = float((fork() - ref).abs().max())
+    return hf, fork, err
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    for fn in fns.values():                        # warm-up
+        fn()
+    times = {k: [] for k in fns}
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            _, dt = C.timed(fns[name])
+            times[name].append(dt)
+    return {k: C.median(v) for k, v in times.items()}
+
+
+def main(argv=None):
+    p = C.base_parser(__doc__.split("\n")[0])
+    p.add_argument("--lengths", default="128,512,2048")
+    p.add_argument("--rollouts", default="4,16,64")
+    p.add_argument("--horizon", type=int, default=4, help="slot length (tokens per rollout row)")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--max-gb", type=float, default=8.0, help="skip HF forks larger than this")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.lengths, args.rollouts, args.repeats = "128,512", "4,16", 3
+    C.setup_torch(args.threads)
+    torch.set_grad_enabled(False)
+    cases = [(int(L), int(R)) for L in args.lengths.split(",") for R in args.rollouts.split(",")]
+    results, rows = [], []
+    for L, R in C.progress(cases, args.no_progress, desc="fork cases"):
+        cache = random_cache(L)
+        prefix_bytes = cache_bytes(cache)
+        hf_bytes = R * prefix_bytes
+        reps = args.repeats if hf_bytes < 1e9 else max(3, args.repeats // 3)
+        fns = {"engine": lambda: engine_fork(R, args.horizon)}
+        if hf_bytes <= args.max_gb * 2**30:
+            fns["hf"] = lambda: hf_fork(cache, R)
+        t = interleaved(fns, reps)
+        eng_bytes = engine_fork(R, args.horizon).nbytes()
+        hf_att, fork_att, err = attention_pair(cache, R, args.horizon)
+        ta = interleaved({"hf": hf_att, "fork": fork_att}, args.repeats)
+        r = dict(L=L, R=R, prefix_MiB=prefix_bytes / 2**20, hf_fork_ms=t.get("hf", float("nan")) * 1e3,
+                 engine_fork_ms=t["engine"] * 1e3, fork_time_ratio=t.get("hf", float("nan")) / t["engine"],
+                 hf_added_MiB=hf_bytes / 2**20, engine_added_MiB=eng_bytes / 2**20,
+                 bytes_ratio=hf_bytes / eng_bytes, hf_attn_ms=ta["hf"] * 1e3, fork_attn_ms=ta["fork"] * 1e3,
+                 attn_ratio=ta["hf"] / ta["fork"], attn_max_abs_err=err, repeats=reps)
+        results.append(r)
+        rows.append([L, R, r["hf_fork_ms"], r["engine_fork_ms"], r["fork_time_ratio"], r["hf_added_MiB"],
+                     r["engine_added_MiB"], r["bytes_ratio"], r["hf_attn_ms"], r["fork_attn_ms"], r["attn_ratio"],
+                     f"{err:.1e}"])
+        del cache
+    print(f"\n## bench_fork: {LAYERS} layers, {KV_HEADS} KV heads ({HEADS} query heads), head_dim {HEAD_DIM}, "
+          f"float32, slot length {args.horizon}, {args.threads} threads; CPU only (no GPU)\n")
+    print(C.md_table(["prefix L", "rollouts R", "HF deepcopy+repeat ms", "engine pool ms", "time HF/engine",
+                      "HF added MiB", "engine added MiB", "bytes HF/engine", "attn 1 layer: sdpa on copies ms",
+                      "fork_attention ms", "attn sdpa/fork", "max |diff|"], rows))
+    C.write_json(args.json, dict(machine=C.machine(), args=vars(args), results=results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
