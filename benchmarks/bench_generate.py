@@ -1,0 +1,110 @@
+"""Whole-decode throughput: ``epic_kernels.generate`` against HF ``generate(do_sample=True, top_p=0.9)``.
+
+On the embedded model, 2 threads, the same GSM8K prompts for both (batch 1: the first question;
+batch 8: the first eight, left-padded). Every run produces exactly ``--new-tokens`` tokens per
+sequence (EPIC without an EOS id, HF with ``min_new_tokens``), timed end to end including the
+prompt's prefill, so tokens/s = batch x new tokens / wall seconds. Each EPIC run is paired with an
+HF run of the same batch right before it (A B A B ...); the reported ratio is the median over
+repeats of ``HF seconds / EPIC seconds`` of the pairs.
+
+EPIC configurations (alpha 0.2, rollouts 2, block size 4; horizon 4 and 2):
+
+* ``top-k 50``: ``top_k=50, rollout_top_k=50`` (what the ``epic-generate`` CLI uses today);
+* ``full vocab``: no truncation of candidates or rollout policy;
+* ``defaults``: ``epic_kernels.generate``'s own defaults (alpha 0.2, horizon 4, rollouts 2, no
+  truncation): the same configuration as ``full vocab`` at horizon 4, so it is not run twice.
+
+    python benchmarks/bench_generate.py
+    python benchmarks/bench_generate.py --quick
+"""
+from __future__ import annotations
+
+import inspect
+
+try:
+    from . import _common as C
+except ImportError:                                   # run as a script
+    import _common as C  # type: ignore
+
+import torch  # noqa: E402
+
+import epic_kernels  # noqa: E402
+
+CONFIGS = {"topk50": ("top-k 50", dict(top_k=50, rollout_top_k=50)), "full": ("full vocab", {})}
+
+
+def generate_defaults() -> dict:
+    sig = inspect.signature(epic_kernels.generate)
+    return {k: sig.parameters[k].default for k in ("alpha", "horizon", "rollouts", "top_k", "rollout_top_k",
+                                                   "block_size")}
+
+
+def epic_run(model, ids, mask, n, horizon, kw, seed):
+    out, secs = C.timed(lambda: epic_kernels.generate(
+        model, ids, attention_mask=mask, max_new_tokens=n, alpha=0.2, horizon=horizon, rollouts=2,
+        seed=seed, eos_token_id=None, **kw))
+    assert all(len(t) == n for t in out.new_tokens)
+    return secs, out.summary()
+
+
+def main(argv=None):
+    p = C.base_parser(__doc__.split("\n")[0])
+    p.add_argument("--new-tokens", type=int, default=24, help="tokens generated per sequence and run")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved (HF, EPIC) pairs per case")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--horizons", default="4,2")
+    p.add_argument("--configs", default="topk50,full", help="comma list of: " + ",".join(CONFIGS))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.new_tokens, args.repeats, args.batches, args.horizons = 3, 1, "1", "4"
+    C.setup_torch(args.threads)
+    torch.set_grad_enabled(False)
+    model, tok, _ = C.load(args.model)
+    batches = [int(b) for b in args.batches.split(",")]
+    prompts = C.load_prompts(args.data, max(batches))
+    seqs = [C.chat_ids(tok, q) for q in prompts]
+    inputs = {b: C.left_pad(seqs[:b]) for b in batches}
+    cases = [(h, c, b) for h in (int(x) for x in args.horizons.split(",")) for c in args.configs.split(",")
+             for b in batches]
+    n = args.new_tokens
+    C.hf_topp(model, *inputs[batches[0]], 2)                                    # warm-up
+    records = {case: dict(hf=[], epic=[], summary=None) for case in cases}
+    for r in range(args.repeats):
+        for case in C.progress(cases, args.no_progress, desc=f"repeat {r + 1}/{args.repeats}"):
+            h, c, b = case
+            ids, mask = inputs[b]
+            records[case]["hf"].append(C.hf_topp(model, ids, mask, n, args.seed + r))
+            secs, summary = epic_run(model, ids, mask, n, h, CONFIGS[c][1], args.seed + r)
+            records[case]["epic"].append(secs)
+            records[case]["summary"] = summary
+    results, rows = [], []
+    for (h, c, b), rec in records.items():
+        ratios = [t_hf / t_ep for t_hf, t_ep in zip(rec["hf"], rec["epic"])]
+        hf_tps = b * n / C.median(rec["hf"])
+        ep_tps = b * n / C.median(rec["epic"])
+        s = rec["summary"]
+        res = dict(horizon=h, config=CONFIGS[c][0], batch=b, hf_tok_s=hf_tps, epic_tok_s=ep_tps,
+                   ratio=C.median(ratios), ratios=ratios, calls_per_token=s["forward_calls_per_token"],
+                   fwd_tokens_per_token=s["forward_tokens_per_token"], survivors=s["mean_survivors"],
+                   hf_seconds=rec["hf"], epic_seconds=rec["epic"])
+        results.append(res)
+        target = {"top-k 50": "≥ 0.3x (aim 0.5x)", "full vocab": "≥ 0.05x"}[res["config"]]
+        label = res["config"]
+        rows.append([h, label, b, hf_tps, ep_tps, res["ratio"], target, res["calls_per_token"],
+                     res["fwd_tokens_per_token"], res["survivors"]])
+        if h == 4 and c == "full":
+            rows.append([h, "defaults (= full vocab row)", b, hf_tps, ep_tps, res["ratio"], "≥ 0.3x",
+                         res["calls_per_token"], res["fwd_tokens_per_token"], res["survivors"]])
+    defaults = generate_defaults()
+    print(f"\n## bench_generate: alpha 0.2, rollouts 2, {n} new tokens per sequence, {args.repeats} "
+          f"interleaved pairs per case, {args.threads} threads, CPU only (no GPU)\n")
+    print(f"epic_kernels.generate defaults: {defaults}\n")
+    print(C.md_table(["horizon", "EPIC config", "batch", "HF top-p tok/s", "EPIC tok/s", "EPIC / HF (median of pairs)",
+                      "target", "fwd calls/token", "fwd tokens/token", "survivors/step"], rows))
+    C.write_json(args.json, dict(machine=C.machine(), args=vars(args), generate_defaults=defaults,
+                                 results=results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
