@@ -18,6 +18,7 @@ if command -v ninja > /dev/null || [[ -x "$(dirname "$PYTHON")/ninja" ]]; then
 fi
 
 start=$(date +%s)
+mkdir -p build
 cmake -S . -B build/cmake "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_PREFIX_PATH="$PREFIX" \
       "$@" > build/cmake_configure.log 2>&1 || { cat build/cmake_configure.log; exit 1; }
