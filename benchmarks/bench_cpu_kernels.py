@@ -129,16 +129,19 @@ def main(argv=None) -> int:
         print(f"the C++ extension is not built: {_ext.BUILD_HINT}", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     rows = []
     for B in args.batches:
         for V in args.vocabs:
             rows.append(bench_case(B, V, args))
             print(f"  B={B:<3} V={V:<6} done", file=sys.stderr, flush=True)
     setup = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or
-             platform.machine(), "loadavg_after": os.getloadavg(), "std": args.std, "top_k": args.top_k,
+             platform.machine(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+             "std": args.std, "top_k": args.top_k,
              "repeats": args.repeats, "ref_repeats": args.ref_repeats, "command": " ".join(sys.argv)}
     print(f"fp32, {setup['threads']} threads, torch {setup['torch']}, logits N(0, {args.std}^2), "
-          f"width 0.8 log V, top_k {args.top_k}; medians of {args.repeats} (reference: {args.ref_repeats})")
+          f"width 0.8 log V, top_k {args.top_k}; medians of {args.repeats} (reference: {args.ref_repeats}); "
+          f"load average {load_before[0]:.1f} before, {setup['loadavg_after'][0]:.1f} after")
     print()
     print(markdown(rows))
     print()
