@@ -1,0 +1,54 @@
+"""The C++ candidate-block manager makes the Python specification's decisions, request for request."""
+import itertools
+
+import pytest
+import torch
+
+from epic_kernels.engine import PrefixView
+from epic_kernels.engine.evaluator import Evaluator
+from epic_kernels.engine.manager import PyCandidateManager, make_manager
+from epic_kernels.ops import gumbel_topk_prune
+from epic_kernels.reference import EpicConfig, entropy_bound
+from epic_kernels.rollout import Prefix, cache_layers
+
+CASES = list(itertools.product([-1.0, 0.3, 1.0], [2, 4], [1, 2], [1, 3, 64], [None, 8]))
+
+
+@pytest.mark.parametrize("alpha,horizon,rollouts,block,rollout_top_k", CASES)
+def test_cpp_manager_matches_python(tiny, batch7, alpha, horizon, rollouts, block, rollout_top_k):
+    _, logits, kv, mask = batch7
+    cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts, rollout_top_k=rollout_top_k,
+                     block_size=block)
+    prefix = Prefix.build(kv, 99, 7, mask, tiny)
+    view = PrefixView(cache_layers(kv), prefix.mask, prefix.positions, prefix.seeds)
+    bound = entropy_bound(logits.shape[-1], rollout_top_k)
+    pr = gumbel_topk_prune(logits.detach(), prefix.seeds, prefix.positions,
+                           abs(alpha) * horizon * (bound * (1 + 1e-6) + 1e-6), 1, backend="reference")
+    args = (pr.offsets, pr.ids, pr.scores, alpha, horizon, bound, block)
+    cpp, py = make_manager(*args), PyCandidateManager(*args)
+    assert not isinstance(cpp, PyCandidateManager), "the C++ manager is not built"
+    ev = Evaluator(tiny, view, torch.repeat_interleave(torch.arange(7), pr.counts), pr.ids, cfg, "reference",
+                   pr.scores.dtype)
+    rounds = 0
+    while True:
+        (i1, d1), (i2, d2) = cpp.next_requests(), py.next_requests()
+        assert torch.equal(i1, i2) and torch.equal(d1, d2), (rounds, i1, i2, d1, d2)
+        if len(i1) == 0:
+            break
+        known, partial = ev.run(i1, d1)
+        exact = ev.scores(i1, partial, pr.scores, alpha)
+        cpp.update(i1, known, partial, exact)
+        py.update(i1, known, partial, exact)
+        rounds += 1
+    assert torch.equal(cpp.winners(), py.winners())
+    assert all(torch.equal(a, b) for a, b in zip(cpp.stats(), py.stats()))
+    assert bool((cpp.winners() >= 0).all())
+
+
+def test_cpp_manager_rejects_inconsistent_input():
+    import epic_kernels._ext as ext
+
+    assert ext.available()
+    with pytest.raises(RuntimeError, match="disagree"):
+        torch.classes.epic_kernels.CandidateManager(torch.tensor([0, 3]), torch.tensor([1, 2]),
+                                                    torch.tensor([0.0, 1.0]), 0.2, 4, 3.0, 4)
