@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import defaults as D
 from ._validate import check_config, check_logits
 from .reference import EpicConfig, SampleStats, lazy_sample
 from .rollout import Prefix, cache_layers, select_rows
@@ -37,7 +38,7 @@ class StepOutput:
 def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int = 4, rollouts: int = 2,
                 seed=0, attention_mask: torch.Tensor | None = None, rollout_top_k: int | None = None,
                 top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-                block_size: int = 4, advance: bool = True, engine: str = "auto",
+                block_size: int = D.BLOCK_SIZE, advance: bool = True, engine: str = "auto",
                 backend: str | None = None) -> StepOutput:
     """Sample one token per sequence from ``q_alpha(y) ∝ q(y) exp(-alpha H(y))`` exactly.
 

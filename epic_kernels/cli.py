@@ -12,8 +12,11 @@ import json
 import sys
 import time
 
+from . import defaults as D
+
 DEFAULT_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
-DEFAULTS = dict(alpha=0.2, horizon=4, rollouts=2, top_k=50, rollout_top_k=50, block_size=1000)
+DEFAULTS = dict(alpha=D.ALPHA, horizon=D.HORIZON, rollouts=D.ROLLOUTS, top_k=D.TOP_K,
+                rollout_top_k=D.ROLLOUT_TOP_K, block_size=D.BLOCK_SIZE)
 
 
 def _generate_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import defaults as D
 from ._validate import check_config, check_int, check_seeds
 from .api import sample_step
 from .reference import EpicConfig
@@ -79,10 +80,11 @@ def _left_pad(input_ids, attention_mask):
 
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-             max_new_tokens: int = 64, alpha: float = 0.2, horizon: int = 4, rollouts: int = 2,
-             seed=0, eos_token_id=None, pad_token_id: int = 0, top_k: int | None = None,
-             top_p: float | None = None, min_p: float | None = None, rollout_top_k: int | None = None,
-             block_size: int = 4, engine: str = "auto", backend: str | None = None,
+             max_new_tokens: int = 64, alpha: float = D.ALPHA, horizon: int = D.HORIZON,
+             rollouts: int = D.ROLLOUTS, seed=0, eos_token_id=None, pad_token_id: int = 0,
+             top_k: int | None = D.TOP_K, top_p: float | None = None, min_p: float | None = None,
+             rollout_top_k: int | None = D.ROLLOUT_TOP_K, block_size: int = D.BLOCK_SIZE,
+             engine: str = "auto", backend: str | None = None,
              logits_processor=None, stopping_criteria=None, on_step=None) -> GenerationOutput:
     """Decode up to ``max_new_tokens`` tokens per sequence with EPIC.
 
@@ -99,7 +101,9 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
         every step (for example a Hugging Face ``LogitsProcessorList`` with top-k / top-p warpers).
     stopping_criteria : optional ``f(input_ids [n, T], logits) -> bool [n]`` ending sequences early.
     on_step : optional callback ``on_step(step, rows, tokens)`` after each step (for streaming).
-    Other parameters: as ``sample_step``.
+    Other parameters: as ``sample_step``; the defaults (top-50 candidates and rollout policy, ...)
+    are explained in ``epic_kernels.defaults``. Pass ``top_k=None, rollout_top_k=None`` for the
+    full vocabulary.
     """
     from .engine import PrefixCache, fast_sample, supports_fork
     from .ops import choose

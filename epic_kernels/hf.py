@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import torch
 
+from . import defaults as D
 from .generation import generate
 
 
 def custom_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
-                    epic_alpha: float = 0.2, epic_horizon: int = 4, epic_rollouts: int = 2, epic_seed=0,
-                    epic_rollout_top_k: int | None = None, epic_block_size: int = 4, **model_kwargs):
+                    epic_alpha: float = D.ALPHA, epic_horizon: int = D.HORIZON, epic_rollouts: int = D.ROLLOUTS,
+                    epic_seed=0, epic_rollout_top_k: int | None = D.ROLLOUT_TOP_K,
+                    epic_block_size: int = D.BLOCK_SIZE, **model_kwargs):
     """Decoding loop for ``model.generate(custom_generate=...)``; returns the sequences ``[B, T + n]``.
 
     The ``epic_*`` keyword arguments are taken from ``model.generate``'s keyword arguments.
@@ -48,7 +50,7 @@ def custom_generate(model, input_ids, logits_processor=None, stopping_criteria=N
     pad = getattr(config, "_pad_token_tensor", None)
     pad = int(pad) if pad is not None and pad.numel() == 1 else 0
     processors = logits_processor if logits_processor is not None and len(logits_processor) else None
-    out = generate(model, input_ids, attention_mask=attention_mask, max_new_tokens=max(max_new, 0),
+    out = generate(model, input_ids, attention_mask=attention_mask, max_new_tokens=max(max_new, 0), top_k=None,
                    alpha=epic_alpha, horizon=epic_horizon, rollouts=epic_rollouts, seed=epic_seed,
                    eos_token_id=eos, pad_token_id=pad, rollout_top_k=epic_rollout_top_k,
                    block_size=epic_block_size, logits_processor=processors)
