@@ -164,6 +164,19 @@ def test_softmax_entropy_sample_matches_reference(B, V, dtype, atol, rtol):
     assert not (msg := mismatches("tokens", tokens, want)), msg
 
 
+@pytest.mark.parametrize("dtype,atol,rtol", [TOLS[0], TOLS[3]])
+def test_rows_whose_maximum_keeps_rising(dtype, atol, rtol):
+    """Rows where every 1024-entry block raises the running maximum by a little, by about 50
+    (lanes rescaled) or by about 100 (block redone relative to its own maximum), and falling rows."""
+    v = torch.arange(40000, dtype=torch.float64)
+    x = torch.stack([v * 0.001, v * 0.05, v * 0.1, -v * 0.1, (v * 0.05).flip(0), torch.sin(v) * 30])
+    x = x.to(dtype)
+    ent, lse = OPS.softmax_entropy(x)
+    ent_want, lse_want = exact_entropy(x)
+    assert not (msg := mismatches("entropy", ent, ent_want, atol, rtol)), msg
+    assert not (msg := mismatches("lse", lse, lse_want, atol, rtol)), msg
+
+
 def test_one_hot_rows_are_exact():
     x = torch.full((4, 1000), float("-inf"))
     x[torch.arange(4), torch.tensor([0, 17, 500, 999])] = torch.tensor([1e4, -1e4, 0.0, 3.0])

@@ -2,10 +2,13 @@
 // and, in the same pass, the keyed Gumbel-max sample. Plain pointers, no framework types: the
 // element type T only needs a conversion to the accumulate type acc_t (float or double).
 //
-// Layout of the work: a piece is walked in blocks of kBlock entries. Per block, (1) the block
-// maximum, (2) if it raises the running maximum m, the 16 lane accumulators are rescaled once,
-// (3) s += e^{x - m}, t += e^{x - m} (x - m) over 16 independent lanes, and (4) the Gumbel-max
-// candidates of the block, which re-reads the block from L1. Memory is read once.
+// Layout of the work: a piece is walked in blocks of kBlock entries. Per block, in one pass over
+// memory: the block maximum and s += e^{x - m}, t += e^{x - m} (x - m) relative to the running
+// maximum m (for the first block, the max of its first 16 entries), over 16 independent lanes (an
+// entry above m gives a factor > 1, fine up to x - m = 60; a block that raises m further is redone
+// from L1 relative to its own maximum). If the block raised m, the lanes are rescaled once (after
+// the pass, so the result equals the two-pass one up to rounding). Then the Gumbel-max candidates of
+// the block, re-reading it from L1. Loading a block overlaps with the exp arithmetic of the last.
 //
 // The float loops use GCC/Clang vector extensions of W floats (W = 4, 8 or 16: SSE, AVX2, AVX-512;
 // csrc/cpu/cpu_kernels.cpp instantiates one per instruction set). The 16 logical lanes are 16 / W
@@ -75,13 +78,13 @@ EPIC_INLINE bool vany(vi<W> mask) {
   return any != 0;
 }
 
-// e^x for W floats with x in [-86, 0] (the caller clamps), as 2^y with y = x log2(e):
+// e^x for W floats with x in [-86, 64] (the caller clamps below), as 2^y with y = x log2(e):
 // n = round(y) by the 1.5 * 2^23 trick (whose bits also give 2^n), f = y - n in [-0.5, 0.5],
 // 2^f by a degree-5 polynomial (fitted for relative error; 3e-7 for x in [-10, 0], 1.3e-6 at
 // x = -86). The result is at least e^-86 ~ 4e-38, a normal float: no denormals (slow on x86),
 // and a clamped -inf entry adds a negligible 4e-38 to a sum that is >= 1.
 template <int W>
-EPIC_INLINE vf<W> fast_exp_nonpos(vf<W> x) {
+EPIC_INLINE vf<W> fast_exp(vf<W> x) {
   constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const vf<W> t = x * 1.44269504088896341f + kMagic;
   const vf<W> n = t - kMagic;
@@ -166,7 +169,7 @@ EPIC_INLINE void accumulate(const float* p, int64_t np, float m, float* s, float
   for (int64_t i = 0; i < np; i += kLanes) {
     for (int h = 0; h < H; ++h) {
       const vf<W> d = vmax<W>(floor, vload<W>(p + i + h * W) - vm);  // <= 0; NaN stays NaN
-      const vf<W> e = fast_exp_nonpos<W>(d);
+      const vf<W> e = fast_exp<W>(d);
       vs[h] += e;
       vt[h] += e * d;
     }
@@ -175,6 +178,39 @@ EPIC_INLINE void accumulate(const float* p, int64_t np, float m, float* s, float
     std::memcpy(s + h * W, &vs[h], sizeof(vs[h]));
     std::memcpy(t + h * W, &vt[h], sizeof(vt[h]));
   }
+}
+
+// accumulate() relative to the current maximum m, and the block maximum, in one pass: the
+// entries are loaded once, so reading them from memory overlaps with the exp arithmetic. Entries
+// above m give e^{x - m} > 1, exact as long as x - m <= 64 (the caller redoes the block otherwise).
+template <int W>
+EPIC_INLINE float accumulate_max(const float* p, int64_t np, float m, float* s, float* t) {
+  constexpr int H = kLanes / W;
+  vf<W> vs[H], vt[H], mx[H];
+  for (int h = 0; h < H; ++h) {
+    vs[h] = vload<W>(s + h * W);
+    vt[h] = vload<W>(t + h * W);
+    mx[h] = vsplat<W>(neg_inf<float>());
+  }
+  const vf<W> floor = vsplat<W>(-86.0f), vm = vsplat<W>(m);
+  for (int64_t i = 0; i < np; i += kLanes) {
+    for (int h = 0; h < H; ++h) {
+      const vf<W> x = vload<W>(p + i + h * W);
+      mx[h] = vmax<W>(x, mx[h]);
+      const vf<W> d = vmax<W>(floor, x - vm);  // NaN stays NaN
+      const vf<W> e = fast_exp<W>(d);
+      vs[h] += e;
+      vt[h] += e * d;
+    }
+  }
+  for (int h = 0; h < H; ++h) {
+    std::memcpy(s + h * W, &vs[h], sizeof(vs[h]));
+    std::memcpy(t + h * W, &vt[h], sizeof(vt[h]));
+  }
+  for (int h = 1; h < H; ++h) mx[0] = vmax<W>(mx[h], mx[0]);
+  float bm = mx[0][0];
+  for (int j = 1; j < W; ++j) bm = mx[0][j] > bm ? mx[0][j] : bm;
+  return bm;
 }
 
 // Could any of the 16 entries p[0..16) reach bound: (p - sub) + add >= bound? (Same arithmetic as
@@ -240,24 +276,59 @@ EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey
   acc_t m = neg_inf<acc_t>();
   int64_t arg = -1;
   *best = no_cand<acc_t>();
+  auto rescale = [&](acc_t from, acc_t to) {  // lanes relative to `from` -> relative to `to`
+    if (!(from > neg_inf<acc_t>()) || from == to) return;  // nothing accumulated yet / no change
+    const acc_t d = from - to, f = std::exp(d);
+    for (int j = 0; j < kLanes; ++j) {
+      t[j] = f * (t[j] + s[j] * d);
+      s[j] = f * s[j];
+    }
+  };
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
     const int64_t nb = std::min(kBlock, n - b0);
     int64_t np;
     const acc_t* p = load_block(x + b0, nb, buf, &np);
-    const acc_t bm = block_max<W>(p, np);
-    if (!(bm > neg_inf<acc_t>())) continue;  // only -inf entries: they contribute nothing
-    if (bm > m) {
-      if (m > neg_inf<acc_t>()) {  // rescale the lanes to the new maximum
-        const acc_t d = m - bm, f = std::exp(d);
-        for (int j = 0; j < kLanes; ++j) {
-          t[j] = f * (t[j] + s[j] * d);
-          s[j] = f * s[j];
-        }
+    acc_t bm;
+    if constexpr (std::is_same<acc_t, float>::value) {
+      // One pass relative to a reference ref <= the block max: the running max, or for the first
+      // block the max of its first 16 entries. Redo the block if its max is far above ref.
+      acc_t ref = m;
+      if (!(ref > neg_inf<acc_t>())) {
+        for (int j = 0; j < kLanes; ++j) ref = p[j] > ref ? p[j] : ref;
+        if (!(ref > neg_inf<acc_t>())) ref = block_max<W>(p, np);
+        if (!(ref > neg_inf<acc_t>())) continue;  // only -inf entries: they contribute nothing
       }
-      m = bm;
-      arg = v0 + b0 + first_index(p, np, bm);
+      acc_t s0[kLanes], t0[kLanes];
+      std::copy(s, s + kLanes, s0);
+      std::copy(t, t + kLanes, t0);
+      bm = accumulate_max<W>(p, np, ref, s, t);
+      if (!(bm > neg_inf<acc_t>())) {  // only -inf entries: undo their (tiny) clamped terms
+        std::copy(s0, s0 + kLanes, s);
+        std::copy(t0, t0 + kLanes, t);
+        continue;
+      }
+      if (bm - ref > acc_t(60)) {  // factors up to e^60 are fine; beyond, redo relative to bm
+        std::copy(s0, s0 + kLanes, s);
+        std::copy(t0, t0 + kLanes, t);
+        rescale(m, bm);
+        accumulate<W>(p, np, bm, s, t);
+      } else if (bm > ref) {
+        rescale(ref, bm);
+      }
+      if (bm > m) {
+        m = bm;
+        arg = v0 + b0 + first_index(p, np, bm);
+      }
+    } else {  // double: max first, then the accumulation (scalar exp dominates anyway)
+      bm = block_max<W>(p, np);
+      if (!(bm > neg_inf<acc_t>())) continue;
+      if (bm > m) {
+        rescale(m, bm);
+        m = bm;
+        arg = v0 + b0 + first_index(p, np, bm);
+      }
+      accumulate<W>(p, np, m, s, t);
     }
-    accumulate<W>(p, np, m, s, t);
     if (key != nullptr) sample_block<W>(p, np, v0 + b0, bm, *key, *best);
   }
   acc_t ss = 0, tt = 0;
