@@ -142,12 +142,36 @@ def hf_topp(model, ids, mask, new_tokens: int, seed: int = 0, top_p: float = 0.9
     return time.perf_counter() - t0
 
 
+def library_block_size() -> int:
+    """``sample_step``'s default ``block_size`` (the library's measured default)."""
+    import inspect
+
+    import epic_kernels
+
+    return inspect.signature(epic_kernels.sample_step).parameters["block_size"].default
+
+
+def git_revision() -> str:
+    """HEAD of the repository, with ``+dirty`` when the library's files have local changes."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "epic_kernels", "csrc"], cwd=REPO_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def machine() -> dict:
     import torch
 
     return dict(cpus=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
                 python=platform.python_version(), processor=platform.processor() or platform.machine(),
-                gpu="none (CPU only)", loadavg_start=_LOAD_AT_START, loadavg_end=loadavg(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
+                gpu="none (CPU only)", loadavg_start=_LOAD_AT_START, loadavg_end=loadavg(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+                git=git_revision())
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:

@@ -20,7 +20,8 @@ of candidates and rollout policy, and the full vocabulary):
 
 The fast engine runs with ``advance=True`` (it also returns the next logits and cache, as a decoding
 loop needs); the naive baseline likewise (winner's depth-1 row, or one plain forward); the reference
-runs with ``advance=False`` (its time does not include the loop's forward: a bias in its favour).
+runs with ``advance=False`` (its time does not include the loop's forward: a bias in its favour), so
+on the reference steps the fast engine is also timed with ``advance=False`` for a like-for-like ratio.
 
     python benchmarks/bench_engine.py                       # the docs/benchmarks.md table
     python benchmarks/bench_engine.py --quick
@@ -97,6 +98,7 @@ def hf_per_token(model, ids, n: int, repeats: int, seed: int) -> tuple[list, lis
 def run_setting(model, prompts_ids, key, args, rec, hf_times):
     name, top_k, rtop_k = SETTINGS[key]
     kw = dict(alpha=args.alpha, horizon=args.horizon, rollouts=args.rollouts, rollout_top_k=rtop_k, top_k=top_k)
+    ekw = dict(kw, block_size=args.block_size)        # the naive baseline has no blocks
     steps = []
     for p, ids in enumerate(prompts_ids):
         t1, tn = hf_per_token(model, ids, args.hf_tokens, args.hf_repeats, args.seed)
@@ -108,19 +110,22 @@ def run_setting(model, prompts_ids, key, args, rec, hf_times):
         bar = C.progress(range(args.steps), args.no_progress, desc=f"{name} prompt {p}")
         for t in bar:
             with_ref = t < args.reference_steps
-            names = ["fast", "naive"] + (["reference"] if with_ref else [])
+            names = ["fast", "naive"] + (["fast_noadv", "reference"] if with_ref else [])
             if t % 2:
                 names.reverse()
             res, secs = {}, {}
             for s in names:
                 if s == "fast":
                     fn = lambda: epic_kernels.sample_step(logits, kv, model, seed=seed, engine="fast",
-                                                          advance=True, **kw)
+                                                          advance=True, **ekw)
+                elif s == "fast_noadv":
+                    fn = lambda: epic_kernels.sample_step(logits, kv, model, seed=seed, engine="fast",
+                                                          advance=False, **ekw)
                 elif s == "naive":
                     fn = lambda: naive_sample(logits, kv, model, seed=seed, advance=True, **kw)
                 else:
                     fn = lambda: epic_kernels.sample_step(logits, kv, model, seed=seed, engine="reference",
-                                                          advance=False, **kw)
+                                                          advance=False, **ekw)
                 res[s], secs[s] = C.timed(fn)
                 if s == "fast":
                     min_tok = rec.min_tokens(res[s].stats, args.rollouts)
@@ -128,6 +133,7 @@ def run_setting(model, prompts_ids, key, args, rec, hf_times):
             st = f.stats
             row = dict(prompt=p, step=t, token=int(f.tokens[0]),
                        t_fast=secs["fast"], t_naive=secs["naive"], t_ref=secs.get("reference"),
+                       t_fast_noadv=secs.get("fast_noadv"),
                        agree_naive=bool(torch.equal(f.tokens, nv.tokens)),
                        agree_ref=bool(torch.equal(f.tokens, res["reference"].tokens)) if with_ref else None,
                        survivors=int(st.survivors.sum()), depth1=int(st.evaluated_depth1.sum()),
@@ -164,6 +170,7 @@ def summarize(key, steps, hf_tok_s, args):
         setting=SETTINGS[key][0], steps=n, reference_steps=len(ref_steps),
         ref_over_fast=tot(ref_steps, "t_ref") / tot(ref_steps, "t_fast") if ref_steps else float("nan"),
         ref_over_fast_median=C.median([r["t_ref"] / r["t_fast"] for r in ref_steps]),
+        ref_over_fast_noadv=(tot(ref_steps, "t_ref") / tot(ref_steps, "t_fast_noadv")) if ref_steps else float("nan"),
         naive_over_fast=tot(steps, "t_naive") / tot(steps, "t_fast"),
         naive_over_fast_median=C.median([r["t_naive"] / r["t_fast"] for r in steps]),
         fast_tok_s=fast_tps, naive_tok_s=naive_tps, ref_tok_s=ref_tps, hf_tok_s=hf_tok_s,
@@ -180,14 +187,16 @@ def summarize(key, steps, hf_tok_s, args):
 
 def main(argv=None):
     p = C.base_parser(__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=24, help="teacher-forced steps per prompt and setting")
-    p.add_argument("--prompts", type=int, default=1, help="GSM8K prompts (from the first)")
+    p.add_argument("--steps", type=int, default=16, help="teacher-forced steps per prompt and setting")
+    p.add_argument("--prompts", type=int, default=2, help="GSM8K prompts (from the first)")
     p.add_argument("--reference-steps", type=int, default=None,
                    help="time the (slow) reference only on the first N steps of each prompt (default: all)")
     p.add_argument("--settings", default="topk50,full", help="comma list of: " + ",".join(SETTINGS))
     p.add_argument("--alpha", type=float, default=0.2)
     p.add_argument("--horizon", type=int, default=4)
     p.add_argument("--rollouts", type=int, default=2)
+    p.add_argument("--block-size", type=int, default=None,
+                   help="best-first block size of fast and reference (default: the library's)")
     p.add_argument("--hf-tokens", type=int, default=32, help="HF top-p run length for its per-token time")
     p.add_argument("--hf-repeats", type=int, default=2, help="HF runs before and after each prompt's steps")
     args = p.parse_args(argv)
@@ -195,6 +204,8 @@ def main(argv=None):
         args.steps, args.prompts, args.hf_tokens, args.hf_repeats = 3, 1, 8, 1
     if args.reference_steps is None:
         args.reference_steps = args.steps
+    if args.block_size is None:
+        args.block_size = C.library_block_size()
     C.setup_torch(args.threads)
     model, tok, load_s = C.load(args.model)
     prompts_ids = [C.chat_ids(tok, q) for q in C.load_prompts(args.data, args.prompts)]
@@ -207,15 +218,16 @@ def main(argv=None):
     summaries = [summarize(k, s, hf_tok, args) for k, s in per_setting.items()]
 
     print(f"\n## bench_engine: alpha {args.alpha}, horizon {args.horizon}, rollouts {args.rollouts}, "
-          f"{args.threads} threads, {args.prompts} prompt(s) x {args.steps} steps (reference on "
+          f"block size {args.block_size}, {args.threads} threads, git {C.git_revision()}, {args.prompts} prompt(s) x {args.steps} steps (reference on "
           f"{args.reference_steps}), prompt lengths {[int(i.shape[1]) for i in prompts_ids]}\n")
     print(f"HF generate(do_sample=True, top_p=0.9) decode: {hf_tok:.2f} tokens/s (median of "
           f"{len(hf_times['tn'])} runs); GPU: none\n")
     print("### Speed (ratios measured in this run)\n")
     print(C.md_table(
-        ["setting", "reference / fast (total)", "(median per step)", "naive / fast (total)", "(median per step)",
+        ["setting", "reference / fast (total)", "(median per step)", "reference / fast, both advance=False",
+         "naive / fast (total)", "(median per step)",
          "fast x HF top-p", "naive x HF top-p", "reference x HF top-p", "fast ms/step (median)"],
-        [[s["setting"], s["ref_over_fast"], s["ref_over_fast_median"], s["naive_over_fast"],
+        [[s["setting"], s["ref_over_fast"], s["ref_over_fast_median"], s["ref_over_fast_noadv"], s["naive_over_fast"],
           s["naive_over_fast_median"], s["fast_vs_hf"], s["naive_vs_hf"], s["ref_vs_hf"], s["fast_ms_median"]]
          for s in summaries]))
     print("\n### Work per step (means over steps)\n")

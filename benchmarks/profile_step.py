@@ -146,7 +146,7 @@ def plain_forward_fn(model, ids):
 def profile_setting(model, ids, key, args, T, fast, plain):
     name, top_k, rtop_k = SETTINGS[key]
     cfg = EpicConfig(alpha=args.alpha, horizon=args.horizon, rollouts=args.rollouts, rollout_top_k=rtop_k,
-                     block_size=4)
+                     block_size=args.block_size)
     B = ids.shape[0]
     mask = torch.ones_like(ids)
     seeds = torch.arange(B, dtype=torch.int64) + args.seed
@@ -228,12 +228,15 @@ def main(argv=None):
     p.add_argument("--alpha", type=float, default=0.2)
     p.add_argument("--horizon", type=int, default=4)
     p.add_argument("--rollouts", type=int, default=2)
+    p.add_argument("--block-size", type=int, default=None, help="default: the library's")
     p.add_argument("--top-ops", type=int, default=15)
     p.add_argument("--no-torch-profiler", action="store_true")
     p.add_argument("--cprofile", action="store_true", help="also print the top Python functions (tottime)")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.top_ops = 3, 8
+    if args.block_size is None:
+        args.block_size = C.library_block_size()
     C.setup_torch(args.threads)
     model, tok, _ = C.load(args.model)
     seqs = [C.chat_ids(tok, q) for q in C.load_prompts(args.data, args.batch)]
@@ -246,8 +249,8 @@ def main(argv=None):
     fast = instrument(model, T)
     results = [profile_setting(model, ids, k, args, T, fast, plain) for k in args.settings.split(",")]
 
-    print(f"\n## profile_step: alpha {args.alpha}, horizon {args.horizon}, rollouts {args.rollouts}, batch "
-          f"{args.batch}, {args.steps} steps, {args.threads} threads, CPU only\n")
+    print(f"\n## profile_step: alpha {args.alpha}, horizon {args.horizon}, rollouts {args.rollouts}, block size "
+          f"{args.block_size}, batch {args.batch}, git {C.git_revision()}, {args.steps} steps, {args.threads} threads, CPU only\n")
     cats = list(dict.fromkeys(c for r in results for c in r["categories"]))
     cats.sort(key=lambda c: -max(r["categories"].get(c, 0.0) for r in results))
     hdr = ["component"]
