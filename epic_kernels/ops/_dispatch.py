@@ -30,8 +30,9 @@ def _triton_ok(device: torch.device) -> tuple[bool, str]:
 def _cpu_ok(device: torch.device) -> tuple[bool, str]:
     if not _ext.available():
         return False, f"the C++ extension is not built ({_ext.error()}); {_ext.BUILD_HINT}"
-    if device.type == "cuda" and not hasattr(torch.ops.epic_kernels, "softmax_entropy"):
-        return False, "the C++ extension has no CUDA kernels"
+    if device.type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(
+            "epic_kernels::softmax_entropy", "CUDA"):
+        return False, "the C++ extension was built without CUDA kernels"
     return True, ""
 
 
