@@ -1,0 +1,35 @@
+"""The embedded SmolLM2-135M-Instruct (float32): the fast engine and the reference decode the same
+30 tokens, and a fast step's next logits equal a plain forward's."""
+import pytest
+import torch
+
+import epic_kernels
+from epic_kernels.models import chat_prompt_ids, load_model
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_model()
+
+
+def test_fast_equals_reference_for_30_steps(smol):
+    model, tok = smol
+    ids = chat_prompt_ids(tok, "Name three colours of the rainbow.")
+    kwargs = dict(max_new_tokens=30, alpha=0.2, horizon=4, rollouts=2, top_k=50, rollout_top_k=50, seed=3)
+    fast = epic_kernels.generate(model, ids, engine="fast", **kwargs)
+    ref = epic_kernels.generate(model, ids, engine="reference", **kwargs)
+    assert len(fast.new_tokens[0]) == 30
+    assert fast.new_tokens == ref.new_tokens, (tok.decode(fast.new_tokens[0]), tok.decode(ref.new_tokens[0]))
+    s = fast.summary()
+    assert s["mean_survivors"] > 1 and s["forwards_saved"] > 0     # the search and the reuse really ran
+    assert s["forward_calls_per_token"] <= 4                         # at most `horizon` calls per token
+
+
+def test_next_logits_equal_a_plain_forward(smol):
+    model, tok = smol
+    ids = chat_prompt_ids(tok, "Say hello.")
+    out = model(input_ids=ids, use_cache=True)
+    step = epic_kernels.sample_step(out.logits[:, -1].detach(), out.past_key_values, model, alpha=0.5, seed=1,
+                                    top_k=50, rollout_top_k=50)
+    plain = model(input_ids=step.tokens.view(1, 1), past_key_values=out.past_key_values, use_cache=True)
+    assert torch.allclose(step.next_logits, plain.logits[:, -1], atol=2e-3, rtol=1e-4)
