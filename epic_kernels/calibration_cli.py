@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--field", required=True, metavar="NAME", help="the record field holding the text to score")
     p.add_argument("--context-field", default=None, metavar="NAME",
                    help="optional field holding each text's prompt (not scored; chat-template wrapped)")
+    p.add_argument("--strip", default=None, metavar="REGEX",
+                   help="remove every match of this regular expression from the texts first "
+                        "(e.g. GSM8K's calculator annotations: '<<[^>]*>>')")
     p.add_argument("--model", default=None, help="HF model directory or .gguf file (default: embedded SmolLM2)")
     p.add_argument("--max-texts", type=int, default=None, metavar="N", help="use at most N texts")
     p.add_argument("--max-tokens", type=int, default=2000, metavar="N",
@@ -99,6 +103,11 @@ def _check_args(args) -> None:
         raise InputError(f"--bracket must have LO < HI, got {args.bracket[0]} {args.bracket[1]}")
     if not 0 <= args.seed < 2**32:
         raise InputError(f"--seed must be in [0, 2**32), got {args.seed}")
+    if args.strip is not None:
+        try:
+            re.compile(args.strip)
+        except re.error as err:
+            raise InputError(f"--strip is not a valid regular expression: {err}") from None
 
 
 def _finite(obj):
@@ -117,6 +126,8 @@ def calibrate_main(argv=None) -> int:
     try:
         _check_args(args)
         texts, contexts = read_jsonl(args.data, args.field, args.context_field, args.max_texts)
+        if args.strip is not None:
+            texts = [re.sub(args.strip, "", t) for t in texts]
     except InputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
@@ -143,7 +154,7 @@ def calibrate_main(argv=None) -> int:
     if contexts is not None:
         contexts, texts = chat_pairs(tokenizer, contexts, texts, eos_token_id=eos[0] if eos else None,
                                      use_template=not args.no_chat_template)
-    settings = dict(data=str(args.data), field=args.field, context_field=args.context_field,
+    settings = dict(data=str(args.data), field=args.field, context_field=args.context_field, strip=args.strip,
                     model=args.model or "embedded:SmolLM2-135M-Instruct", max_texts=args.max_texts,
                     max_tokens=args.max_tokens or None, horizon=args.horizon, rollouts=args.rollouts,
                     samples=args.samples, top_k=args.top_k or None, rollout_top_k=args.rollout_top_k or None,

@@ -343,6 +343,7 @@ def _write(tmp_path, lines):
     (['{"text": "abcd"}'], ["--samples", "0"], "--samples must be >= 1"),
     (['{"text": "abcd"}'], ["--bracket", "1", "0"], "LO < HI"),
     (['{"text": "abcd"}'], ["--context-field", "q"], "no field 'q'"),
+    (['{"text": "abcd"}'], ["--strip", "(("], "--strip is not a valid regular expression"),
 ])
 def test_cli_bad_input_exits_2(tmp_path, capsys, lines, extra, match):
     path = str(tmp_path / "missing.jsonl") if lines is None else _write(tmp_path, lines)
@@ -374,3 +375,6 @@ def test_cli_writes_alpha(tmp_path, capsys, monkeypatch, q):
     # with a context field each text is the reply to its prompt, only the reply is scored (+ EOS)
     assert calibrate_main(argv + ["--context-field", "prompt", "--max-texts", "3"]) == 0
     assert json.loads(out.read_text())["tokens"] == 3 * (12 + 1)
+    assert calibrate_main(argv + ["--max-texts", "3", "--strip", "[A-D]"]) == 0      # drops tokens 0-3
+    kept = [[t for t in tx if t > 3] for tx in texts[:3]]
+    assert json.loads(out.read_text())["tokens"] == sum(len(k) - 1 for k in kept)
