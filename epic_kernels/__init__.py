@@ -3,6 +3,7 @@
 ``import epic_kernels`` never needs the compiled extension; it is loaded on first use.
 """
 from .api import StepOutput, sample_step
+from .calibration import calibrate_alpha
 from .entropy import lookahead_entropy
 from .generation import GenerationOutput, generate
 from .reference import EpicConfig, SampleResult, SampleStats
@@ -10,5 +11,5 @@ from .truncation import truncate
 
 __version__ = "0.1.0"
 
-__all__ = ["sample_step", "StepOutput", "generate", "GenerationOutput", "lookahead_entropy", "EpicConfig",
+__all__ = ["sample_step", "StepOutput", "generate", "GenerationOutput", "lookahead_entropy", "calibrate_alpha", "EpicConfig",
            "SampleResult", "SampleStats", "truncate", "__version__"]
