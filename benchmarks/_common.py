@@ -87,6 +87,15 @@ def load(model_path=None):
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+    try:                                          # the GGUF conversion bar ignores the switch above
+        import functools
+
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+        from tqdm import tqdm
+
+        gguf_utils.tqdm = functools.partial(tqdm, disable=True)
+    except (ImportError, AttributeError):
+        pass
     t0 = time.perf_counter()
     model, tok = load_model(model_path)
     return model, tok, time.perf_counter() - t0

@@ -187,7 +187,7 @@ def summarize(key, steps, hf_tok_s, args):
 
 def main(argv=None):
     p = C.base_parser(__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=16, help="teacher-forced steps per prompt and setting")
+    p.add_argument("--steps", type=int, default=12, help="teacher-forced steps per prompt and setting")
     p.add_argument("--prompts", type=int, default=2, help="GSM8K prompts (from the first)")
     p.add_argument("--reference-steps", type=int, default=None,
                    help="time the (slow) reference only on the first N steps of each prompt (default: all)")

@@ -21,6 +21,7 @@ EPIC configurations (alpha 0.2, rollouts 2, the library's block size; horizon 4 
 from __future__ import annotations
 
 import inspect
+import sys
 
 try:
     from . import _common as C
@@ -57,7 +58,7 @@ def epic_run(model, ids, mask, n, kw, seed):
 
 def main(argv=None):
     p = C.base_parser(__doc__.split("\n")[0])
-    p.add_argument("--new-tokens", type=int, default=24, help="tokens generated per sequence and run")
+    p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per sequence and run")
     p.add_argument("--repeats", type=int, default=2, help="interleaved (HF, EPIC) pairs per case")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--horizons", default="4,2")
@@ -94,6 +95,8 @@ def main(argv=None):
             secs, summary = epic_run(model, ids, mask, n, case_kwargs(c, h), args.seed + r)
             records[case]["epic"].append(secs)
             records[case]["summary"] = summary
+            print(f"[bench_generate] repeat {r + 1} horizon {h} {c} batch {b}: HF {records[case]['hf'][-1]:.1f}s "
+                  f"EPIC {secs:.1f}s", file=sys.stderr, flush=True)
     for key, twin in same_as.items():
         records[(defaults["horizon"], "defaults", key[1])] = dict(records[twin], twin=twin)
     results, rows = [], []

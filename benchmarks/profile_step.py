@@ -13,7 +13,9 @@ functions (in this process only; no library file is modified):
 * Python and everything else in the step (``fast_sample`` glue, truncation, cache append).
 
 The step time is also given in units of one plain single-row decode forward (HF cache, SDPA),
-measured interleaved with the steps. A ``torch.profiler`` table of the top aten ops of two steps
+measured interleaved with the steps, and a table gives the cost of one model call against the number
+of rows it feeds (1 ... 128): on CPU a call streams every weight once whatever the rows, so calls,
+not tokens, set a step's cost until the rows are many. A ``torch.profiler`` table of the top aten ops of two steps
 follows (``--no-torch-profiler`` to skip), and ``--cprofile`` adds the top Python functions.
 
     python benchmarks/profile_step.py                      # both settings, 16 steps each
@@ -143,6 +145,33 @@ def plain_forward_fn(model, ids):
 
 
 @torch.no_grad()
+def call_scaling(model, ids, rows_list, repeats: int):
+    """Median ms of one decode forward of N rows (HF cache of the prompt copied N times, SDPA), the
+    rows' calls interleaved: how much of a model call is a fixed cost (weights streamed once)."""
+    import copy
+
+    out = model(input_ids=ids[:1], use_cache=True)
+    L = ids.shape[1]
+    fns = {}
+    for n in rows_list:
+        kv = copy.deepcopy(out.past_key_values)
+        kv.batch_repeat_interleave(n)
+        tok = torch.full((n, 1), int(out.logits[0, -1].argmax()))
+
+        def fn(kv=kv, tok=tok, n=n):
+            model(input_ids=tok, position_ids=torch.full((n, 1), L), past_key_values=kv, use_cache=True)
+            kv.crop(-1)
+        fns[n] = fn
+    times = {n: [] for n in fns}
+    for n in fns:
+        fns[n]()
+    for r in range(repeats):
+        for n in (rows_list if r % 2 == 0 else rows_list[::-1]):
+            times[n].append(C.timed(fns[n])[1])
+    return {n: C.median(t) * 1e3 for n, t in times.items()}
+
+
+@torch.no_grad()
 def profile_setting(model, ids, key, args, T, fast, plain):
     name, top_k, rtop_k = SETTINGS[key]
     cfg = EpicConfig(alpha=args.alpha, horizon=args.horizon, rollouts=args.rollouts, rollout_top_k=rtop_k,
@@ -231,6 +260,8 @@ def main(argv=None):
     p.add_argument("--block-size", type=int, default=None, help="default: the library's")
     p.add_argument("--top-ops", type=int, default=15)
     p.add_argument("--no-torch-profiler", action="store_true")
+    p.add_argument("--scaling-rows", default="1,2,4,8,16,32,64,128",
+                   help="rows of the model-call scaling table ('' to skip)")
     p.add_argument("--cprofile", action="store_true", help="also print the top Python functions (tottime)")
     args = p.parse_args(argv)
     if args.quick:
@@ -244,6 +275,10 @@ def main(argv=None):
     if not bool(mask.all()):                          # keep the profile about the step: equal lengths
         T_min = int(mask.sum(-1).min())
         ids = torch.cat([s[:, -T_min:] for s in seqs])
+    rows_list = [int(x) for x in args.scaling_rows.split(",") if x]
+    if args.quick:
+        rows_list = rows_list[:3]
+    scaling = call_scaling(model, ids, rows_list, 3 if args.quick else 7) if rows_list else {}
     T = Timers()
     plain = plain_forward_fn(model, ids[:1])
     fast = instrument(model, T)
@@ -274,13 +309,19 @@ def main(argv=None):
                      [[r["setting"], r["step_ms_median"], r["plain_forward_ms"], r["step_in_plain_forwards"],
                        r["calls_per_step"], r["rows_per_step"],
                        r["timers"].get("fork_attention", {}).get("calls_per_step", 0.0)] for r in results]))
+    if scaling:
+        base = scaling[rows_list[0]]
+        print(f"\n### one model call (HF cache, SDPA) against the rows it feeds\n")
+        print(C.md_table(["rows", "ms per call", f"x {rows_list[0]}-row call", "ms per row"],
+                         [[n, t, t / base, t / n] for n, t in scaling.items()]))
     for r in results:
         if r["torch_ops"]:
             print(f"\n### top aten ops, {r['setting']} (self CPU ms per step, torch.profiler, 2 steps)\n")
             print(C.md_table(["op", "self ms/step", "calls/step"], [list(x) for x in r["torch_ops"]]))
         if r["cprofile"]:
             print(f"\n### cProfile, {r['setting']} (2 steps)\n\n```\n{r['cprofile']}\n```")
-    C.write_json(args.json, dict(machine=C.machine(), args=vars(args), results=results))
+    C.write_json(args.json, dict(machine=C.machine(), args=vars(args), results=results,
+                                 call_scaling_ms={str(k): v for k, v in scaling.items()}))
     return 0
 
 
