@@ -52,6 +52,9 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
     evaluated = ev.depth[win] >= 1
     stats = SampleStats(pr.counts.clone(), depth1, deeper, ev.calls, ev.forward_tokens)
     stats.extra["forwards_saved"] = int(evaluated.sum()) if advance else 0
+    # the algorithmic minimum: one token per depth-1 evaluation, K per deeper depth reached
+    stats.extra["depth_reached"] = ev.depth.clone()
+    stats.extra["min_forward_tokens"] = int((ev.depth >= 1).sum() + cfg.rollouts * (ev.depth - 1).clamp(min=0).sum())
     entropy = torch.full((B,), float("nan"), dtype=pr.scores.dtype)
     if evaluated.any():
         entropy[evaluated] = torch.stack([ev.table[m, : int(ev.depth[m])].mean(-1).sum()
