@@ -1,0 +1,301 @@
+"""Shared pieces of the evidence experiments (``benchmarks/exp_calibration.py``, ``exp_trajectories.py``,
+``exp_diversity.py``): GSM8K loading, baseline decoding through Hugging Face ``generate``, EPIC
+decoding through ``epic_kernels.generate``, teacher-forced scoring of any continuation under the
+model (per-token entropy and negative log-likelihood), diversity metrics, tables and JSON.
+
+Every experiment measures generations the same way: after decoding (by whatever method), the prompt
+plus the generated tokens run through the model once, and at each generated position we record
+the entropy ``H(q(. | prefix))`` of the model's full, untruncated next-token distribution and
+``-log q(y_t | prefix)``. Methods therefore differ only in which tokens they chose.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# GSM8K test split (MIT licence, github.com/openai/grade-school-math), beside the repository
+DEFAULT_DATA = (REPO_ROOT / ".." / "shared" / "data" / "gsm8k" / "test.jsonl").resolve()
+DEFAULT_ALPHA = 0.25    # alpha* of the embedded model on GSM8K answers (docs/results.md); override it
+
+
+def setup(threads: int | None = None) -> None:
+    """Before the first torch import: passive OpenMP waiting (shared CPUs), no network."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def load_model_quietly(path=None):
+    """``(model, tokenizer, seconds)`` with the GGUF conversion's progress bars silenced."""
+    import transformers
+
+    from .models import load_model
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    t0 = time.perf_counter()
+    model, tok = load_model(path)
+    return model, tok, time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------ #
+# data
+# ------------------------------------------------------------------------------------------------ #
+def clean_answer(text: str) -> str:
+    """GSM8K answers without the calculator annotations ``<<48/2=24>>`` (not natural text)."""
+    return re.sub(r"<<[^>]*>>", "", text)
+
+
+def load_gsm8k(path, n: int, start: int = 0) -> list[dict]:
+    """``n`` records ``{question, answer}`` (answer cleaned) from line ``start`` on."""
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"data file {p} not found (give --data; see docs/results.md)")
+    out = []
+    with open(p, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i < start or not line.strip():
+                continue
+            rec = json.loads(line)
+            out.append(dict(question=rec["question"], answer=clean_answer(rec["answer"])))
+            if len(out) == n:
+                break
+    if len(out) < n:
+        raise SystemExit(f"{p} holds only {len(out)} records from line {start}, {n} needed")
+    return out
+
+
+def prompt_ids(tokenizer, questions) -> list[list[int]]:
+    from .models import chat_prompt_ids
+
+    return [chat_prompt_ids(tokenizer, q)[0].tolist() for q in questions]
+
+
+def left_pad(seqs: list[list[int]], pad_id: int):
+    import torch
+
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(seqs), T), dtype=torch.int64)
+    for b, s in enumerate(seqs):
+        ids[b, T - len(s):] = torch.tensor(s)
+        mask[b, T - len(s):] = 1
+    return ids, mask
+
+
+def cut_at_eos(tokens: list[int], eos) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[:i + 1]
+    return tokens
+
+
+# ------------------------------------------------------------------------------------------------ #
+# decoding methods
+# ------------------------------------------------------------------------------------------------ #
+@dataclass(frozen=True)
+class Method:
+    name: str                       # e.g. "top-p 0.9"
+    family: str                     # "top-p", "top-k", "min-p", "typical", "temperature", "EPIC"
+    hf: dict | None = None          # model.generate sampling options; None for EPIC
+    alpha: float | None = None      # EPIC's alpha
+
+
+def baseline(family: str, value: float) -> Method:
+    """HF ``generate`` options of a baseline. HF's default top-k 50 is switched off (top_k=0) unless
+    the method is top-k, so each baseline is exactly the named truncation at temperature 1."""
+    opts = {"top-p": dict(top_p=value, top_k=0), "top-k": dict(top_k=int(value)),
+            "min-p": dict(min_p=value, top_k=0), "typical": dict(typical_p=value, top_k=0),
+            "temperature": dict(temperature=value, top_k=0)}[family]
+    opts.setdefault("temperature", 1.0)
+    v = int(value) if family == "top-k" else value
+    return Method(f"{family} {v}", family, opts)
+
+
+def epic(alpha: float) -> Method:
+    return Method(f"EPIC a={alpha:.3g}", "EPIC", None, float(alpha))
+
+
+def hf_generate(model, prompts: list[list[int]], method: Method, *, max_new_tokens: int, seed: int, eos,
+                batch_size: int = 16, pad_id: int = 0) -> list[list[int]]:
+    """Sample continuations with ``model.generate(do_sample=True, **method.hf)``; cut after EOS."""
+    import torch
+
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        ids, mask = left_pad(prompts[s:s + batch_size], pad_id)
+        torch.manual_seed(seed + s)
+        gen = model.generate(ids, attention_mask=mask, do_sample=True, max_new_tokens=max_new_tokens,
+                             pad_token_id=pad_id, eos_token_id=list(eos), **method.hf)
+        out += [cut_at_eos(row.tolist(), set(eos)) for row in gen[:, ids.shape[1]:]]
+    return out
+
+
+def epic_generate(model, prompts: list[list[int]], alpha: float, *, max_new_tokens: int, seed: int, eos,
+                  batch_size: int = 16, pad_id: int = 0, horizon: int = 4, rollouts: int = 2, top_k: int = 50,
+                  rollout_top_k: int = 50, progress: bool = True, desc: str = "EPIC"):
+    """EPIC continuations (``epic_kernels.generate``, the engine's defaults) and decode statistics."""
+    from tqdm.auto import tqdm
+
+    from .generation import generate
+
+    out, stats = [], []
+    bar = tqdm(total=len(prompts) * max_new_tokens, disable=not progress, desc=desc, unit="tok",
+               dynamic_ncols=True, file=sys.stderr)
+    try:
+        for s in range(0, len(prompts), batch_size):
+            ids, mask = left_pad(prompts[s:s + batch_size], pad_id)
+            done = [0]
+
+            def step(_, rows, __, done=done):
+                bar.update(len(rows))
+                done[0] += len(rows)
+            res = generate(model, ids, attention_mask=mask, max_new_tokens=max_new_tokens, alpha=alpha,
+                           horizon=horizon, rollouts=rollouts, seed=seed + s, eos_token_id=list(eos),
+                           pad_token_id=pad_id, top_k=top_k, rollout_top_k=rollout_top_k, on_step=step)
+            bar.update(len(ids) * max_new_tokens - done[0])     # sequences that ended early
+            out += [list(t) for t in res.new_tokens]
+            stats.append(res.summary())
+    finally:
+        bar.close()
+    tokens = sum(x["tokens"] for x in stats)
+    seconds = sum(x["seconds"] for x in stats)
+    return out, dict(tokens=tokens, seconds=seconds, tokens_per_second=tokens / seconds if seconds else 0.0,
+                     mean_survivors=sum(x["mean_survivors"] * x["tokens"] for x in stats) / max(tokens, 1))
+
+
+# ------------------------------------------------------------------------------------------------ #
+# measuring continuations
+# ------------------------------------------------------------------------------------------------ #
+@dataclass
+class Scored:
+    """Per-token measurements of one continuation under the model (untruncated, temperature 1)."""
+
+    entropy: list[float] = field(default_factory=list)     # H(q(. | prefix)) at each position
+    nll: list[float] = field(default_factory=list)         # -log q(y_t | prefix)
+
+
+def score(model, prompts: list[list[int]], continuations: list[list[int]]) -> list[Scored]:
+    """Teacher-forced entropy and NLL at every continuation position (one forward per sequence;
+    only the continuation's logits are materialised)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for p, c in zip(prompts, continuations):
+            if not c:
+                out.append(Scored())
+                continue
+            ids = torch.tensor([p + c])
+            logits = model(input_ids=ids, logits_to_keep=len(c) + 1).logits[0, :-1].to(torch.float64)
+            logp = torch.log_softmax(logits, -1)
+            ent = -(logp.exp() * logp).sum(-1)
+            nll = -logp.gather(1, torch.tensor(c).view(-1, 1)).flatten()
+            out.append(Scored(ent.tolist(), nll.tolist()))
+    return out
+
+
+def mean_of(scored: list[Scored], attr: str) -> float:
+    """Token-weighted mean over all sequences."""
+    vals = [v for s in scored for v in getattr(s, attr)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def per_sequence(scored: list[Scored], attr: str) -> list[float]:
+    return [sum(getattr(s, attr)) / len(getattr(s, attr)) if getattr(s, attr) else float("nan") for s in scored]
+
+
+# ------------------------------------------------------------------------------------------------ #
+# diversity
+# ------------------------------------------------------------------------------------------------ #
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct n-grams over all n-grams in ``texts`` (Li et al., 2016), word level."""
+    grams = [tuple(w[i:i + n]) for w in map(words, texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def self_bleu(texts: list[str]) -> float:
+    """Self-BLEU (Zhu et al., 2018): mean sentence BLEU (sacrebleu, effective order) of each text
+    against all the others as references; 0-100, lower = more diverse."""
+    from sacrebleu.metrics import BLEU
+
+    if len(texts) < 2:
+        return float("nan")
+    bleu = BLEU(effective_order=True)
+    return sum(bleu.sentence_score(t, texts[:i] + texts[i + 1:]).score for i, t in enumerate(texts)) / len(texts)
+
+
+# ------------------------------------------------------------------------------------------------ #
+# output
+# ------------------------------------------------------------------------------------------------ #
+def fmt(x, digits: int = 3) -> str:
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "n/a"
+        return f"{x:.{digits}f}"
+    return "" if x is None else str(x)
+
+
+def md_table(headers: list[str], rows: list[list], digits: int = 3) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(x, digits) for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_json(path, payload: dict) -> None:
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def read_json(path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_alpha(path) -> float:
+    """``alpha`` from a calibration record (``epic-calibrate --out`` or ``exp_calibration.py --json``)."""
+    with open(path) as f:
+        rec = json.load(f)
+    if "alpha" not in rec:
+        raise SystemExit(f"{path} has no 'alpha' key")
+    return float(rec["alpha"])
+
+
+def machine() -> dict:
+    import platform
+
+    import torch
+
+    try:
+        load = tuple(round(x, 2) for x in os.getloadavg())
+    except OSError:
+        load = None
+    return dict(cpus=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version(), loadavg=load, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
+
+
+def plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
