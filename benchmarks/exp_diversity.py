@@ -113,7 +113,8 @@ def table(out) -> str:
     S = out["settings"]["samples"]
     rows = [[r["method"], r["generations"], r["self_bleu"], stderr(per_prompt_self_bleu(r, S)), *r["distinct"],
              r["distinct_all"][1], r["entropy_rate"], r["mean_length"]] for r in out["rows"]]
-    return ev.md_table(["method", "generations", "Self-BLEU (lower = more diverse)", "Self-BLEU std. error (over prompts)",
+    return ev.md_table(["method", "generations", "Self-BLEU (lower = more diverse)",
+                        "Self-BLEU std. error (over prompts)",
                         "distinct-1", "distinct-2", "distinct-3", "distinct-2 (all prompts)",
                         "entropy rate H(q) [nats/tok]", "mean length"], rows, 3)
 

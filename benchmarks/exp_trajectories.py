@@ -130,7 +130,8 @@ def run(args, model=None, tok=None) -> dict:
                          repeated_4grams=sum(repeated_ngrams(g) for g in gens) / len(gens),
                          mean_length=sum(map(len, gens)) / len(gens), samples=len(gens),
                          seconds=time.perf_counter() - t0))
-        print(f"  {label:24s} mean H {rows[-1]['mean_entropy']:.2f}  in band {rows[-1]['in_band']:.0%}", file=sys.stderr)
+        print(f"  {label:24s} mean H {rows[-1]['mean_entropy']:.2f}  in band {rows[-1]['in_band']:.0%}",
+              file=sys.stderr)
     return dict(experiment="trajectories", alpha=alpha, band=band, window=args.window, question=question,
                 rows=rows, settings=vars(args), machine=ev.machine())
 
