@@ -22,7 +22,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # GSM8K test split (MIT licence, github.com/openai/grade-school-math), beside the repository
 DEFAULT_DATA = (REPO_ROOT / ".." / "shared" / "data" / "gsm8k" / "test.jsonl").resolve()
-DEFAULT_ALPHA = 0.25    # alpha* of the embedded model on GSM8K answers (docs/results.md); override it
+DEFAULT_ALPHA = 0.25    # between the alpha* measured on GSM8K answers (0.21, 0.27: docs/results.md); override it
 
 
 def setup(threads: int | None = None) -> None:
