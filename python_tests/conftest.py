@@ -1,7 +1,13 @@
-"""Shared fixtures. Triton runs in its CPU interpreter when no GPU is present (set before import)."""
+"""Shared fixtures. Triton runs in its CPU interpreter when no GPU is present (set before import).
+
+OpenMP threads wait passively: with the default spin-wait, every small 2-thread op stalls whenever
+another process holds a core (measured 100-400x on these shared machines, docs/benchmarks.md).
+"""
 import os
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
