@@ -58,7 +58,15 @@ def _alpha(args) -> float:
         raise ValueError("--alpha auto needs --calibration FILE (written by epic-calibrate)")
     try:
         with open(args.calibration) as f:
-            return float(json.load(f)["alpha"])
+            record = json.load(f)
+        alpha = float(record["alpha"])
+        settings = record.get("settings") or {}
+        for key in ("horizon", "rollouts", "top_k", "rollout_top_k"):
+            ours = getattr(args, key) or None
+            if key in settings and (settings[key] or None) != ours:
+                print(f"epic-generate: warning: alpha was calibrated with {key}={settings[key]}, decoding uses "
+                      f"{key}={ours}; the calibrated value holds for the calibration's settings", file=sys.stderr)
+        return alpha
     except FileNotFoundError:
         raise FileNotFoundError(f"calibration file {args.calibration!r} does not exist") from None
     except (KeyError, ValueError, TypeError, json.JSONDecodeError):
