@@ -235,21 +235,10 @@ def plot(out, path) -> None:
 
 
 def main(argv=None, model=None, tok=None) -> int:
-    args = parse(argv)
-    if args.from_json:
-        out = ev.read_json(args.from_json)
-        args = argparse.Namespace(**dict(vars(args), **{k: v for k, v in out["settings"].items()
-                                                         if k not in ("json", "plot", "from_json")}))
-    else:
-        out = run(args, model, tok)
-    print(f"\nalpha* = {out['alpha']:.4f}; reference cross-entropy {out['reference']['cross_entropy']:.3f} nats/token "
-          f"over {args.prompts} prompts x {args.max_new_tokens} tokens\n")
-    print(table(out))
-    if not args.from_json:
-        ev.write_json(args.json, out)
-    if args.plot:
-        plot(out, args.plot)
-    return 0
+    return ev.experiment_main(argv, model, tok, parse=parse, run=run, table=table, plot=plot,
+                              headline=lambda args, out: (f"\nalpha* = {out['alpha']:.4f}; reference cross-entropy "
+                          f"{out['reference']['cross_entropy']:.3f} nats/token over {args.prompts} prompts x "
+                          f"{args.max_new_tokens} tokens\n"))
 
 
 if __name__ == "__main__":

@@ -150,21 +150,9 @@ def plot(out, path) -> None:
 
 
 def main(argv=None, model=None, tok=None) -> int:
-    args = parse(argv)
-    if args.from_json:
-        out = ev.read_json(args.from_json)
-        args = argparse.Namespace(**dict(vars(args), **{k: v for k, v in out["settings"].items()
-                                                         if k not in ("json", "plot", "from_json")}))
-    else:
-        out = run(args, model, tok)
-    print(f"\nEPIC alpha = {out['alpha']:.4f}; {args.prompts} prompts x {args.samples} samples x "
-          f"{args.max_new_tokens} tokens per decoder\n")
-    print(table(out))
-    if not args.from_json:
-        ev.write_json(args.json, out)
-    if args.plot:
-        plot(out, args.plot)
-    return 0
+    return ev.experiment_main(argv, model, tok, parse=parse, run=run, table=table, plot=plot,
+                              headline=lambda args, out: (f"\nEPIC alpha = {out['alpha']:.4f}; {args.prompts} prompts x {args.samples} samples x "
+                          f"{args.max_new_tokens} tokens per decoder\n"))
 
 
 if __name__ == "__main__":

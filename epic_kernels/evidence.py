@@ -299,3 +299,24 @@ def plt():
     import matplotlib.pyplot as pyplot
 
     return pyplot
+
+
+def experiment_main(argv, model, tok, *, parse, run, table, plot, headline) -> int:
+    """The shared ``main`` of the experiment scripts: run (or reload ``--from-json``), print a
+    headline and the markdown table, write ``--json`` and ``--plot``."""
+    import argparse
+
+    args = parse(argv)
+    if args.from_json:
+        out = read_json(args.from_json)
+        args = argparse.Namespace(**dict(vars(args), **{k: v for k, v in out["settings"].items()
+                                                         if k not in ("json", "plot", "from_json")}))
+    else:
+        out = run(args, model, tok)
+    print(headline(args, out))
+    print(table(out))
+    if not args.from_json:
+        write_json(args.json, out)
+    if args.plot:
+        plot(out, args.plot)
+    return 0
