@@ -97,13 +97,7 @@ def bins(values, n_bins):
 
 
 def run(args, model=None, tok=None) -> dict:
-    ev.setup(args.threads)
-    if model is None:
-        model, tok, load_s = ev.load_model_quietly(args.model)
-        print(f"loaded the model in {load_s:.0f}s", file=sys.stderr)
-    from epic_kernels.models import eos_ids
-
-    eos = eos_ids(model, tok)
+    model, tok, eos = ev.prepare(args, model, tok)
     t0 = time.perf_counter()
     alpha, cal = calibrate(args, model, tok, eos)
     cal_s = time.perf_counter() - t0

@@ -53,15 +53,8 @@ def parse(argv=None):
 
 
 def run(args, model=None, tok=None) -> dict:
-    ev.setup(args.threads)
-    if model is None:
-        model, tok, load_s = ev.load_model_quietly(args.model)
-        print(f"loaded the model in {load_s:.0f}s", file=sys.stderr)
-    from epic_kernels.models import eos_ids
-
-    eos = eos_ids(model, tok)
-    alpha = args.alpha if args.alpha is not None else (
-        ev.read_alpha(args.calibration) if args.calibration else ev.DEFAULT_ALPHA)
+    model, tok, eos = ev.prepare(args, model, tok)
+    alpha = ev.chosen_alpha(args)
     recs = ev.load_gsm8k(args.data, args.prompts, START)
     base = ev.prompt_ids(tok, [r["question"] for r in recs])
     prompts = [p for p in base for _ in range(args.samples)]          # prompt-major: [p0 x S, p1 x S, ...]

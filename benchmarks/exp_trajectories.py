@@ -79,15 +79,8 @@ def repeated_ngrams(tokens, n=4):
 
 
 def run(args, model=None, tok=None) -> dict:
-    ev.setup(args.threads)
-    if model is None:
-        model, tok, load_s = ev.load_model_quietly(args.model)
-        print(f"loaded the model in {load_s:.0f}s", file=sys.stderr)
-    from epic_kernels.models import eos_ids
-
-    eos = eos_ids(model, tok)
-    alpha = args.alpha if args.alpha is not None else (
-        ev.read_alpha(args.calibration) if args.calibration else ev.DEFAULT_ALPHA)
+    model, tok, eos = ev.prepare(args, model, tok)
+    alpha = ev.chosen_alpha(args)
     band_recs = ev.load_gsm8k(args.data, args.band_texts, 0)
     band_prompts = ev.prompt_ids(tok, [r["question"] for r in band_recs])
     band_refs = [tok(r["answer"], add_special_tokens=False)["input_ids"] + [eos[0]] for r in band_recs]

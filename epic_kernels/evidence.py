@@ -320,3 +320,21 @@ def experiment_main(argv, model, tok, *, parse, run, table, plot, headline) -> i
     if args.plot:
         plot(out, args.plot)
     return 0
+
+
+def prepare(args, model=None, tok=None):
+    """Thread settings, the model (loaded unless given) and its end-of-sequence ids, for a script's run."""
+    from .models import eos_ids
+
+    setup(args.threads)
+    if model is None:
+        model, tok, load_s = load_model_quietly(args.model)
+        print(f"loaded the model in {load_s:.0f}s", file=sys.stderr)
+    return model, tok, eos_ids(model, tok)
+
+
+def chosen_alpha(args) -> float:
+    """``--alpha``, else the alpha of ``--calibration``, else ``DEFAULT_ALPHA``."""
+    if args.alpha is not None:
+        return args.alpha
+    return read_alpha(args.calibration) if args.calibration else DEFAULT_ALPHA
