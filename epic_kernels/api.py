@@ -1,6 +1,7 @@
 """The public step API: ``sample_step(logits, kv, model, ...)`` for inference loops."""
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,10 @@ class StepOutput:
     kv : a new ``DynamicCache`` = the given cache plus ``tokens`` (``advance=True`` only); the
         cache passed in is never modified.
     attention_mask : ``[B, L + 1]`` mask of ``kv`` (``advance=True`` only).
+    prefetched : the next step's first-depth evaluations, made inside this step's model calls (fast
+        engine, ``advance=True``). Pass it to the next call, ``sample_step(out.next_logits, out.kv,
+        model, ..., prefetched=out.prefetched)``, to skip them; it is used only with that very
+        ``kv`` and those logits, and the tokens are the same without it.
     """
 
     tokens: torch.Tensor
@@ -32,6 +37,7 @@ class StepOutput:
     next_logits: torch.Tensor | None = None
     kv: object | None = None
     attention_mask: torch.Tensor | None = None
+    prefetched: object | None = None
 
 
 @torch.no_grad()
@@ -39,7 +45,7 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
                 seed=0, attention_mask: torch.Tensor | None = None, rollout_top_k: int | None = None,
                 top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
                 block_size: int = D.BLOCK_SIZE, advance: bool = True, engine: str = "auto",
-                backend: str | None = None) -> StepOutput:
+                backend: str | None = None, prefetched=None) -> StepOutput:
     """Sample one token per sequence from ``q_alpha(y) ∝ q(y) exp(-alpha H(y))`` exactly.
 
     Parameters
@@ -60,6 +66,7 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
     engine : ``"fast"`` (fork attention, needs a model whose attention goes through transformers'
         attention interface, e.g. Llama), ``"reference"`` (pure PyTorch), or ``"auto"``.
     backend : kernel backend for the fast engine (``"reference" | "cpu" | "triton"``; default by device).
+    prefetched : ``StepOutput.prefetched`` of the previous step (optional; see ``StepOutput``).
 
     Returns
     -------
@@ -90,7 +97,11 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
         result.stats.extra["forwards_saved"] = 0
         return StepOutput(result.tokens, result.stats, result.entropy, out.logits[:, -1, :], new_kv, next_mask)
     view = PrefixView(cache_layers(kv), prefix.mask, prefix.positions, prefix.seeds)
-    step = fast_sample(logits, view, model, cfg, backend, advance=advance)
+    if prefetched is not None and getattr(prefetched, "owner", None) is not None and prefetched.owner() is not kv:
+        prefetched = None                          # made for another cache: not applicable
+    transform = (lambda x, seq, token: truncate(x, top_k, top_p, min_p)) if advance else None
+    step = fast_sample(logits, view, model, cfg, backend, advance=advance, prefetched=prefetched,
+                       transform=transform)
     if not advance:
         return StepOutput(step.tokens, step.stats, step.entropy)
     from transformers import DynamicCache
@@ -98,4 +109,7 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
     new_kv = DynamicCache(ddp_cache_data=[
         (torch.cat([k, nk.unsqueeze(2)], dim=2), torch.cat([v, nv.unsqueeze(2)], dim=2))
         for (k, v), nk, nv in zip(view.layers, step.next_keys, step.next_values)])
-    return StepOutput(step.tokens, step.stats, step.entropy, step.next_logits, new_kv, next_mask)
+    if step.prefetched is not None:
+        step.prefetched.owner = weakref.ref(new_kv)
+    return StepOutput(step.tokens, step.stats, step.entropy, step.next_logits, new_kv, next_mask,
+                      step.prefetched)

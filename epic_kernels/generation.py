@@ -31,6 +31,7 @@ class StepRecord:
     forward_tokens: int
     forwards_saved: int            # sequences whose next forward came for free from the winner's
     seconds: float
+    prefetched: int = 0            # candidates whose first depths came from the previous step's prefetch
 
 
 @dataclass
@@ -53,7 +54,8 @@ class GenerationOutput:
                     mean_evaluated_deeper=mean("evaluated_deeper"),
                     forward_calls_per_token=sum(s.forward_calls for s in self.steps) / per,
                     forward_tokens_per_token=sum(s.forward_tokens for s in self.steps) / per,
-                    forwards_saved=sum(s.forwards_saved for s in self.steps))
+                    forwards_saved=sum(s.forwards_saved for s in self.steps),
+                    prefetched=sum(s.prefetched for s in self.steps))
 
 
 def _so_far(input_ids, new_tokens, rows):
@@ -84,7 +86,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
              rollouts: int = D.ROLLOUTS, seed=0, eos_token_id=None, pad_token_id: int = 0,
              top_k: int | None = D.TOP_K, top_p: float | None = None, min_p: float | None = None,
              rollout_top_k: int | None = D.ROLLOUT_TOP_K, block_size: int = D.BLOCK_SIZE,
-             engine: str = "auto", backend: str | None = None,
+             engine: str = "auto", backend: str | None = None, prefetch: bool = True,
              logits_processor=None, stopping_criteria=None, on_step=None) -> GenerationOutput:
     """Decode up to ``max_new_tokens`` tokens per sequence with EPIC.
 
@@ -97,6 +99,10 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
         depend only on its own prompt and seed, not on the rest of the batch.
     eos_token_id : int or list of ints ending a sequence (None: run to ``max_new_tokens``).
     engine : ``"auto"`` (the fast engine when the model supports it), ``"fast"`` or ``"reference"``.
+    prefetch : let the fast engine evaluate each next step's first depth inside the current step's
+        model calls (fewer calls; same tokens). With a ``logits_processor``, the prediction calls it
+        on the would-be next input ids; a processor that does not depend only on those and the
+        logits just makes the prediction miss.
     logits_processor : optional ``f(input_ids [n, T], logits [n, V]) -> logits`` applied before EPIC at
         every step (for example a Hugging Face ``LogitsProcessorList`` with top-k / top-p warpers).
     stopping_criteria : optional ``f(input_ids [n, T], logits) -> bool [n]`` ending sequences early.
@@ -137,6 +143,13 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             cache, kv = PrefixCache.from_hf(kv, mask), None
         which = choose(logits.device, backend)
         rows = torch.arange(batch)                 # which sequence each active row is
+        prefetched, transform = None, None
+        if prefetch:
+            def transform(nxt, seq, token):          # what the next step would see if `token` wins
+                if logits_processor is not None:
+                    ids_so_far = _so_far(input_ids, new_tokens, rows[seq])
+                    nxt = logits_processor(torch.cat([ids_so_far, token.view(-1, 1)], dim=1), nxt)
+                return truncate(nxt, top_k, top_p, min_p)
         for step in range(max_new_tokens):
             start = time.perf_counter()
             h_q, _, _ = softmax_entropy_impl(logits, backend=which)
@@ -146,10 +159,10 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                 scores = logits_processor(_so_far(input_ids, new_tokens, rows), logits)
             if fast:
                 res = fast_sample(truncate(scores, top_k, top_p, min_p), cache.view(seeds[rows]), model, cfg,
-                                  backend, advance=advance)
+                                  backend, advance=advance, prefetched=prefetched, transform=transform)
                 if advance:
                     cache.append(res.next_keys, res.next_values)
-                    logits = res.next_logits
+                    logits, prefetched = res.next_logits, res.prefetched
             else:
                 res = sample_step(scores, kv, model, alpha=alpha, horizon=horizon, rollouts=rollouts,
                                   seed=seeds[rows], attention_mask=mask, rollout_top_k=rollout_top_k,
@@ -169,6 +182,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                 logits = logits[keep]
                 if fast:
                     cache.select(keep)
+                    prefetched = prefetched.select(keep) if prefetched is not None else None
                 else:
                     kv.batch_select_indices(keep)
                     mask = mask[keep]
@@ -179,6 +193,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                 evaluated_deeper=float(st.evaluated_deeper.double().mean()),
                 forward_calls=st.forward_calls, forward_tokens=st.forward_tokens,
                 forwards_saved=int(st.extra.get("forwards_saved", 0)),
+                prefetched=int(st.extra.get("adopted", 0)),
                 seconds=time.perf_counter() - start))
             if on_step is not None:
                 on_step(step, rows, tokens)

@@ -45,8 +45,12 @@ class Evaluator:
         self.row_limit = None if positions is None else positions
         M, K, k = len(tokens), cfg.rollouts, cfg.horizon
         keys = prefix.layers[0][0]
-        self.pool = SlotPool(len(prefix.layers), keys.shape[1], keys.shape[3], k, keys.dtype)
+        # slots hold a path's suffix: k tokens, or 2 for a prefetched next-step row (see prefetch.py)
+        self.pool = SlotPool(len(prefix.layers), keys.shape[1], keys.shape[3], max(k, 2), keys.dtype)
         self.pool.reserve(M * K)
+        self.slots_used = M * K
+        self.prefetch = None                        # a Prefetcher adding next-step rows to calls
+        self.adopted = 0                            # depth-1 evaluations received from the last step
         self.depth = torch.zeros(M, dtype=torch.int64)
         self.table = torch.zeros(M, k, K, dtype=score_dtype)
         self.last = torch.zeros(M, K, dtype=torch.int64)
@@ -81,6 +85,24 @@ class Evaluator:
             picks.append(tok)
         return ent, torch.stack(picks, 1)
 
+    def pool_slots_used(self) -> int:
+        return self.slots_used
+
+    def claim_slots(self, n: int) -> None:
+        self.slots_used += n
+
+    def adopt(self, m: int, entropy, samples, next_logits, keys, values) -> None:
+        """Take candidate ``m``'s depth-1 evaluation from a prefetch made in the previous step."""
+        K = self.cfg.rollouts
+        self.depth[m] = 1
+        self.table[m, 0, :] = entropy.to(self.table.dtype)
+        self.last[m] = samples
+        self.next_logits[m] = next_logits
+        for pk, pv, k, v in zip(self.pool.keys, self.pool.values, keys, values):
+            pk[m * K, :, 0] = k
+            pv[m * K, :, 0] = v
+        self.adopted += 1
+
     @torch.no_grad()
     def run(self, idx: torch.Tensor, target: torch.Tensor):
         """Advance candidates ``idx`` to depths ``target``; return their ``(depth, partial RB sum)``."""
@@ -107,7 +129,15 @@ class Evaluator:
             toks = torch.cat([self.tokens[first], self.last[deep].flatten()])
             cand = torch.cat([first, deep_c])
             limit = None if self.row_limit is None else self.row_limit[cand]
-            logits = self._forward(seq, slot, fill, toks, self.base[cand] + fill, limit)
+            positions = self.base[cand] + fill
+            extra = self.prefetch.rows() if self.prefetch is not None else None
+            if extra is not None:
+                seq, slot, fill, toks, positions = (torch.cat([a, e]) for a, e in
+                                                    zip((seq, slot, fill, toks, positions), extra))
+            logits = self._forward(seq, slot, fill, toks, positions, limit)
+            if extra is not None:
+                self.prefetch.consume(logits[len(cand):])
+                logits = logits[: len(cand)]
             n1 = len(first)
             if n1:
                 for j, m in enumerate(first.tolist()):

@@ -11,6 +11,7 @@ from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
 from ..reference import SampleStats, entropy_bound
 from .evaluator import Evaluator
 from .manager import make_manager
+from .prefetch import DEFAULT_BUDGET, Prefetched, Prefetcher
 
 
 @dataclass
@@ -21,16 +22,25 @@ class FastStep:
     next_logits: torch.Tensor        # [B, V] logits after appending each winner
     next_keys: list                  # per layer [B, kv_heads, head_dim]: the winners' own KV
     next_values: list
+    prefetched: Prefetched | None = None   # the next step's depth-1 evaluations made in this one
 
 
 @torch.no_grad()
 def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = None,
-                advance: bool = True) -> FastStep:
+                advance: bool = True, prefetched: Prefetched | None = None, transform=None,
+                prefetch_budget: int = DEFAULT_BUDGET) -> FastStep:
     """One EPIC step for every sequence of ``prefix`` (a ``PrefixView``).
 
     With ``advance`` the step also produces each sequence's next logits and the KV of its winner:
     from the winner's own depth-1 evaluation when it had one (a forward saved), otherwise from one
     extra batched call over just those sequences (the call a plain decoding loop would make).
+
+    Prefetch (``prefetch.py``): with ``advance`` and a ``transform`` (what the caller will apply to
+    ``next_logits`` before the next step, e.g. its truncation, as ``transform(logits [n, V],
+    sequence [n], token [n])`` for sequences that sampled ``token``), the step also evaluates
+    depth 1 of the next step's survivors inside its own model calls and returns them as
+    ``prefetched``; passing that to the next call lets it skip those evaluations. The tokens are
+    the same with or without it.
     """
     B, V = logits.shape
     which = choose(logits.device, backend)
@@ -41,6 +51,11 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
     seq = torch.repeat_interleave(torch.arange(B), pr.counts)
     ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype)
     mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, bound, cfg.block_size)
+    if prefetched is not None:
+        _adopt(ev, pr, logits, prefix, prefetched)
+    if advance and transform is not None and prefetch_budget > 0:
+        ev.prefetch = Prefetcher(ev, pr, transform, width, which, prefetch_budget)
+        ev.prefetch.winners = mgr.winners
     while True:
         idx, depth = mgr.next_requests()
         if len(idx) == 0:
@@ -52,6 +67,7 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
     evaluated = ev.depth[win] >= 1
     stats = SampleStats(pr.counts.clone(), depth1, deeper, ev.calls, ev.forward_tokens)
     stats.extra["forwards_saved"] = int(evaluated.sum()) if advance else 0
+    stats.extra["adopted"] = ev.adopted
     # the algorithmic minimum: one token per depth-1 evaluation, K per deeper depth reached
     stats.extra["depth_reached"] = ev.depth.clone()
     stats.extra["min_forward_tokens"] = int((ev.depth >= 1).sum() + cfg.rollouts * (ev.depth - 1).clamp(min=0).sum())
@@ -69,4 +85,26 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
             ev.calls, ev.forward_tokens = calls, toks
         next_logits = torch.stack([ev.next_logits[m] for m in win.tolist()])
         next_keys, next_values = ev.winner_kv(win)
-    return FastStep(pr.ids[win], stats, entropy, next_logits, next_keys, next_values)
+    handed = None
+    if ev.prefetch is not None:
+        handed = ev.prefetch.hand_over(win)
+        stats.extra["prefetch_rows"] = ev.prefetch.rows_fed
+        stats.extra["prefetch_hits"] = handed.hits()
+    return FastStep(pr.ids[win], stats, entropy, next_logits, next_keys, next_values, handed)
+
+
+def _adopt(ev, pr, logits, prefix, prefetched: Prefetched) -> None:
+    """Give the evaluator the depth-1 results the previous step prefetched for this one, for each
+    sequence whose position, seed, logits and survivors are exactly the predicted ones."""
+    if len(prefetched) != len(pr.counts):
+        return
+    for b in range(len(pr.counts)):
+        e = prefetched.usable(b, logits[b], int(prefix.positions[b]), int(prefix.seeds[b]))
+        if e is None:
+            continue
+        lo, hi = int(pr.offsets[b]), int(pr.offsets[b + 1])
+        if not torch.equal(pr.ids[lo:hi], e.ids):
+            continue
+        for n, m in enumerate(range(lo, hi)):
+            ev.adopt(m, e.entropy[n], e.samples[n], e.next_logits[n],
+                     [k[n] for k in e.keys], [v[n] for v in e.values])

@@ -1,0 +1,99 @@
+"""Prefetch (engine/prefetch.py): the next step's first evaluations made inside this step's model
+calls. It must never change a token, it must actually be used, and it must be ignored whenever the
+next step is not the one it was made for."""
+import copy
+
+import pytest
+import torch
+
+import epic_kernels
+from epic_kernels.testing import prefill, random_prompts
+
+
+def _left_padded(prompts):
+    L = max(map(len, prompts))
+    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+CASES = [dict(alpha=a, horizon=k, rollouts=K, top_k=tk, rollout_top_k=rk)
+         for a, k, K, tk, rk in [(0.8, 1, 1, None, None), (-0.6, 2, 2, 12, 10), (0.3, 3, 3, None, 8),
+                                 (1.5, 4, 2, 12, None), (-1.2, 4, 1, None, None), (0.5, 2, 4, 16, 16)]]
+
+
+@pytest.mark.parametrize("kw", CASES, ids=lambda kw: f"a{kw['alpha']}-k{kw['horizon']}-K{kw['rollouts']}")
+def test_generate_same_tokens_with_and_without_prefetch(tiny, kw):
+    ids, mask = _left_padded(random_prompts(32, [3, 8, 5, 1], seed=kw["horizon"]))
+    seeds = [3, 1, 4, 1]
+    on = epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=12, seed=seeds, **kw)
+    off = epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=12, seed=seeds, prefetch=False, **kw)
+    ref = epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=12, seed=seeds, engine="reference", **kw)
+    assert on.new_tokens == off.new_tokens == ref.new_tokens
+    assert off.summary()["prefetched"] == 0
+
+
+def test_prefetch_is_used_and_saves_calls(tiny):
+    """Summed over the cases: candidates are adopted, and the engine makes fewer model calls."""
+    adopted, calls_on, calls_off = 0, 0, 0
+    for kw in CASES:
+        ids, mask = _left_padded(random_prompts(32, [4, 6], seed=11))
+        on = epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=12, seed=[5, 6], **kw).summary()
+        off = epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=12, seed=[5, 6], prefetch=False,
+                                    **kw).summary()
+        adopted += on["prefetched"]
+        calls_on += on["forward_calls_per_token"] * on["tokens"] + on["tokens"] - on["forwards_saved"]
+        calls_off += off["forward_calls_per_token"] * off["tokens"] + off["tokens"] - off["forwards_saved"]
+    assert adopted > 0
+    assert calls_on < calls_off
+
+
+def test_prefetch_predicts_through_a_logits_processor(tiny):
+    """A processor that depends on the ids so far (a repetition penalty) is applied to the
+    would-be next ids: predictions still hit, tokens still equal."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    proc = RepetitionPenaltyLogitsProcessor(1.8)
+    ids, mask = _left_padded(random_prompts(32, [5, 7], seed=3))
+    kw = dict(alpha=0.9, horizon=3, rollouts=2, top_k=6, rollout_top_k=6, seed=[2, 9], max_new_tokens=12)
+    on = epic_kernels.generate(tiny, ids, attention_mask=mask, logits_processor=proc, **kw)
+    off = epic_kernels.generate(tiny, ids, attention_mask=mask, logits_processor=proc, prefetch=False, **kw)
+    ref = epic_kernels.generate(tiny, ids, attention_mask=mask, logits_processor=proc, engine="reference", **kw)
+    assert on.new_tokens == off.new_tokens == ref.new_tokens
+    assert on.summary()["prefetched"] > 0
+
+
+def _loop(tiny, prompts, kw, steps, use_prefetch, tamper=None):
+    logits, kv, mask = prefill(tiny, prompts)
+    pre, tokens, adopted = None, [], 0
+    for t in range(steps):
+        out = epic_kernels.sample_step(logits, kv, tiny, attention_mask=mask, engine="fast",
+                                       prefetched=pre if use_prefetch else None, **kw)
+        adopted += out.stats.extra.get("adopted", 0)
+        tokens.append(out.tokens.tolist())
+        logits, kv, mask, pre = out.next_logits, out.kv, out.attention_mask, out.prefetched
+        if tamper is not None:
+            logits, kv = tamper(t, logits, kv)
+    return tokens, adopted
+
+
+def test_sample_step_loop_with_prefetched(tiny):
+    prompts = random_prompts(32, [4, 9, 2], seed=6)
+    kw = dict(alpha=0.9, horizon=3, rollouts=2, seed=[7, 8, 9], top_k=6, rollout_top_k=6)
+    on, adopted = _loop(tiny, prompts, kw, 10, True)
+    off, none = _loop(tiny, prompts, kw, 10, False)
+    assert on == off and adopted > 0 and none == 0
+
+
+def test_prefetched_is_ignored_for_another_cache_or_other_logits(tiny):
+    prompts = random_prompts(32, [4, 9, 2], seed=6)
+    kw = dict(alpha=0.9, horizon=3, rollouts=2, seed=[7, 8, 9], top_k=6, rollout_top_k=6)
+    reference, _ = _loop(tiny, prompts, kw, 8, False)
+    # an equal copy of the cache is not the cache the prefetch was made for: unused
+    same, adopted = _loop(tiny, prompts, kw, 8, True, tamper=lambda t, lg, kv: (lg, copy.deepcopy(kv)))
+    assert same == reference and adopted == 0
+    # changed logits (a caller's own processing): the prediction misses, tokens follow the new logits
+    bump = lambda t, lg, kv: (lg + torch.linspace(0, 3, lg.shape[-1], dtype=lg.dtype), kv)
+    changed_on, adopted = _loop(tiny, prompts, kw, 8, True, tamper=bump)
+    changed_off, _ = _loop(tiny, prompts, kw, 8, False, tamper=bump)
+    assert changed_on == changed_off and adopted == 0
