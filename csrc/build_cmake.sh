@@ -38,6 +38,18 @@ assert torch.allclose(ent, want_ent, atol=1e-4) and torch.allclose(lse, want_lse
 seeds, pos = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
 _, _, tokens = torch.ops.epic_kernels.softmax_entropy_sample(x, seeds, torch.zeros(3, dtype=torch.long), pos)
 assert torch.equal(tokens, R.gumbel_argmax(x, seeds, 0, pos)), tokens
+# fork_attention: 2 rows of one sequence, 4 query / 2 kv heads, against a dense softmax
+q, k, v = torch.randn(2, 4, 1, 16), torch.randn(2, 2, 1, 16), torch.randn(2, 2, 1, 16)
+K, V = torch.randn(1, 2, 7, 16), torch.randn(1, 2, 7, 16)
+pool_k, pool_v = torch.zeros(2, 2, 3, 16), torch.zeros(2, 2, 3, 16)
+idx = torch.tensor([0, 1])
+out = torch.ops.epic_kernels.fork_attention(q, k, v, pool_k, pool_v, K, V, torch.ones(1, 7, dtype=torch.bool),
+                                            torch.zeros(2, dtype=torch.long), idx, torch.zeros(2, dtype=torch.long),
+                                            None, 0.25)
+keys = torch.cat([K[0].expand(2, -1, -1, -1), k], 2).repeat_interleave(2, 1)      # [2, 4, 8, 16]
+vals = torch.cat([V[0].expand(2, -1, -1, -1), v], 2).repeat_interleave(2, 1)
+want = torch.softmax(q @ keys.transpose(-1, -2) * 0.25, -1) @ vals                  # [2, 4, 1, 16]
+assert torch.allclose(out, want.transpose(1, 2), atol=1e-5) and torch.equal(pool_k[idx, :, 0], k[:, :, 0])
 print(f"build_cmake: {sys.argv[1]} loads and matches the reference")
 PY
 echo "build_cmake: done in $(( $(date +%s) - start )) s"

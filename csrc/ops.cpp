@@ -19,6 +19,17 @@ TORCH_LIBRARY(epic_kernels, m) {
       "gumbel_topk_prune(Tensor logits, Tensor seeds, Tensor positions, Tensor width, int top_k)"
       " -> (Tensor ids, Tensor scores, Tensor counts, Tensor offsets, Tensor front_ids,"
       " Tensor front_scores, Tensor topk_ids, Tensor topk_scores, Tensor lse)");
+  // The engine's fork (cascade) attention for one layer call of N rollout rows: writes each row's
+  // new key / value (N, Hkv, 1, D) into pool_k / pool_v (slots, Hkv, slot_len, D) at
+  // (slot[n], :, fill[n]), then returns (N, 1, H, D): softmax((q . k) * scale) v of row n's query
+  // (N, H, 1, D) over its sequence's prefix keys prefix_k / prefix_v[seq[n]] (B, Hkv, L, D; read in
+  // place, any strides but a contiguous head_dim) at positions j with prefix_valid[seq[n], j] != 0
+  // and j < row_limit[n] (when given), then over its slot's tokens 0..fill[n]. Query head h uses
+  // kv head h / (H / Hkv). float32 or float64.
+  m.def(
+      "fork_attention(Tensor query, Tensor key, Tensor value, Tensor(a!) pool_k, Tensor(b!) pool_v,"
+      " Tensor prefix_k, Tensor prefix_v, Tensor prefix_valid, Tensor seq, Tensor slot,"
+      " Tensor fill, Tensor? row_limit, float scale) -> Tensor");
   // Testing helpers: raw Philox words of tl.randint(seed, offset) (int64 in, int64 words out),
   // the float32 Gumbel noise (N, vocab) of keys (seeds[n], streams[n], positions[n], v), and the
   // float32 noise of given words (int64 holding uint32), through the same code as the kernels.

@@ -12,6 +12,9 @@ float64 for float64 logits)::
     softmax_entropy_sample(logits, seeds, streams, positions) -> (entropy, lse, tokens int64 [N])
     gumbel_topk_prune(logits, seeds, positions, width [B], top_k)
         -> (ids, scores, counts, offsets, front_ids, front_scores, topk_ids, topk_scores, lse)
+    fork_attention(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid, seq, slot,
+                   fill, row_limit, scale) -> out [N, 1, H, D]   (float32 / float64; writes the pools;
+                   the engine's fork attention, epic_kernels/engine/attention.py)
     _philox_randint(seed, offset) -> words    _gumbel_noise(seeds, streams, positions, vocab) -> noise
     _gumbel_from_words(words) -> noise        (testing helpers: the kernels' own noise path)
 """
@@ -101,6 +104,17 @@ def _register_fakes() -> None:
                 logits.new_empty((b, top_k), dtype=long), logits.new_empty((b, top_k), dtype=acc),
                 logits.new_empty(b, dtype=acc))
 
+    if hasattr(torch.ops.epic_kernels, "fork_attention"):    # absent from builds older than the op
+        @torch.library.register_fake("epic_kernels::fork_attention")
+        def _fork_attention_fake(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid,
+                                 seq, slot, fill, row_limit, scale):
+            torch._check(query.dim() == 4 and query.shape[2] == 1,
+                         lambda: f"query must have shape (N, H, 1, D), got {tuple(query.shape)}")
+            torch._check(query.dtype in (torch.float32, torch.float64),
+                         lambda: f"query must be float32 or float64, got {query.dtype}")
+            n, h, _, d = query.shape
+            return query.new_empty((n, 1, h, d))
+
     @torch.library.register_fake("epic_kernels::_philox_randint")
     def _philox_randint_fake(seed, offset):
         torch._check(seed.shape == offset.shape, lambda: "seed and offset must have the same shape")
@@ -156,5 +170,21 @@ def gumbel_topk_prune(logits: torch.Tensor, seeds: torch.Tensor, positions: torc
     return PruneResult(*ops().gumbel_topk_prune(logits, seeds, positions, width, int(top_k)))
 
 
+def fork_attention(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid, seq, slot, fill,
+                   row_limit=None, scale: float | None = None) -> torch.Tensor:
+    """The engine's fork attention for one layer call (``engine.attention._fork_attention_torch``).
+
+    ``query [N, H, 1, D]``, ``key / value [N, Hkv, 1, D]``; ``pool_k / pool_v [slots, Hkv, slot_len, D]``
+    receive each row's key / value at ``(slot[n], :, fill[n])``; row n attends to
+    ``prefix_k / prefix_v [B, Hkv, L, D]`` of sequence ``seq[n]`` (read in place) where
+    ``prefix_valid [B, L]`` is nonzero and the position is below ``row_limit[n]`` (optional), then to
+    its slot's tokens ``0..fill[n]``. ``scale`` defaults to ``D ** -0.5``. Returns ``[N, 1, H, D]``.
+    """
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    return ops().fork_attention(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid, seq,
+                                slot, fill, row_limit, float(scale))
+
+
 __all__ = ["load", "available", "error", "ops", "softmax_entropy", "softmax_entropy_sample",
-           "gumbel_topk_prune", "BUILD_HINT"]
+           "gumbel_topk_prune", "fork_attention", "BUILD_HINT"]

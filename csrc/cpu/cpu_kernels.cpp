@@ -52,6 +52,14 @@ namespace {
     }                                                                                           \
   }
 
+#define EPIC_ATTENTION_BODY(ATTR, W)                                                            \
+  ATTR void fork_attention_group_mv(const ForkAttnGroup<float>& task) {                        \
+    fork_attention_group<W, float>(task);                                                       \
+  }                                                                                             \
+  ATTR void fork_attention_group_mv(const ForkAttnGroup<double>& task) {                       \
+    fork_attention_group<W, double>(task);                                                      \
+  }
+
 #if defined(EPIC_MULTIVERSION)
 #define EPIC_ALL_TARGETS(T, acc_t)                                                     \
   EPIC_PIECES_BODY(__attribute__((target("arch=x86-64-v4"))), 16, T, acc_t)           \
@@ -60,9 +68,13 @@ namespace {
 EPIC_NOISE_BODY(__attribute__((target("arch=x86-64-v4"))))
 EPIC_NOISE_BODY(__attribute__((target("arch=x86-64-v3"))))
 EPIC_NOISE_BODY(__attribute__((target("default"))))
+EPIC_ATTENTION_BODY(__attribute__((target("arch=x86-64-v4"))), 16)
+EPIC_ATTENTION_BODY(__attribute__((target("arch=x86-64-v3"))), 8)
+EPIC_ATTENTION_BODY(__attribute__((target("default"))), 4)
 #else
 #define EPIC_ALL_TARGETS(T, acc_t) EPIC_PIECES_BODY(, 8, T, acc_t)
 EPIC_NOISE_BODY()
+EPIC_ATTENTION_BODY(, 8)
 #endif
 
 EPIC_ALL_TARGETS(float, float)
@@ -90,6 +102,8 @@ EPIC_EXPORT_PIECES(c10::BFloat16, float)
 void gumbel_row_cpu(const NoiseKey& key, int64_t V, float* out) { gumbel_row_mv(key, V, out); }
 float gumbel_one_cpu(const NoiseKey& key, int64_t v) { return gumbel_one_mv(key, v); }
 void gumbel_words_cpu(const int64_t* words, int64_t n, float* out) { gumbel_words_mv(words, n, out); }
+void fork_attention_group_cpu(const ForkAttnGroup<float>& task) { fork_attention_group_mv(task); }
+void fork_attention_group_cpu(const ForkAttnGroup<double>& task) { fork_attention_group_mv(task); }
 
 }  // namespace cpu
 }  // namespace epic

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "../kernels/cpu_attention.h"
 #include "../kernels/cpu_prune.h"
 #include "../kernels/cpu_softmax.h"
 
@@ -25,6 +26,11 @@ EPIC_DECLARE_PIECES(double, double)
 EPIC_DECLARE_PIECES(c10::Half, float)
 EPIC_DECLARE_PIECES(c10::BFloat16, float)
 #undef EPIC_DECLARE_PIECES
+
+// Fork attention of one task: a (sequence, kv head) and some of its rows
+// (csrc/kernels/cpu_attention.h); float32 and float64.
+void fork_attention_group_cpu(const ForkAttnGroup<float>& task);
+void fork_attention_group_cpu(const ForkAttnGroup<double>& task);
 
 // Keyed Gumbel noise through the same SIMD code as the kernels (so every CPU op draws identical
 // noise): entries v = 0..V-1 of one key into out[0..V), and raw Philox words (int64 holding
