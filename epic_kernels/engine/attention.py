@@ -10,6 +10,11 @@ log-sum-exp trick (cascade attention):
     suffix part  q_n . K_slot[slot[n]]    a few tokens per row
 
 so the prefix is read in place, and the memory a step adds is the pool: rows x horizon tokens.
+
+Two implementations of one contract: ``_fork_attention_torch`` (readable, ~25 torch ops per layer
+call; the specification) and the fused C++ op ``torch.ops.epic_kernels.fork_attention``
+(``csrc/cpu/fork_attention_cpu.cpp``), which ``fork_attention`` uses for float32 / float64 CPU
+tensors when the extension is built, unless ``EPIC_KERNELS_BACKEND=reference``.
 """
 from __future__ import annotations
 
@@ -19,8 +24,25 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import _ext
+from ..ops._dispatch import choose
+
 ATTENTION_NAME = "epic_fork"
 _local = threading.local()
+_CPP_DTYPES = (torch.float32, torch.float64)
+_cpp_op: dict = {}
+
+
+def cpu_kernel(device: torch.device):
+    """``torch.ops.epic_kernels.fork_attention.default`` when fork attention on ``device`` should run
+    the C++ op (CPU tensors, extension built with the op, backend not forced to another one), else
+    None (the torch path: CUDA tensors always take it)."""
+    if device.type != "cpu" or choose(device) != "cpu":
+        return None
+    if "op" not in _cpp_op:                         # once: the extension is loaded by choose()
+        ops = _ext.ops()
+        _cpp_op["op"] = ops.fork_attention.default if hasattr(ops, "fork_attention") else None
+    return _cpp_op["op"]
 
 
 class SlotPool:
@@ -72,11 +94,16 @@ class ForkBatch:
     row_j: torch.Tensor        # int64 [N]: the row's index j within its sequence
     suffix_bias: torch.Tensor  # [N, 1, 1, T]: 0 for slot tokens <= fill, -inf beyond
     row_bias: torch.Tensor | None = None   # [B, 1, R, 1, L]: per-row prefix limits (optional)
+    # the C++ path (see fork_attention): the op, or None for the torch path
+    kernel: object = None
+    prefix_valid: torch.Tensor | None = None  # bool [B, L]: 1 on real tokens
+    row_limit: torch.Tensor | None = None     # int64 [N] (optional)
 
     @classmethod
     def build(cls, prefix, pool: SlotPool, seq, slot, fill, dtype, row_limit=None) -> "ForkBatch":
         """``row_limit [N]`` (optional): row n sees only the first ``row_limit[n]`` prefix positions,
-        so rows that share one sequence's KV can fork from different prefixes of it."""
+        so rows that share one sequence's KV can fork from different prefixes of it. Whether the
+        C++ op runs is decided here, once per model call (``cpu_kernel``)."""
         B = prefix.batch
         counts = torch.bincount(seq, minlength=B)
         order = torch.argsort(seq, stable=True)
@@ -97,12 +124,37 @@ class ForkBatch:
             beyond = torch.arange(L).view(1, 1, L) >= limits.unsqueeze(-1)
             row_bias = torch.zeros(beyond.shape, dtype=dtype).masked_fill(beyond, float("-inf"))
             row_bias = row_bias[:, None, :, None, :]
+        kernel = cpu_kernel(prefix.mask.device)
+        valid = prefix.mask.bool().contiguous() if kernel is not None else None
+        limit = None
+        if kernel is not None and row_limit is not None:
+            limit = row_limit.to(torch.int64).contiguous()
         return cls(prefix.layers, prefix.bias(dtype), pool, seq, slot, fill, pad_index, row_j,
-                   suffix_bias[:, None, None, :], row_bias)
+                   suffix_bias[:, None, None, :], row_bias, kernel, valid, limit)
 
 
 def fork_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
-    """transformers attention-interface function; ``query [N, H, 1, D]``, ``key/value [N, Hkv, 1, D]``."""
+    """transformers attention-interface function; ``query [N, H, 1, D]``, ``key/value [N, Hkv, 1, D]``.
+
+    Writes each row's key / value into its slot of the pool and returns ``(out [N, 1, H, D], None)``.
+    Float32 / float64 CPU tensors run the fused C++ op when the batch selected it (``cpu_kernel``:
+    extension built, backend not forced to ``reference``); everything else, CUDA tensors included,
+    runs ``_fork_attention_torch``, the readable specification both are tested against.
+    """
+    fb: ForkBatch = _local.batch
+    if (fb.kernel is not None and query.device.type == "cpu" and query.dtype in _CPP_DTYPES
+            and fb.pool.dtype == query.dtype):
+        layer = module.layer_idx
+        K, V = fb.prefix_layers[layer]
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        out = fb.kernel(query, key, value, fb.pool.keys[layer], fb.pool.values[layer], K, V, fb.prefix_valid,
+                        fb.seq, fb.slot, fb.fill, fb.row_limit, float(scale))
+        return out, None
+    return _fork_attention_torch(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
+def _fork_attention_torch(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
+    """The torch implementation (and specification) of ``fork_attention``: ~25 small ops per call."""
     fb: ForkBatch = _local.batch
     layer = module.layer_idx
     N, H, _, D = query.shape
@@ -129,7 +181,8 @@ def fork_attention(module, query, key, value, attention_mask=None, scaling=None,
     s_pre = torch.matmul(q_pad, K.transpose(-1, -2)).mul_(scale).add_(fb.prefix_bias)  # [B, Hkv, R*G, L]
     if fb.row_bias is not None:
         s_pre.view(B, Hkv, R, G, -1).add_(fb.row_bias)
-    m_pre = s_pre.amax(-1, keepdim=True)
+    # clamped: a row that sees no prefix position (all -inf) gets e_pre = 0, not exp(-inf + inf) = NaN
+    m_pre = s_pre.amax(-1, keepdim=True).clamp_min_(torch.finfo(s_pre.dtype).min)
     e_pre = s_pre.sub_(m_pre).exp_()
     l_pre = e_pre.sum(-1, keepdim=True)
     o_pre = torch.matmul(e_pre, V)
