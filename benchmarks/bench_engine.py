@@ -106,6 +106,7 @@ def run_setting(model, prompts_ids, key, args, rec, hf_times):
         hf_times["tn"] += tn
         out = model(input_ids=ids, use_cache=True)
         logits, kv = out.logits[:, -1, :], out.past_key_values
+        prefetched = None
         seed = args.seed + p
         bar = C.progress(range(args.steps), args.no_progress, desc=f"{name} prompt {p}")
         for t in bar:
@@ -117,7 +118,7 @@ def run_setting(model, prompts_ids, key, args, rec, hf_times):
             for s in names:
                 if s == "fast":
                     fn = lambda: epic_kernels.sample_step(logits, kv, model, seed=seed, engine="fast",
-                                                          advance=True, **ekw)
+                                                          advance=True, prefetched=prefetched, **ekw)
                 elif s == "fast_noadv":
                     fn = lambda: epic_kernels.sample_step(logits, kv, model, seed=seed, engine="fast",
                                                           advance=False, **ekw)
@@ -139,6 +140,9 @@ def run_setting(model, prompts_ids, key, args, rec, hf_times):
                        survivors=int(st.survivors.sum()), depth1=int(st.evaluated_depth1.sum()),
                        deeper=int(st.evaluated_deeper.sum()), calls=st.forward_calls,
                        finish_calls=int(st.extra.get("finish_calls", 0)), fwd_tokens=st.forward_tokens,
+                       prefetch_rows=int(st.extra.get("prefetch_rows", 0)),
+                       prefetch_rows_won=int(st.extra.get("prefetch_rows_won", 0)),
+                       adopted=int(st.extra.get("adopted", 0)), adopted_rows=int(st.extra.get("adopted_rows", 0)),
                        min_tokens=min_tok, lemma=lemma_prediction(truncate(logits, top_k), args.alpha,
                                                                   args.horizon, rtop_k),
                        naive_calls=nv.stats.forward_calls + nv.extra.get("finish_calls", 0),
@@ -151,7 +155,8 @@ def run_setting(model, prompts_ids, key, args, rec, hf_times):
                       f"{int(nv.tokens[0])} reference "
                       f"{int(res['reference'].tokens[0]) if with_ref else '-'}", file=sys.stderr)
             bar.set_postfix(fast=f"{secs['fast']:.2f}s", naive=f"{secs['naive']:.2f}s")
-            logits, kv = f.next_logits, f.kv          # follow the fast engine's trajectory
+            # follow the fast engine's trajectory, handing it what it prefetched for the next step
+            logits, kv, prefetched = f.next_logits, f.kv, f.prefetched
         t1, tn = hf_per_token(model, ids, args.hf_tokens, args.hf_repeats, args.seed + 100)
         hf_times["t1"] += t1
         hf_times["tn"] += tn
@@ -177,6 +182,8 @@ def summarize(key, steps, hf_tok_s, args):
         fast_vs_hf=fast_tps / hf_tok_s, naive_vs_hf=naive_tps / hf_tok_s, ref_vs_hf=ref_tps / hf_tok_s,
         fast_ms_median=C.median([r["t_fast"] for r in steps]) * 1e3,
         calls=mean("calls"), finish_calls=mean("finish_calls"), fwd_tokens=mean("fwd_tokens"),
+        prefetch_rows=mean("prefetch_rows"), prefetch_rows_won=mean("prefetch_rows_won"),
+        adopted=mean("adopted"), adopted_rows=mean("adopted_rows"),
         min_tokens=mean("min_tokens"), naive_calls=mean("naive_calls"), naive_tokens=mean("naive_tokens"),
         ref_calls=tot(ref_steps, "ref_calls") / max(len(ref_steps), 1),
         ref_tokens=tot(ref_steps, "ref_tokens") / max(len(ref_steps), 1),
@@ -233,9 +240,12 @@ def main(argv=None):
     print("\n### Work per step (means over steps)\n")
     print(C.md_table(
         ["setting", "fast calls", "+ finish calls", "naive calls (incl. finish)", "reference calls",
-         "fast fwd tokens", "algorithmic min", "naive fwd tokens", "reference fwd tokens"],
+         "fast fwd tokens", "of which prefetched for the next step", "... on bets that lost",
+         "own rows + adopted rows", "algorithmic min", "naive fwd tokens", "reference fwd tokens"],
         [[s["setting"], s["calls"], s["finish_calls"], s["naive_calls"], s["ref_calls"], s["fwd_tokens"],
-          s["min_tokens"], s["naive_tokens"], s["ref_tokens"]] for s in summaries]))
+          s["prefetch_rows"], s["prefetch_rows"] - s["prefetch_rows_won"],
+          s["fwd_tokens"] - s["prefetch_rows"] + s["adopted_rows"], s["min_tokens"], s["naive_tokens"],
+          s["ref_tokens"]] for s in summaries]))
     print("\n### Candidates per step against Lemma 4.1\n")
     print(C.md_table(
         ["setting", "survivors", "Lemma 4.1 prediction", "evaluated at depth 1", "deeper evaluations",

@@ -10,6 +10,7 @@ from . import defaults as D
 from ._validate import check_config, check_logits
 from .reference import EpicConfig, SampleStats, lazy_sample
 from .rollout import Prefix, cache_layers, select_rows
+from .engine.prefetch import Prefetched
 from .truncation import truncate
 
 
@@ -37,7 +38,7 @@ class StepOutput:
     next_logits: torch.Tensor | None = None
     kv: object | None = None
     attention_mask: torch.Tensor | None = None
-    prefetched: object | None = None
+    prefetched: Prefetched | None = None
 
 
 @torch.no_grad()
@@ -80,6 +81,9 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
     check_logits(logits)
     if engine not in ("auto", "fast", "reference"):
         raise ValueError(f"engine must be 'auto', 'fast' or 'reference', got {engine!r}")
+    if prefetched is not None and not isinstance(prefetched, Prefetched):
+        raise ValueError(f"prefetched must be the .prefetched of a previous StepOutput (or None), "
+                         f"got {type(prefetched).__name__}")
     prefix = Prefix.build(kv, seed, logits.shape[0], attention_mask, model)
     logits = truncate(logits, top_k, top_p, min_p)
     fast = engine == "fast" or (engine == "auto" and supports_fork(model))
@@ -97,7 +101,7 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
         result.stats.extra["forwards_saved"] = 0
         return StepOutput(result.tokens, result.stats, result.entropy, out.logits[:, -1, :], new_kv, next_mask)
     view = PrefixView(cache_layers(kv), prefix.mask, prefix.positions, prefix.seeds)
-    if prefetched is not None and getattr(prefetched, "owner", None) is not None and prefetched.owner() is not kv:
+    if prefetched is not None and (prefetched.owner is None or prefetched.owner() is not kv):
         prefetched = None                          # made for another cache: not applicable
     transform = (lambda x, seq, token: truncate(x, top_k, top_p, min_p)) if advance else None
     step = fast_sample(logits, view, model, cfg, backend, advance=advance, prefetched=prefetched,

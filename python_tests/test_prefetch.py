@@ -97,3 +97,36 @@ def test_prefetched_is_ignored_for_another_cache_or_other_logits(tiny):
     changed_on, adopted = _loop(tiny, prompts, kw, 8, True, tamper=bump)
     changed_off, _ = _loop(tiny, prompts, kw, 8, False, tamper=bump)
     assert changed_on == changed_off and adopted == 0
+
+
+def test_prefetched_of_the_wrong_type_is_an_error(tiny):
+    logits, kv, mask = prefill(tiny, random_prompts(32, [4], seed=1))
+    with pytest.raises(ValueError, match="prefetched must be"):
+        epic_kernels.sample_step(logits, kv, tiny, alpha=0.5, attention_mask=mask, prefetched={"a": 1})
+
+
+def test_step_statistics_account_for_prefetched_rows(tiny):
+    """Rows fed = the step's own rows + rows for the next step; own + adopted = what the step used."""
+    from epic_kernels.engine import PrefixCache, fast_sample
+    from epic_kernels.reference import EpicConfig
+    from epic_kernels.truncation import truncate
+
+    cfg = EpicConfig(alpha=0.9, horizon=3, rollouts=2)
+    logits, kv, mask = prefill(tiny, random_prompts(32, [5, 3], seed=4))
+    cache = PrefixCache.from_hf(kv, mask)
+    seeds = torch.tensor([1, 2])
+    pre, won, adopted = None, 0, 0
+    transform = lambda x, seq, tok: truncate(x, 6)
+    for _ in range(10):
+        step = fast_sample(truncate(logits, 6), cache.view(seeds), tiny, cfg, "reference", prefetched=pre,
+                           transform=transform)
+        ex = step.stats.extra
+        own = step.stats.forward_tokens - ex["prefetch_rows"]
+        assert own >= 0 and ex["prefetch_rows_won"] <= ex["prefetch_rows"]
+        # everything the step's candidates reached was fed by this step or adopted, nothing twice
+        assert own + ex["adopted_rows"] >= ex["min_forward_tokens"]
+        assert ex["adopted_rows"] <= won
+        won, adopted = ex["prefetch_rows_won"], adopted + ex["adopted"]
+        cache.append(step.next_keys, step.next_values)
+        logits, pre = step.next_logits, step.prefetched
+    assert adopted > 0

@@ -8,6 +8,8 @@ of every sequence advances by one depth per model call.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .. import philox
@@ -32,26 +34,50 @@ def topk_policy(logits: torch.Tensor, k: int):
     return vals.gather(1, perm), ids
 
 
+class _Rows(NamedTuple):
+    """The rows of one depth advance: model inputs and what ``absorb`` needs to file the outputs."""
+
+    seq: torch.Tensor
+    slot: torch.Tensor
+    fill: torch.Tensor
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    limit: torch.Tensor | None
+    first: torch.Tensor          # candidates evaluated at depth 1 (one row each, first)
+    deep: torch.Tensor           # candidates going one depth deeper (K rows each, after)
+
+
 class Evaluator:
     """Rollout state of one step's candidates (``seq``, ``tokens`` ``[M]``)."""
 
-    def __init__(self, model, prefix, seq, tokens, cfg, backend: str, score_dtype, positions=None):
+    def __init__(self, model, prefix, seq, tokens, cfg, backend: str, score_dtype, positions=None, *,
+                 pool: SlotPool | None = None, lead: int = 0, slot_len: int | None = None):
         """``positions [M]`` (optional): candidate m sits at ``positions[m]`` and sees only the prefix
         before it (rows sharing one sequence's KV fork from different prefixes of it, as when
-        measuring the entropy at every position of a text); default: its sequence's length."""
+        measuring the entropy at every position of a text); default: its sequence's length.
+
+        ``pool``/``lead`` (prefetch.py): share another evaluator's slot pool, and start every path
+        after ``lead`` tokens already in its slots (the bet of a speculative next step, which sits
+        at the prefix's length; this evaluator's candidates then sit one position later).
+        """
         self.model, self.prefix, self.cfg, self.backend = model, prefix, cfg, backend
-        self.seq, self.tokens = seq, tokens
-        self.base = prefix.positions[seq] if positions is None else positions
+        self.seq, self.tokens, self.lead = seq, tokens, lead
+        self.base = prefix.positions[seq] + lead if positions is None else positions
         self.row_limit = None if positions is None else positions
         M, K, k = len(tokens), cfg.rollouts, cfg.horizon
-        keys = prefix.layers[0][0]
-        # slots hold a path's suffix: k tokens, or 2 for a prefetched next-step row (see prefetch.py)
-        self.pool = SlotPool(len(prefix.layers), keys.shape[1], keys.shape[3], max(k, 2), keys.dtype)
-        self.pool.reserve(M * K)
-        self.slots_used = M * K
+        if pool is None:
+            keys = prefix.layers[0][0]
+            pool = SlotPool(len(prefix.layers), keys.shape[1], keys.shape[3], slot_len or k, keys.dtype)
+            pool.used = 0
+        self.pool = pool
+        self.slot0 = pool.used                      # path (m, r) owns slot slot0 + m * K + r
+        pool.used += M * K
+        pool.reserve(pool.used)
         self.prefetch = None                        # a Prefetcher adding next-step rows to calls
-        self.adopted = 0                            # depth-1 evaluations received from the last step
+        self.adopted = 0                            # candidates whose evaluation came from the last step
+        self.adopted_rows = 0                       # ... and the rows that evaluation fed
         self.depth = torch.zeros(M, dtype=torch.int64)
+        self.goal = torch.zeros(M, dtype=torch.int64)
         self.table = torch.zeros(M, k, K, dtype=score_dtype)
         self.last = torch.zeros(M, K, dtype=torch.int64)
         self.next_logits = {}                       # candidate -> its depth-1 logits (winner reuse)
@@ -85,76 +111,106 @@ class Evaluator:
             picks.append(tok)
         return ent, torch.stack(picks, 1)
 
-    def pool_slots_used(self) -> int:
-        return self.slots_used
-
-    def claim_slots(self, n: int) -> None:
-        self.slots_used += n
-
-    def adopt(self, m: int, entropy, samples, next_logits, keys, values) -> None:
-        """Take candidate ``m``'s depth-1 evaluation from a prefetch made in the previous step."""
+    def adopt(self, m: int, depth: int, table, last, next_logits, keys, values) -> None:
+        """Take candidate ``m``'s evaluation through ``depth`` from a prefetch made in the previous
+        step: entropies ``table [k, K]``, rollout tokens ``last [K]``, depth-1 logits, and per layer
+        its paths' KV ``[K, kv_heads, depth, head_dim]``."""
         K = self.cfg.rollouts
-        self.depth[m] = 1
-        self.table[m, 0, :] = entropy.to(self.table.dtype)
-        self.last[m] = samples
+        slots = self.slot0 + m * K + torch.arange(K if depth > 1 else 1)
+        self.depth[m] = depth
+        self.table[m] = table.to(self.table.dtype)
+        self.last[m] = last
         self.next_logits[m] = next_logits
         for pk, pv, k, v in zip(self.pool.keys, self.pool.values, keys, values):
-            pk[m * K, :, 0] = k
-            pv[m * K, :, 0] = v
+            pk[slots, :, :depth] = k[: len(slots), :, :depth]
+            pv[slots, :, :depth] = v[: len(slots), :, :depth]
         self.adopted += 1
+        self.adopted_rows += 1 + K * (depth - 1)
+
+    def path_kv(self, m: int):
+        """Per layer ``(keys, values)`` ``[K, kv_heads, depth, head_dim]`` of candidate ``m``'s paths,
+        without the lead tokens (what ``adopt`` takes)."""
+        K, d, a = self.cfg.rollouts, int(self.depth[m]), self.lead
+        slots = self.slot0 + m * K + torch.arange(K)
+        return ([t[slots, :, a:a + d].clone() for t in self.pool.keys],
+                [t[slots, :, a:a + d].clone() for t in self.pool.values])
+
+    # -- advancing by depth ---------------------------------------------------------------------
+    def want(self, idx: torch.Tensor, target: torch.Tensor) -> None:
+        """Ask for candidates ``idx`` to be evaluated through depths ``target``."""
+        self.goal[idx] = torch.maximum(self.goal[idx], target)
+
+    def pending(self) -> bool:
+        return bool((self.depth < self.goal).any())
+
+    def plan(self) -> _Rows | None:
+        """The rows that advance every pending candidate by one depth (None: nothing pending)."""
+        K, a = self.cfg.rollouts, self.lead
+        active = (self.depth < self.goal).nonzero().flatten()
+        if len(active) == 0:
+            return None
+        first = active[self.depth[active] == 0]
+        deep = active[self.depth[active] > 0]
+        fan = deep[self.depth[deep] == 1]
+        if len(fan) and K > 1:                     # depth 1 is shared: copy it to the other rollouts
+            src = self.slot0 + (fan * K).repeat_interleave(K - 1)
+            dst = self.slot0 + (fan.view(-1, 1) * K + torch.arange(1, K)).flatten()
+            self.pool.copy_slots(src, dst, a + 1)
+        deep_c = deep.repeat_interleave(K)
+        cand = torch.cat([first, deep_c])
+        fill = torch.cat([torch.zeros_like(first), self.depth[deep_c]])
+        slot = self.slot0 + torch.cat([first * K, (deep.view(-1, 1) * K + torch.arange(K)).flatten()])
+        tokens = torch.cat([self.tokens[first], self.last[deep].flatten()])
+        limit = None if self.row_limit is None else self.row_limit[cand]
+        return _Rows(self.seq[cand], slot, fill + a, tokens, self.base[cand] + fill, limit, first, deep)
+
+    def absorb(self, rows: _Rows, logits: torch.Tensor) -> None:
+        """File the model's outputs for ``rows``: entropies, keyed rollout tokens, depth-1 logits."""
+        K = self.cfg.rollouts
+        first, deep = rows.first, rows.deep
+        n1 = len(first)
+        if n1:
+            for j, m in enumerate(first.tolist()):
+                self.next_logits[m] = logits[j]
+            streams = (1 + torch.arange(K)).expand(n1, K)
+            ent, ys = self._entropy_and_samples(logits[:n1], self.seq[first], streams, self.base[first] + 1)
+            self.table[first, 0, :] = ent.to(self.table.dtype).view(-1, 1)
+            self.last[first] = ys
+        if len(deep):
+            deep_c = deep.repeat_interleave(K)
+            d = self.depth[deep_c]
+            roll = torch.arange(K).repeat(len(deep))
+            ent, ys = self._entropy_and_samples(logits[n1:], self.seq[deep_c], (1 + roll).view(-1, 1),
+                                                self.base[deep_c] + d + 1)
+            self.table[deep_c, d, roll] = ent.to(self.table.dtype)
+            self.last[deep_c, roll] = ys[:, 0]
+        self.depth[first] += 1
+        self.depth[deep] += 1
+
+    def results(self, idx: torch.Tensor):
+        """``(depth, partial RB sum)`` of candidates ``idx``."""
+        return self.depth[idx].clone(), _partial_sums(self.table[idx], self.depth[idx])
 
     @torch.no_grad()
     def run(self, idx: torch.Tensor, target: torch.Tensor):
-        """Advance candidates ``idx`` to depths ``target``; return their ``(depth, partial RB sum)``."""
-        K, k = self.cfg.rollouts, self.cfg.horizon
-        goal = torch.zeros_like(self.depth)
-        goal[idx] = target
+        """Advance candidates ``idx`` to depths ``target``, one model call per depth (a prefetcher's
+        rows ride along); return their ``(depth, partial RB sum)``."""
+        self.want(idx, target)
         while True:
-            active = (self.depth < goal).nonzero().flatten()
-            if len(active) == 0:
+            rows = self.plan()
+            if rows is None:
                 break
-            first = active[self.depth[active] == 0]
-            deep = active[self.depth[active] > 0]
-            fan = deep[self.depth[deep] == 1]
-            if len(fan):                               # depth 1 is shared: copy it to the other rollouts
-                src = (fan * K).repeat_interleave(K - 1)
-                dst = (fan.view(-1, 1) * K + torch.arange(1, K)).flatten()
-                if len(dst):
-                    self.pool.copy_slots(src, dst, 1)
-            paths = (deep.view(-1, 1) * K + torch.arange(K)).flatten()
-            deep_c = deep.repeat_interleave(K)
-            seq = torch.cat([self.seq[first], self.seq[deep_c]])
-            slot = torch.cat([first * K, paths])
-            fill = torch.cat([torch.zeros_like(first), self.depth[deep_c]])
-            toks = torch.cat([self.tokens[first], self.last[deep].flatten()])
-            cand = torch.cat([first, deep_c])
-            limit = None if self.row_limit is None else self.row_limit[cand]
-            positions = self.base[cand] + fill
-            extra = self.prefetch.rows() if self.prefetch is not None else None
-            if extra is not None:
-                seq, slot, fill, toks, positions = (torch.cat([a, e]) for a, e in
-                                                    zip((seq, slot, fill, toks, positions), extra))
-            logits = self._forward(seq, slot, fill, toks, positions, limit)
-            if extra is not None:
-                self.prefetch.consume(logits[len(cand):])
-                logits = logits[: len(cand)]
-            n1 = len(first)
-            if n1:
-                for j, m in enumerate(first.tolist()):
-                    self.next_logits[m] = logits[j]
-                streams = (1 + torch.arange(K)).expand(n1, K)
-                ent, ys = self._entropy_and_samples(logits[:n1], self.seq[first], streams, self.base[first] + 1)
-                self.table[first, 0, :] = ent.to(self.table.dtype).view(-1, 1)
-                self.last[first] = ys
-            if len(deep):
-                d = self.depth[deep_c]
-                roll = torch.arange(K).repeat(len(deep))
-                ent, ys = self._entropy_and_samples(logits[n1:], self.seq[deep_c], (1 + roll).view(-1, 1),
-                                                    self.base[deep_c] + d + 1)
-                self.table[deep_c, d, roll] = ent.to(self.table.dtype)
-                self.last[deep_c, roll] = ys[:, 0]
-            self.depth[active] += 1
-        return self.depth[idx].clone(), _partial_sums(self.table[idx], self.depth[idx])
+            extra = self.prefetch.plan() if self.prefetch is not None else None
+            inputs = [rows.seq, rows.slot, rows.fill, rows.tokens, rows.positions]
+            if extra:
+                inputs = [torch.cat([x] + [getattr(e, f) for e in extra]) for x, f in
+                          zip(inputs, ("seq", "slot", "fill", "tokens", "positions"))]
+            logits = self._forward(*inputs, rows.limit)
+            n = len(rows.seq)
+            self.absorb(rows, logits[:n])
+            if extra:
+                self.prefetch.absorb(extra, logits[n:])
+        return self.results(idx)
 
     def scores(self, idx, partial, z, alpha):
         """Exact scores (the reference's formula) where the estimate is complete, NaN elsewhere."""
@@ -163,8 +219,8 @@ class Evaluator:
 
     def winner_kv(self, m: torch.Tensor):
         """Per layer ``(keys, values)`` ``[B, kv_heads, head_dim]`` of the winners' own tokens."""
-        slots = m * self.cfg.rollouts
-        return ([k[slots, :, 0] for k in self.pool.keys], [v[slots, :, 0] for v in self.pool.values])
+        slots = self.slot0 + m * self.cfg.rollouts
+        return ([k[slots, :, self.lead] for k in self.pool.keys], [v[slots, :, self.lead] for v in self.pool.values])
 
 
 __all__ = ["Evaluator", "topk_policy"]

@@ -49,11 +49,12 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
     width = abs(cfg.alpha) * k * (bound * (1 + 1e-6) + 1e-6)
     pr = gumbel_topk_prune_impl(logits, prefix.seeds, prefix.positions, width, 1, which)
     seq = torch.repeat_interleave(torch.arange(B), pr.counts)
-    ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype)
+    prefetch = advance and transform is not None and prefetch_budget > 0
+    ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch)
     mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, bound, cfg.block_size)
     if prefetched is not None:
         _adopt(ev, pr, logits, prefix, prefetched)
-    if advance and transform is not None and prefetch_budget > 0:
+    if prefetch:
         ev.prefetch = Prefetcher(ev, pr, transform, width, which, prefetch_budget)
         ev.prefetch.winners = mgr.winners
     while True:
@@ -68,6 +69,7 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
     stats = SampleStats(pr.counts.clone(), depth1, deeper, ev.calls, ev.forward_tokens)
     stats.extra["forwards_saved"] = int(evaluated.sum()) if advance else 0
     stats.extra["adopted"] = ev.adopted
+    stats.extra["adopted_rows"] = ev.adopted_rows
     # the algorithmic minimum: one token per depth-1 evaluation, K per deeper depth reached
     stats.extra["depth_reached"] = ev.depth.clone()
     stats.extra["min_forward_tokens"] = int((ev.depth >= 1).sum() + cfg.rollouts * (ev.depth - 1).clamp(min=0).sum())
@@ -88,14 +90,15 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
     handed = None
     if ev.prefetch is not None:
         handed = ev.prefetch.hand_over(win)
-        stats.extra["prefetch_rows"] = ev.prefetch.rows_fed
+        stats.extra["prefetch_rows"] = ev.prefetch.rows_fed          # fed for the next step
+        stats.extra["prefetch_rows_won"] = ev.prefetch.rows_won      # ... on bets that won
         stats.extra["prefetch_hits"] = handed.hits()
     return FastStep(pr.ids[win], stats, entropy, next_logits, next_keys, next_values, handed)
 
 
 def _adopt(ev, pr, logits, prefix, prefetched: Prefetched) -> None:
-    """Give the evaluator the depth-1 results the previous step prefetched for this one, for each
-    sequence whose position, seed, logits and survivors are exactly the predicted ones."""
+    """Give the evaluator what the previous step evaluated for this one, for each sequence whose
+    position, seed, logits and survivors are exactly the predicted ones."""
     if len(prefetched) != len(pr.counts):
         return
     for b in range(len(pr.counts)):
@@ -105,6 +108,5 @@ def _adopt(ev, pr, logits, prefix, prefetched: Prefetched) -> None:
         lo, hi = int(pr.offsets[b]), int(pr.offsets[b + 1])
         if not torch.equal(pr.ids[lo:hi], e.ids):
             continue
-        for n, m in enumerate(range(lo, hi)):
-            ev.adopt(m, e.entropy[n], e.samples[n], e.next_logits[n],
-                     [k[n] for k in e.keys], [v[n] for v in e.values])
+        for n, keys_values in e.kv.items():
+            ev.adopt(lo + n, int(e.depth[n]), e.table[n], e.last[n], e.next_logits[n], *keys_values)
