@@ -103,7 +103,7 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
     view = PrefixView(cache_layers(kv), prefix.mask, prefix.positions, prefix.seeds)
     if prefetched is not None and (prefetched.owner is None or prefetched.owner() is not kv):
         prefetched = None                          # made for another cache: not applicable
-    transform = (lambda x, seq, token: truncate(x, top_k, top_p, min_p)) if advance else None
+    transform = (lambda x, seq, tokens: truncate(x, top_k, top_p, min_p)) if advance else None
     step = fast_sample(logits, view, model, cfg, backend, advance=advance, prefetched=prefetched,
                        transform=transform)
     if not advance:

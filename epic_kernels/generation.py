@@ -145,10 +145,10 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
         rows = torch.arange(batch)                 # which sequence each active row is
         prefetched, transform = None, None
         if prefetch:
-            def transform(nxt, seq, token):          # what the next step would see if `token` wins
+            def transform(nxt, seq, tokens):         # what a later step sees if `tokens` come next
                 if logits_processor is not None:
                     ids_so_far = _so_far(input_ids, new_tokens, rows[seq])
-                    nxt = logits_processor(torch.cat([ids_so_far, token.view(-1, 1)], dim=1), nxt)
+                    nxt = logits_processor(torch.cat([ids_so_far, tokens], dim=1), nxt)
                 return truncate(nxt, top_k, top_p, min_p)
         for step in range(max_new_tokens):
             start = time.perf_counter()

@@ -130,3 +130,38 @@ def test_step_statistics_account_for_prefetched_rows(tiny):
         cache.append(step.next_keys, step.next_values)
         logits, pre = step.next_logits, step.prefetched
     assert adopted > 0
+
+
+def _fast_loop(tiny, prompts, cfg, seeds, steps, top_k, prefetch=True):
+    from epic_kernels.engine import PrefixCache, fast_sample
+    from epic_kernels.truncation import truncate
+
+    logits, kv, mask = prefill(tiny, prompts)
+    cache = PrefixCache.from_hf(kv, mask)
+    pre, tokens, extra = None, [], []
+    transform = (lambda x, seq, toks: truncate(x, top_k)) if prefetch else None
+    for _ in range(steps):
+        step = fast_sample(truncate(logits, top_k), cache.view(seeds), tiny, cfg, "reference", prefetched=pre,
+                           transform=transform)
+        tokens.append(step.tokens.tolist())
+        extra.append(step.stats.extra)
+        cache.append(step.next_keys, step.next_values)
+        logits, pre = step.next_logits, step.prefetched
+    return tokens, extra
+
+
+def test_two_steps_ahead_entries_are_used_and_change_nothing(tiny):
+    """A decided bet bets again on its own winner (the step after next); those entries are
+    continued or handed on, and the tokens stay those of the engine without prefetch."""
+    from epic_kernels.reference import EpicConfig
+
+    carried = 0
+    for alpha, k, K, top_k in [(0.3, 4, 2, 12), (-0.5, 2, 3, 8), (0.6, 3, 1, 10)]:
+        cfg = EpicConfig(alpha=alpha, horizon=k, rollouts=K, rollout_top_k=top_k)
+        prompts = random_prompts(32, [5, 5, 3], seed=1)
+        seeds = torch.tensor([1, 2, 3])
+        on, extra = _fast_loop(tiny, prompts, cfg, seeds, 16, top_k)
+        off, _ = _fast_loop(tiny, prompts, cfg, seeds, 16, top_k, prefetch=False)
+        assert on == off
+        carried += sum(e.get("prefetch_carried", 0) for e in extra)
+    assert carried > 0

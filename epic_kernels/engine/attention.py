@@ -53,10 +53,18 @@ class SlotPool:
         self.dtype = dtype
         self.keys = [torch.empty(0, *self.shape, dtype=dtype) for _ in range(n_layers)]
         self.values = [torch.empty(0, *self.shape, dtype=dtype) for _ in range(n_layers)]
+        self.used = 0
 
     @property
     def slots(self) -> int:
         return self.keys[0].shape[0]
+
+    def allocate(self, n: int) -> int:
+        """Hand out ``n`` consecutive unused slots (growing the pool if needed); returns the first."""
+        first = self.used
+        self.used += n
+        self.reserve(self.used)
+        return first
 
     def reserve(self, n: int) -> None:
         """Make room for ``n`` slots (contents of existing slots kept). New slots are zeroed: tokens

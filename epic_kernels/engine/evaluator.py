@@ -68,11 +68,8 @@ class Evaluator:
         if pool is None:
             keys = prefix.layers[0][0]
             pool = SlotPool(len(prefix.layers), keys.shape[1], keys.shape[3], slot_len or k, keys.dtype)
-            pool.used = 0
         self.pool = pool
-        self.slot0 = pool.used                      # path (m, r) owns slot slot0 + m * K + r
-        pool.used += M * K
-        pool.reserve(pool.used)
+        self.slot0 = pool.allocate(M * K)           # path (m, r) owns slot slot0 + m * K + r
         self.prefetch = None                        # a Prefetcher adding next-step rows to calls
         self.adopted = 0                            # candidates whose evaluation came from the last step
         self.adopted_rows = 0                       # ... and the rows that evaluation fed
@@ -115,15 +112,15 @@ class Evaluator:
         """Take candidate ``m``'s evaluation through ``depth`` from a prefetch made in the previous
         step: entropies ``table [k, K]``, rollout tokens ``last [K]``, depth-1 logits, and per layer
         its paths' KV ``[K, kv_heads, depth, head_dim]``."""
-        K = self.cfg.rollouts
+        K, a = self.cfg.rollouts, self.lead
         slots = self.slot0 + m * K + torch.arange(K if depth > 1 else 1)
         self.depth[m] = depth
         self.table[m] = table.to(self.table.dtype)
         self.last[m] = last
         self.next_logits[m] = next_logits
         for pk, pv, k, v in zip(self.pool.keys, self.pool.values, keys, values):
-            pk[slots, :, :depth] = k[: len(slots), :, :depth]
-            pv[slots, :, :depth] = v[: len(slots), :, :depth]
+            pk[slots, :, a:a + depth] = k[: len(slots), :, :depth]
+            pv[slots, :, a:a + depth] = v[: len(slots), :, :depth]
         self.adopted += 1
         self.adopted_rows += 1 + K * (depth - 1)
 

@@ -7,7 +7,8 @@ ends, on a bet:
 
 * as soon as a candidate ``i`` of step ``t`` has been evaluated at depth 1, its logits are the
   next step's logits if ``i`` wins, after whatever the caller applies to them (its truncation or
-  logits processors: ``transform(logits [n, V], seq [n], token [n])``);
+  logits processors: ``transform(logits [n, V], seq [n], tokens [n, j])`` for the ``j`` tokens
+  that would come next);
 * the next step's first prune depends only on those logits, the sequence's seed and its position
   (keyed step noise), so its survivors ``S(i)`` are known in advance;
 * a speculative next step (an ``Evaluator`` whose paths start with ``i``'s token, sharing this
@@ -38,6 +39,7 @@ from ..reference import entropy_bound
 
 MAX_GUESSES = 2        # bets per sequence per step
 DEFAULT_BUDGET = 8     # largest next-step survivor set bet on (rows wasted if the bet loses)
+LEVELS = 2             # how many steps ahead: a decided bet bets again on its own winner
 
 
 @dataclass
@@ -54,6 +56,17 @@ class _Entry:
     last: torch.Tensor             # [n, K] last keyed rollout tokens
     next_logits: dict              # survivor index -> its depth-1 logits
     kv: dict                       # survivor index -> per layer (keys, values) [K, kv_heads, depth, head_dim]
+    nested: "_Entry | None" = None  # the step after, if the next step's winner is ``nested.token``
+
+    def matches(self, logits_row, position: int, seed: int, ids=None) -> bool:
+        """Made for exactly this position, seed and logits (and these survivors, if given)?"""
+        if self.position != position or self.seed != seed:
+            return False
+        if self.logits.shape != logits_row.shape or self.logits.dtype != logits_row.dtype:
+            return False
+        if not torch.equal(self.logits, logits_row):
+            return False
+        return ids is None or torch.equal(self.ids, ids)
 
 
 class Prefetched:
@@ -76,28 +89,39 @@ class Prefetched:
     def usable(self, b: int, logits_row, position: int, seed: int):
         """The entry for sequence ``b`` if it was made for exactly this position, seed and logits."""
         e = self.entries[b]
-        if e is None or e.position != position or e.seed != seed:
-            return None
-        if e.logits.shape != logits_row.shape or e.logits.dtype != logits_row.dtype:
-            return None
-        return e if torch.equal(e.logits, logits_row) else None
+        return e if e is not None and e.matches(logits_row, position, seed) else None
+
+
+def _adopt_entry(ev, lo: int, e: _Entry) -> None:
+    """Load entry ``e`` into evaluator ``ev``, whose candidates ``lo, lo + 1, ...`` are ``e.ids``."""
+    for n, keys_values in e.kv.items():
+        ev.adopt(lo + n, int(e.depth[n]), e.table[n], e.last[n], e.next_logits[n], *keys_values)
 
 
 class _Bet:
-    """The speculative next step of sequence ``b`` if candidate ``m`` of this step wins."""
+    """The speculative next step of sequence ``b`` if candidate ``m`` of evaluator ``src`` wins.
 
-    def __init__(self, main, b: int, m: int, logits, npr, position: int, budget_rows: int):
+    ``src`` is this step's evaluator (a level-1 bet) or a decided level-1 bet's evaluator (level 2:
+    the step after next). The bet's paths start with ``src``'s lead tokens and ``m``'s token.
+    """
+
+    def __init__(self, src, b: int, m: int, logits, npr, position: int, budget_rows: int, tokens,
+                 carried: _Entry | None = None):
         from .evaluator import Evaluator
         from .manager import make_manager
 
-        cfg = main.cfg
+        cfg = src.cfg
         self.b, self.m, self.logits, self.ids, self.position = b, m, logits, npr.ids, position
+        self.tokens = tokens           # [lead] the tokens this bet's paths start with
         n = len(npr.ids)
-        self.ev = Evaluator(main.model, main.prefix, torch.full((n,), b, dtype=torch.int64), npr.ids, cfg,
-                            main.backend, main.table.dtype, pool=main.pool, lead=1)
+        lead = src.lead + 1
+        self.ev = Evaluator(src.model, src.prefix, torch.full((n,), b, dtype=torch.int64), npr.ids, cfg,
+                            src.backend, src.table.dtype, pool=src.pool, lead=lead)
         K = cfg.rollouts
-        src = torch.full((n * K,), main.slot0 + m * K, dtype=torch.int64)
-        main.pool.copy_slots(src, self.ev.slot0 + torch.arange(n * K), 1)   # the bet's token, slot position 0
+        source = torch.full((n * K,), src.slot0 + m * K, dtype=torch.int64)
+        src.pool.copy_slots(source, self.ev.slot0 + torch.arange(n * K), lead)  # the lead tokens
+        if carried is not None:        # a previous step already evaluated part of this one
+            _adopt_entry(self.ev, 0, carried)
         bound = entropy_bound(logits.shape[-1], cfg.rollout_top_k)
         self.z = npr.scores
         self.mgr = make_manager(npr.offsets, npr.ids, npr.scores, cfg.alpha, cfg.horizon, bound, cfg.block_size)
@@ -105,11 +129,22 @@ class _Bet:
         self.done = False
         self.rows_left = budget_rows
         self.rows_fed = 0
+        self.child = None              # level 2: the bet on this bet's own winner
+        self.child_tried = False
+
+    def winner(self) -> int:
+        """This speculative step's winner once decided and evaluated at depth 1, else -1."""
+        if not self.done:
+            return -1
+        w = int(self.mgr.winners()[0])
+        return w if self.ev.depth[w] >= 1 else -1
 
     def plan(self):
         """This bet's rows for the next call (None: nothing to do)."""
         ev = self.ev
-        if self.done or self.rows_left <= 0:
+        if self.done and not ev.pending():
+            return None
+        if self.rows_left <= 0:
             return None
         if not ev.pending():
             if self.asked is not None:                     # the manager's request is complete
@@ -134,25 +169,40 @@ class _Bet:
         ev = self.ev
         n = len(self.ids)
         kv = {m: ev.path_kv(m) for m in range(n) if ev.depth[m] >= 1}
+        nested = None
+        w = self.winner()
+        if self.child is not None and w == self.child.m and (self.child.ev.depth >= 1).any():
+            nested = self.child.entry(int(self.ids[w]), seed)
         return _Entry(token=token, position=self.position, seed=seed, logits=self.logits, ids=self.ids,
                       depth=ev.depth.clone(), table=ev.table.clone(), last=ev.last.clone(),
-                      next_logits={m: ev.next_logits[m] for m in kv}, kv=kv)
+                      next_logits={m: ev.next_logits[m] for m in kv}, kv=kv, nested=nested)
 
 
 class Prefetcher:
     """Chooses, during one step, the bets and their rows (``Evaluator.run`` calls ``plan`` before
-    each model call and ``absorb`` after it); ``hand_over(winners)`` keeps the bets that won."""
+    each model call and ``absorb`` after it); ``hand_over(winners)`` keeps the bets that won.
 
-    def __init__(self, ev, pr, transform, width: float, backend: str, budget: int = DEFAULT_BUDGET):
+    ``carried[b]``: what an earlier step already evaluated of this step's next step (a level-2
+    entry); a bet on its token starts from it, and it is handed on as it is if no bet was made.
+    """
+
+    def __init__(self, ev, pr, transform, width: float, backend: str, budget: int = DEFAULT_BUDGET,
+                 carried: list | None = None):
         self.ev, self.pr, self.transform = ev, pr, transform
         self.width, self.backend, self.budget = width, backend, budget
         B = len(pr.counts)
+        self.carried = carried if carried is not None else [None] * B
         self.tries = [0] * B
         self.live: dict[int, _Bet] = {}              # sequence -> its live bet
         self.in_flight = []                          # (bet, rows) of the call in flight
-        self.rows_fed = 0
+        self.bets = []                               # every bet made (for the row accounting)
         self.rows_won = 0                            # rows of the bets that won (set by hand_over)
+        self.carried_used = 0                        # level-2 entries continued or handed on
         self.winners = None                          # set by fast_sample: the manager's decided winners
+
+    @property
+    def rows_fed(self) -> int:
+        return sum(bet.rows_fed for bet in self.bets)
 
     def _guess(self, b: int, decided: int):
         ev, pr = self.ev, self.pr
@@ -171,8 +221,35 @@ class Prefetcher:
                 best, best_s = m, s
         return best
 
+    def _place(self, picks):
+        """Bets ``(src evaluator, sequence b, candidate m, tokens [lead], carried)``: predict each
+        next step's logits and survivors; returns the ``_Bet`` per pick (None: over budget)."""
+        if not picks:
+            return []
+        ev = self.ev
+        seqs = torch.tensor([p[1] for p in picks])
+        tokens = torch.stack([p[3] for p in picks])
+        nxt = self.transform(torch.stack([p[0].next_logits[p[2]] for p in picks]), seqs, tokens)
+        positions = ev.prefix.positions[seqs] + tokens.shape[1]
+        npr = gumbel_topk_prune_impl(nxt, ev.prefix.seeds[seqs], positions, self.width, 1, self.backend)
+        out = []
+        K, k = ev.cfg.rollouts, ev.cfg.horizon
+        for n, (src, b, m, toks, carried) in enumerate(picks):
+            count = int(npr.counts[n])
+            if count > self.budget:
+                out.append(None)
+                continue
+            lo, hi = int(npr.offsets[n]), int(npr.offsets[n + 1])
+            one = _one_row(npr, n, lo, hi)
+            if carried is not None and not carried.matches(nxt[n], int(positions[n]), int(ev.prefix.seeds[b]), one.ids):
+                carried = None
+            bet = _Bet(src, b, m, nxt[n], one, int(positions[n]), count * (1 + K * (k - 1)) + 1, toks, carried)
+            self.bets.append(bet)
+            out.append(bet)
+        return out
+
     def _new_bets(self, decided):
-        ev, pr = self.ev, self.pr
+        pr = self.pr
         picks = []
         for b in range(len(pr.counts)):
             bet = self.live.get(b)
@@ -186,34 +263,39 @@ class Prefetcher:
             if m is None:
                 continue
             self.tries[b] += 1
-            picks.append((b, m))
-        if not picks:
+            token = pr.ids[m].view(1)
+            carried = self.carried[b] if self.carried[b] is not None and self.carried[b].token == int(token) else None
+            self.carried_used += carried is not None
+            picks.append((self.ev, b, m, token, carried))
+        for (_, b, _, _, _), bet in zip(picks, self._place(picks)):
+            if bet is not None:
+                self.live[b] = bet
+
+    def _new_children(self):
+        if LEVELS < 2:
             return
-        seqs = torch.tensor([b for b, _ in picks])
-        cands = torch.tensor([m for _, m in picks])
-        nxt = self.transform(torch.stack([ev.next_logits[m] for m in cands.tolist()]), seqs, pr.ids[cands])
-        positions = ev.prefix.positions[seqs] + 1
-        npr = gumbel_topk_prune_impl(nxt, ev.prefix.seeds[seqs], positions, self.width, 1, self.backend)
-        for n, (b, m) in enumerate(picks):
-            count = int(npr.counts[n])
-            if count > self.budget:
+        picks, parents = [], []
+        for bet in self.live.values():
+            w = bet.winner()
+            if w < 0 or bet.child_tried:
                 continue
-            lo, hi = int(npr.offsets[n]), int(npr.offsets[n + 1])
-            one = _one_row(npr, n, lo, hi)
-            rows_cap = count * (1 + ev.cfg.rollouts * (ev.cfg.horizon - 1)) + 1
-            self.live[b] = _Bet(ev, b, m, nxt[n], one, int(positions[n]), rows_cap)
+            bet.child_tried = True
+            picks.append((bet.ev, bet.b, w, torch.cat([bet.tokens, bet.ids[w].view(1)]), None))
+            parents.append(bet)
+        for parent, child in zip(parents, self._place(picks)):
+            parent.child = child
 
     def plan(self):
         """The bets' rows for the next call, as a list of evaluator row sets (None: none)."""
         B = len(self.pr.counts)
         decided = self.winners().tolist() if self.winners is not None else [-1] * B
         self._new_bets(decided)
+        self._new_children()
         self.in_flight = []
-        for bet in self.live.values():
+        for bet in list(self.live.values()) + [b.child for b in self.live.values() if b.child is not None]:
             rows = bet.plan()
             if rows is not None:
                 self.in_flight.append((bet, rows))
-                self.rows_fed += len(rows.seq)
         return [rows for _, rows in self.in_flight] or None
 
     def absorb(self, extra, logits: torch.Tensor) -> None:
@@ -227,11 +309,15 @@ class Prefetcher:
         entries = []
         for b, m in enumerate(winners.tolist()):
             bet = self.live.get(b)
-            if bet is None or bet.m != m or not (bet.ev.depth >= 1).any():
+            token = int(self.pr.ids[m])
+            if bet is not None and bet.m == m and (bet.ev.depth >= 1).any():
+                entries.append(bet.entry(token, int(self.ev.prefix.seeds[b])))
+                self.rows_won += bet.rows_fed + (bet.child.rows_fed if bet.child is not None else 0)
+            elif self.carried[b] is not None and self.carried[b].token == token:
+                entries.append(self.carried[b])      # made two steps ago for exactly this case
+                self.carried_used += 1
+            else:
                 entries.append(None)
-                continue
-            entries.append(bet.entry(int(self.pr.ids[m]), int(self.ev.prefix.seeds[b])))
-            self.rows_won += bet.rows_fed
         return Prefetched(entries)
 
 
@@ -244,4 +330,4 @@ def _one_row(npr, n, lo, hi):
                        npr.front_scores[n:n + 1], npr.topk_ids[n:n + 1], npr.topk_scores[n:n + 1], npr.lse[n:n + 1])
 
 
-__all__ = ["Prefetched", "Prefetcher", "MAX_GUESSES", "DEFAULT_BUDGET"]
+__all__ = ["Prefetched", "Prefetcher", "MAX_GUESSES", "DEFAULT_BUDGET", "LEVELS"]

@@ -11,7 +11,7 @@ from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
 from ..reference import SampleStats, entropy_bound
 from .evaluator import Evaluator
 from .manager import make_manager
-from .prefetch import DEFAULT_BUDGET, Prefetched, Prefetcher
+from .prefetch import DEFAULT_BUDGET, LEVELS, Prefetched, Prefetcher, _adopt_entry
 
 
 @dataclass
@@ -37,10 +37,10 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
 
     Prefetch (``prefetch.py``): with ``advance`` and a ``transform`` (what the caller will apply to
     ``next_logits`` before the next step, e.g. its truncation, as ``transform(logits [n, V],
-    sequence [n], token [n])`` for sequences that sampled ``token``), the step also evaluates
-    depth 1 of the next step's survivors inside its own model calls and returns them as
-    ``prefetched``; passing that to the next call lets it skip those evaluations. The tokens are
-    the same with or without it.
+    sequence [n], tokens [n, j])`` for sequences whose next ``j`` tokens are ``tokens``), the step
+    also evaluates the next step (and the one after) inside its own model calls, on a bet, and
+    returns that as ``prefetched``; passing it to the next call lets it skip those evaluations.
+    The tokens are the same with or without it.
     """
     B, V = logits.shape
     which = choose(logits.device, backend)
@@ -50,12 +50,11 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
     pr = gumbel_topk_prune_impl(logits, prefix.seeds, prefix.positions, width, 1, which)
     seq = torch.repeat_interleave(torch.arange(B), pr.counts)
     prefetch = advance and transform is not None and prefetch_budget > 0
-    ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch)
+    ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch * LEVELS)
     mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, bound, cfg.block_size)
-    if prefetched is not None:
-        _adopt(ev, pr, logits, prefix, prefetched)
+    carried = _adopt(ev, pr, logits, prefix, prefetched) if prefetched is not None else None
     if prefetch:
-        ev.prefetch = Prefetcher(ev, pr, transform, width, which, prefetch_budget)
+        ev.prefetch = Prefetcher(ev, pr, transform, width, which, prefetch_budget, carried)
         ev.prefetch.winners = mgr.winners
     while True:
         idx, depth = mgr.next_requests()
@@ -93,20 +92,23 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
         stats.extra["prefetch_rows"] = ev.prefetch.rows_fed          # fed for the next step
         stats.extra["prefetch_rows_won"] = ev.prefetch.rows_won      # ... on bets that won
         stats.extra["prefetch_hits"] = handed.hits()
+        stats.extra["prefetch_carried"] = ev.prefetch.carried_used   # two-steps-ahead entries used
     return FastStep(pr.ids[win], stats, entropy, next_logits, next_keys, next_values, handed)
 
 
-def _adopt(ev, pr, logits, prefix, prefetched: Prefetched) -> None:
-    """Give the evaluator what the previous step evaluated for this one, for each sequence whose
-    position, seed, logits and survivors are exactly the predicted ones."""
-    if len(prefetched) != len(pr.counts):
-        return
-    for b in range(len(pr.counts)):
-        e = prefetched.usable(b, logits[b], int(prefix.positions[b]), int(prefix.seeds[b]))
-        if e is None:
-            continue
+def _adopt(ev, pr, logits, prefix, prefetched: Prefetched) -> list:
+    """Give the evaluator what earlier steps evaluated for this one, for each sequence whose
+    position, seed, logits and survivors are exactly the predicted ones; returns, per sequence,
+    what they evaluated of the step after (None where nothing)."""
+    B = len(pr.counts)
+    carried = [None] * B
+    if len(prefetched) != B:
+        return carried
+    for b in range(B):
         lo, hi = int(pr.offsets[b]), int(pr.offsets[b + 1])
-        if not torch.equal(pr.ids[lo:hi], e.ids):
+        e = prefetched.entries[b]
+        if e is None or not e.matches(logits[b], int(prefix.positions[b]), int(prefix.seeds[b]), pr.ids[lo:hi]):
             continue
-        for n, keys_values in e.kv.items():
-            ev.adopt(lo + n, int(e.depth[n]), e.table[n], e.last[n], e.next_logits[n], *keys_values)
+        _adopt_entry(ev, lo, e)
+        carried[b] = e.nested
+    return carried
