@@ -10,8 +10,14 @@ For each prefix length L and rollout count R (one sequence forked into R rows):
   prefix itself is read in place. Time (median of interleaved repeats) and bytes added
   (HF: R copies of the prefix; engine: ``pool.nbytes()``).
 * **attention of one layer for those R rows** at depth 2 (each row: the shared prefix + 2 own tokens).
-  HF: ``scaled_dot_product_attention`` over the R copies (GQA); engine: ``fork_attention`` (one matmul
-  per sequence over the prefix + a tiny per-row suffix part, merged by log-sum-exp).
+  HF: ``scaled_dot_product_attention`` over the R copies (GQA); engine, two implementations of
+  ``fork_attention``: the torch path (``_fork_attention_torch``: one matmul per sequence over the
+  prefix + a tiny per-row suffix part, merged by log-sum-exp, ~25 small ops) and the fused C++ op
+  (``torch.ops.epic_kernels.fork_attention``, what the engine runs on CPU tensors).
+
+A second table times one layer call at the engine's own shapes: N rows of one sequence (N in
+``--engine-rows``, a prefix of L in ``--engine-lengths``), fills 0..3 of a 5-token slot, the torch
+path against the C++ op (medians of ``--engine-repeats`` interleaved calls).
 
     python benchmarks/bench_fork.py
     python benchmarks/bench_fork.py --quick --json fork.json
@@ -62,8 +68,35 @@ def cache_bytes(cache) -> int:
                for layer in cache.layers)
 
 
-def attention_pair(cache, R, horizon, seed=1):
-    """Callables for one layer's attention of R depth-2 rows: HF sdpa over copies, and fork attention."""
+def _fork_call(fb, fn, q, k, v):
+    """``fn`` (``A.fork_attention``'s torch path or the C++ op) as the engine calls it for layer 0."""
+    module = types.SimpleNamespace(layer_idx=0)
+
+    def call():
+        A._local.batch = fb
+        try:
+            return fn(module, q, k, v, scaling=HEAD_DIM ** -0.5)[0]
+        finally:
+            A._local.batch = None
+    return call
+
+
+def fork_callables(K0, V0, q, k_new, v_new, pool, seq, slot, fill):
+    """``{"torch": ..., "cpp": ...}``: one layer call of fork attention by each implementation, as the
+    engine calls it (``cpp`` is ``fork_attention`` itself, which runs the C++ op on CPU tensors; it
+    is missing when the extension is not built or EPIC_KERNELS_BACKEND=reference)."""
+    mask = torch.ones(K0.shape[0], K0.shape[2], dtype=torch.int64)
+    view = PrefixView([(K0, V0)], mask, mask.sum(-1), torch.zeros(K0.shape[0], dtype=torch.int64))
+    fb = A.ForkBatch.build(view, pool, seq, slot, fill, torch.float32)
+    fns = {"torch": _fork_call(fb, A._fork_attention_torch, q, k_new, v_new)}
+    if fb.kernel is not None:
+        fns["cpp"] = _fork_call(fb, A.fork_attention, q, k_new, v_new)
+    return fns
+
+
+def attention_fns(cache, R, horizon, seed=1):
+    """Callables for one layer's attention of R depth-2 rows: HF sdpa over copies, and fork attention
+    (torch path, C++ op); the largest |difference| of each fork output from sdpa's."""
     g = torch.Generator().manual_seed(seed)
     L = cache.layers[0].keys.shape[2]
     q = torch.randn(R, HEADS, 1, HEAD_DIM, generator=g)
@@ -77,28 +110,35 @@ def attention_pair(cache, R, horizon, seed=1):
     def hf():
         return torch.nn.functional.scaled_dot_product_attention(q, K_hf, V_hf, enable_gqa=True)
 
-    mask = torch.ones(1, L, dtype=torch.int64)
-    view = PrefixView([(K0, V0)], mask, mask.sum(-1), torch.zeros(1, dtype=torch.int64))
     pool = A.SlotPool(1, KV_HEADS, HEAD_DIM, horizon, torch.float32)
     pool.reserve(R)
     pool.keys[0][:R, :, 0] = own[:, :, 0]
     pool.values[0][:R, :, 0] = own[:, :, 0]
     seq, slot = torch.zeros(R, dtype=torch.int64), torch.arange(R)
     fill = torch.ones(R, dtype=torch.int64)
-    fb = A.ForkBatch.build(view, pool, seq, slot, fill, torch.float32)
-    module = types.SimpleNamespace(layer_idx=0)
+    fns = {"sdpa": hf, **fork_callables(K0, V0, q, k_new, v_new, pool, seq, slot, fill)}
+    ref = hf().transpose(1, 2)                     # [R, 1, H, D]; same math: fork == sdpa over copies
+    errs = {name: float((fn() - ref).abs().max()) for name, fn in fns.items() if name != "sdpa"}
+    return fns, errs
 
-    def fork():
-        A._local.batch = fb
-        try:
-            return A.fork_attention(module, q, k_new, v_new, scaling=HEAD_DIM ** -0.5)[0]
-        finally:
-            A._local.batch = None
 
-    # same math: the fork output must equal sdpa over the copies
-    ref = hf().transpose(1, 2)                     # [R, 1, H, D]
-    err = float((fork() - ref).abs().max())
-    return hf, fork, err
+def engine_shape_fns(N, L, seed=2):
+    """One layer call at the engine's shapes: N rows of one sequence with a prefix of L tokens, each
+    row's slot filled to 0..3 of 5 tokens. Torch path and C++ op, and their largest |difference|."""
+    g = torch.Generator().manual_seed(seed)
+    K0 = torch.randn(1, KV_HEADS, L, HEAD_DIM, generator=g)
+    V0 = torch.randn(1, KV_HEADS, L, HEAD_DIM, generator=g)
+    q = torch.randn(N, HEADS, 1, HEAD_DIM, generator=g)
+    k_new = torch.randn(N, KV_HEADS, 1, HEAD_DIM, generator=g)
+    v_new = torch.randn(N, KV_HEADS, 1, HEAD_DIM, generator=g)
+    pool = A.SlotPool(1, KV_HEADS, HEAD_DIM, 5, torch.float32)
+    pool.reserve(N)
+    pool.keys[0].normal_(generator=g)
+    pool.values[0].normal_(generator=g)
+    seq, slot, fill = torch.zeros(N, dtype=torch.int64), torch.arange(N), torch.arange(N) % 4
+    fns = fork_callables(K0, V0, q, k_new, v_new, pool, seq, slot, fill)
+    err = float((fns["cpp"]() - fns["torch"]()).abs().max()) if "cpp" in fns else float("nan")
+    return fns, err
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
@@ -119,9 +159,13 @@ def main(argv=None):
     p.add_argument("--horizon", type=int, default=4, help="slot length (tokens per rollout row)")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--max-gb", type=float, default=8.0, help="skip HF forks larger than this")
+    p.add_argument("--engine-rows", default="4,8,16,40", help="rows per layer call, engine-shape table")
+    p.add_argument("--engine-lengths", default="100,200", help="prefix lengths, engine-shape table")
+    p.add_argument("--engine-repeats", type=int, default=300, help="interleaved calls per engine shape")
     args = p.parse_args(argv)
     if args.quick:
         args.lengths, args.rollouts, args.repeats = "128,512", "4,16", 3
+        args.engine_rows, args.engine_lengths, args.engine_repeats = "4,40", "100", 20
     C.setup_torch(args.threads)
     torch.set_grad_enabled(False)
     cases = [(int(L), int(R)) for L in args.lengths.split(",") for R in args.rollouts.split(",")]
@@ -136,24 +180,42 @@ def main(argv=None):
             fns["hf"] = lambda: hf_fork(cache, R)
         t = interleaved(fns, reps)
         eng_bytes = engine_fork(R, args.horizon).nbytes()
-        hf_att, fork_att, err = attention_pair(cache, R, args.horizon)
-        ta = interleaved({"hf": hf_att, "fork": fork_att}, args.repeats)
-        r = dict(L=L, R=R, prefix_MiB=prefix_bytes / 2**20, hf_fork_ms=t.get("hf", float("nan")) * 1e3,
-                 engine_fork_ms=t["engine"] * 1e3, fork_time_ratio=t.get("hf", float("nan")) / t["engine"],
+        att, errs = attention_fns(cache, R, args.horizon)
+        ta = interleaved(att, args.repeats)
+        nan = float("nan")
+        r = dict(L=L, R=R, prefix_MiB=prefix_bytes / 2**20, hf_fork_ms=t.get("hf", nan) * 1e3,
+                 engine_fork_ms=t["engine"] * 1e3, fork_time_ratio=t.get("hf", nan) / t["engine"],
                  hf_added_MiB=hf_bytes / 2**20, engine_added_MiB=eng_bytes / 2**20,
-                 bytes_ratio=hf_bytes / eng_bytes, hf_attn_ms=ta["hf"] * 1e3, fork_attn_ms=ta["fork"] * 1e3,
-                 attn_ratio=ta["hf"] / ta["fork"], attn_max_abs_err=err, repeats=reps)
+                 bytes_ratio=hf_bytes / eng_bytes, hf_attn_ms=ta["sdpa"] * 1e3, fork_attn_ms=ta["torch"] * 1e3,
+                 cpp_attn_ms=ta.get("cpp", nan) * 1e3, attn_ratio=ta["sdpa"] / ta["torch"],
+                 attn_ratio_cpp=ta["sdpa"] / ta.get("cpp", nan), torch_over_cpp=ta["torch"] / ta.get("cpp", nan),
+                 attn_max_abs_err=errs["torch"], cpp_max_abs_err=errs.get("cpp", nan), repeats=reps)
         results.append(r)
         rows.append([L, R, r["hf_fork_ms"], r["engine_fork_ms"], r["fork_time_ratio"], r["hf_added_MiB"],
-                     r["engine_added_MiB"], r["bytes_ratio"], r["hf_attn_ms"], r["fork_attn_ms"], r["attn_ratio"],
-                     f"{err:.1e}"])
+                     r["engine_added_MiB"], r["bytes_ratio"], r["hf_attn_ms"], r["fork_attn_ms"], r["cpp_attn_ms"],
+                     r["attn_ratio"], r["attn_ratio_cpp"], r["torch_over_cpp"],
+                     f"{max(errs.values()):.1e}"])
         del cache
+    engine = []
+    shapes = [(int(N), int(L)) for L in args.engine_lengths.split(",") for N in args.engine_rows.split(",")]
+    for N, L in C.progress(shapes, args.no_progress, desc="engine shapes"):
+        fns, err = engine_shape_fns(N, L)
+        t = interleaved(fns, args.engine_repeats)
+        engine.append(dict(N=N, L=L, torch_ms=t["torch"] * 1e3, cpp_ms=t.get("cpp", float("nan")) * 1e3,
+                           torch_over_cpp=t["torch"] / t.get("cpp", float("nan")), max_abs_diff=err,
+                           repeats=args.engine_repeats))
     print(f"\n## bench_fork: {LAYERS} layers, {KV_HEADS} KV heads ({HEADS} query heads), head_dim {HEAD_DIM}, "
           f"float32, slot length {args.horizon}, {args.threads} threads; CPU only (no GPU)\n")
     print(C.md_table(["prefix L", "rollouts R", "HF deepcopy+repeat ms", "engine pool ms", "time HF/engine",
                       "HF added MiB", "engine added MiB", "bytes HF/engine", "attn 1 layer: sdpa on copies ms",
-                      "fork_attention ms", "attn sdpa/fork", "max |diff|"], rows))
-    C.write_json(args.json, dict(machine=C.machine(), args=vars(args), results=results))
+                      "fork torch path ms", "fork C++ op ms", "sdpa/torch", "sdpa/C++", "torch/C++",
+                      "max |diff| vs sdpa"], rows))
+    print(f"\n## fork attention, one layer call at engine shapes: N rows of one sequence, prefix L, "
+          f"fills 0..3 of 5 slot tokens; medians of {args.engine_repeats} interleaved calls\n")
+    print(C.md_table(["rows N", "prefix L", "torch path ms", "C++ op ms", "torch / C++", "max |diff|"],
+                     [[e["N"], e["L"], e["torch_ms"], e["cpp_ms"], e["torch_over_cpp"], f"{e['max_abs_diff']:.1e}"]
+                      for e in engine]))
+    C.write_json(args.json, dict(machine=C.machine(), args=vars(args), results=results, engine_shapes=engine))
     return 0
 
 
