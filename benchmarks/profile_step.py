@@ -263,7 +263,11 @@ def main(argv=None):
     p.add_argument("--scaling-rows", default="1,2,4,8,16,32,64,128",
                    help="rows of the model-call scaling table ('' to skip)")
     p.add_argument("--cprofile", action="store_true", help="also print the top Python functions (tottime)")
+    p.add_argument("--torch-fork-attention", action="store_true",
+                   help="run fork attention's torch path instead of the C++ op (before / after comparisons)")
     args = p.parse_args(argv)
+    if args.torch_fork_attention:                     # in this process only
+        A.cpu_kernel = lambda device: None
     if args.quick:
         args.steps, args.top_ops = 3, 8
     if args.block_size is None:
