@@ -1,7 +1,8 @@
 """Where a fast EPIC step's time goes, so the next bottleneck is visible.
 
 Decodes ``--steps`` tokens the way ``epic_kernels.generate`` does on its fast path (prefill once, then
-``fast_sample`` + ``PrefixCache.append`` per step) with exclusive-time wrappers around the engine's
+``fast_sample`` + ``PrefixCache.append`` per step, each step handing its prefetch to the next;
+``--no-prefetch`` to compare) with exclusive-time wrappers around the engine's
 functions (in this process only; no library file is modified):
 
 * model forward, split into lm_head, MLPs, attention projections (q/k/v/o + rotary: the attention
@@ -39,6 +40,7 @@ import torch  # noqa: E402
 import epic_kernels.philox as philox  # noqa: E402
 from epic_kernels.engine import attention as A  # noqa: E402
 from epic_kernels.engine import evaluator as E  # noqa: E402
+from epic_kernels.engine import prefetch as P  # noqa: E402
 from epic_kernels.engine import step as S  # noqa: E402
 from epic_kernels.engine.cache import PrefixCache  # noqa: E402
 from epic_kernels.reference import EpicConfig  # noqa: E402
@@ -54,10 +56,12 @@ CATEGORY = {
     "softmax_entropy": "kernel: softmax entropy (+sample)", "noise_at": "kernel: keyed noise (top-k path)",
     "entropy_and_samples": "bookkeeping: entropy/sample glue",
     "manager": "manager (bounds, prune, blocks)", "ForkBatch.build": "bookkeeping: ForkBatch.build",
-    "pool": "bookkeeping: slot pool", "evaluator.run": "bookkeeping: Evaluator.run",
+    "pool": "bookkeeping: slot pool", "pool copy": "bookkeeping: slot copies (fan-out, bets)", "evaluator.run": "bookkeeping: Evaluator.run",
     "partial_sums": "bookkeeping: _partial_sums", "Evaluator.__init__": "bookkeeping: Evaluator init",
     "fast_sample": "Python/other in fast_sample", "truncate": "Python/other: truncate + cache append",
     "append": "Python/other: truncate + cache append",
+    "prefetch": "prefetch: bets, predictions, hand-over", "adopt": "prefetch: adopt",
+    "evaluator.plan": "bookkeeping: Evaluator.run", "evaluator.absorb": "bookkeeping: Evaluator.run",
 }
 
 
@@ -106,6 +110,13 @@ def instrument(model, T: Timers):
     from transformers import AttentionInterface
 
     S.gumbel_topk_prune_impl = T.wrap("prune", S.gumbel_topk_prune_impl)
+    P.gumbel_topk_prune_impl = T.wrap("prune", P.gumbel_topk_prune_impl)
+    P.Prefetcher.plan = T.wrap("prefetch", P.Prefetcher.plan)
+    P.Prefetcher.absorb = T.wrap("prefetch", P.Prefetcher.absorb)
+    P.Prefetcher.hand_over = T.wrap("prefetch", P.Prefetcher.hand_over)
+    S._adopt = T.wrap("adopt", S._adopt)
+    E.Evaluator.plan = T.wrap("evaluator.plan", E.Evaluator.plan)
+    E.Evaluator.absorb = T.wrap("evaluator.absorb", E.Evaluator.absorb)
     make = S.make_manager
     S.make_manager = lambda *a, **kw: TimedManager(make(*a, **kw), T)
     S.Evaluator = E.Evaluator
@@ -119,7 +130,7 @@ def instrument(model, T: Timers):
     philox.noise_at = T.wrap("noise_at", philox.noise_at)
     E.ForkBatch.build = classmethod(T.wrap("ForkBatch.build", E.ForkBatch.build.__func__))
     A.SlotPool.reserve = T.wrap("pool", A.SlotPool.reserve)
-    A.SlotPool.copy_slots = T.wrap("pool", A.SlotPool.copy_slots)
+    A.SlotPool.copy_slots = T.wrap("pool copy", A.SlotPool.copy_slots)
     fork = T.wrap("fork_attention", A.fork_attention)
     A._register.done = True                           # register our timed version instead
     AttentionInterface.register(A.ATTENTION_NAME, fork)
@@ -188,6 +199,8 @@ def profile_setting(model, ids, key, args, T, fast, plain):
         T.enabled = was
         logits, cache = out.logits[:, -1, :], PrefixCache.from_hf(out.past_key_values, mask)
         append = T.wrap("append", cache.append)
+        prefetched = pool = None
+        transform = None if args.no_prefetch else (lambda x, seq, toks: trunc(x, top_k))
         steps, plains, calls, rows = [], [], 0, 0
         it = C.progress(range(n), args.no_progress or not bar, desc=name)
         if ctx is not None:
@@ -199,9 +212,10 @@ def profile_setting(model, ids, key, args, T, fast, plain):
                 plains.append(tp)
                 T.enabled = was
             t0 = time.perf_counter()
-            res = fast(trunc(logits, top_k), cache.view(seeds), model, cfg, None, advance=True)
+            res = fast(trunc(logits, top_k), cache.view(seeds), model, cfg, None, advance=True,
+                       prefetched=prefetched, transform=transform, pool=pool)
             append(res.next_keys, res.next_values)
-            logits = res.next_logits
+            logits, prefetched, pool = res.next_logits, res.prefetched, res.pool
             steps.append(time.perf_counter() - t0)
             calls += res.stats.forward_calls + res.stats.extra.get("finish_calls", 0)
             rows += res.stats.forward_tokens + res.stats.extra.get("finish_tokens", 0)
@@ -263,6 +277,7 @@ def main(argv=None):
     p.add_argument("--scaling-rows", default="1,2,4,8,16,32,64,128",
                    help="rows of the model-call scaling table ('' to skip)")
     p.add_argument("--cprofile", action="store_true", help="also print the top Python functions (tottime)")
+    p.add_argument("--no-prefetch", action="store_true", help="steps without prefetch (before / after comparisons)")
     p.add_argument("--torch-fork-attention", action="store_true",
                    help="run fork attention's torch path instead of the C++ op (before / after comparisons)")
     args = p.parse_args(argv)

@@ -105,7 +105,7 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
         prefetched = None                          # made for another cache: not applicable
     transform = (lambda x, seq, tokens: truncate(x, top_k, top_p, min_p)) if advance else None
     step = fast_sample(logits, view, model, cfg, backend, advance=advance, prefetched=prefetched,
-                       transform=transform)
+                       transform=transform, pool=prefetched.pool if prefetched is not None else None)
     if not advance:
         return StepOutput(step.tokens, step.stats, step.entropy)
     from transformers import DynamicCache
@@ -115,5 +115,6 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
         for (k, v), nk, nv in zip(view.layers, step.next_keys, step.next_values)])
     if step.prefetched is not None:
         step.prefetched.owner = weakref.ref(new_kv)
+        step.prefetched.pool = step.pool          # the next step reuses the slot storage
     return StepOutput(step.tokens, step.stats, step.entropy, step.next_logits, new_kv, next_mask,
                       step.prefetched)

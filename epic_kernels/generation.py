@@ -143,7 +143,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             cache, kv = PrefixCache.from_hf(kv, mask), None
         which = choose(logits.device, backend)
         rows = torch.arange(batch)                 # which sequence each active row is
-        prefetched, transform = None, None
+        prefetched, transform, pool = None, None, None
         if prefetch:
             def transform(nxt, seq, tokens):         # what a later step sees if `tokens` come next
                 if logits_processor is not None:
@@ -159,7 +159,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                 scores = logits_processor(_so_far(input_ids, new_tokens, rows), logits)
             if fast:
                 res = fast_sample(truncate(scores, top_k, top_p, min_p), cache.view(seeds[rows]), model, cfg,
-                                  backend, advance=advance, prefetched=prefetched, transform=transform)
+                                  backend, advance=advance, prefetched=prefetched, transform=transform, pool=pool)
+                pool = res.pool
                 if advance:
                     cache.append(res.next_keys, res.next_values)
                     logits, prefetched = res.next_logits, res.prefetched

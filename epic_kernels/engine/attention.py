@@ -59,6 +59,15 @@ class SlotPool:
     def slots(self) -> int:
         return self.keys[0].shape[0]
 
+    def reset(self) -> None:
+        """Forget every slot (the storage is kept for the next step: stale contents are finite and
+        lie beyond every new row's fill, so they are masked out)."""
+        self.used = 0
+
+    def fits(self, n_layers: int, kv_heads: int, head_dim: int, slot_len: int, dtype) -> bool:
+        return (len(self.keys) == n_layers and self.shape[0] == kv_heads and self.shape[2] == head_dim
+                and self.shape[1] >= slot_len and self.dtype == dtype)
+
     def allocate(self, n: int) -> int:
         """Hand out ``n`` consecutive unused slots (growing the pool if needed); returns the first."""
         first = self.used

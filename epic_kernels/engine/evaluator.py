@@ -65,9 +65,10 @@ class Evaluator:
         self.base = prefix.positions[seq] + lead if positions is None else positions
         self.row_limit = None if positions is None else positions
         M, K, k = len(tokens), cfg.rollouts, cfg.horizon
-        if pool is None:
-            keys = prefix.layers[0][0]
-            pool = SlotPool(len(prefix.layers), keys.shape[1], keys.shape[3], slot_len or k, keys.dtype)
+        keys = prefix.layers[0][0]
+        geometry = (len(prefix.layers), keys.shape[1], keys.shape[3], slot_len or k, keys.dtype)
+        if pool is None or not pool.fits(*geometry):
+            pool = SlotPool(*geometry)
         self.pool = pool
         self.slot0 = pool.allocate(M * K)           # path (m, r) owns slot slot0 + m * K + r
         self.prefetch = None                        # a Prefetcher adding next-step rows to calls

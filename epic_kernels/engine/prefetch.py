@@ -75,6 +75,7 @@ class Prefetched:
     def __init__(self, entries: list):
         self.entries = entries
         self.owner = None            # sample_step: a weak reference to the cache it was made for
+        self.pool = None             # sample_step: the step's slot pool, for the next step to reuse
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -22,13 +22,18 @@ class FastStep:
     next_logits: torch.Tensor        # [B, V] logits after appending each winner
     next_keys: list                  # per layer [B, kv_heads, head_dim]: the winners' own KV
     next_values: list
-    prefetched: Prefetched | None = None   # the next step's depth-1 evaluations made in this one
+    prefetched: Prefetched | None = None   # the next step's evaluations made in this one
+    pool: object | None = None             # the slot pool, for the next step to reuse (None: too big)
+
+# a step's slot pool is handed to the next step for reuse unless it grew beyond this many slots
+# (one slot is horizon + 2 tokens of every layer's keys and values: ~0.28 MB for SmolLM2-135M)
+POOL_KEEP_SLOTS = 256
 
 
 @torch.no_grad()
 def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = None,
                 advance: bool = True, prefetched: Prefetched | None = None, transform=None,
-                prefetch_budget: int = DEFAULT_BUDGET) -> FastStep:
+                prefetch_budget: int = DEFAULT_BUDGET, pool=None) -> FastStep:
     """One EPIC step for every sequence of ``prefix`` (a ``PrefixView``).
 
     With ``advance`` the step also produces each sequence's next logits and the KV of its winner:
@@ -41,6 +46,9 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
     also evaluates the next step (and the one after) inside its own model calls, on a bet, and
     returns that as ``prefetched``; passing it to the next call lets it skip those evaluations.
     The tokens are the same with or without it.
+
+    ``pool``: the previous step's ``FastStep.pool`` to reuse (its contents are overwritten), which
+    saves allocating and zeroing the slot storage every step.
     """
     B, V = logits.shape
     which = choose(logits.device, backend)
@@ -50,7 +58,10 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
     pr = gumbel_topk_prune_impl(logits, prefix.seeds, prefix.positions, width, 1, which)
     seq = torch.repeat_interleave(torch.arange(B), pr.counts)
     prefetch = advance and transform is not None and prefetch_budget > 0
-    ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch * LEVELS)
+    if pool is not None:
+        pool.reset()
+    ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch * LEVELS,
+                   pool=pool)
     mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, bound, cfg.block_size)
     carried = _adopt(ev, pr, logits, prefix, prefetched) if prefetched is not None else None
     if prefetch:
@@ -93,7 +104,8 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
         stats.extra["prefetch_rows_won"] = ev.prefetch.rows_won      # ... on bets that won
         stats.extra["prefetch_hits"] = handed.hits()
         stats.extra["prefetch_carried"] = ev.prefetch.carried_used   # two-steps-ahead entries used
-    return FastStep(pr.ids[win], stats, entropy, next_logits, next_keys, next_values, handed)
+    keep = ev.pool if ev.pool.slots <= POOL_KEEP_SLOTS else None
+    return FastStep(pr.ids[win], stats, entropy, next_logits, next_keys, next_values, handed, keep)
 
 
 def _adopt(ev, pr, logits, prefix, prefetched: Prefetched) -> list:
