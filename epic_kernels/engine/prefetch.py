@@ -38,7 +38,7 @@ from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
 from ..reference import entropy_bound
 
 MAX_GUESSES = 2        # bets per sequence per step
-DEFAULT_BUDGET = 8     # largest next-step survivor set bet on (rows wasted if the bet loses)
+DEFAULT_BUDGET = 64    # largest next-step survivor set bet on (rows wasted if the bet loses)
 LEVELS = 2             # how many steps ahead: a decided bet bets again on its own winner
 
 

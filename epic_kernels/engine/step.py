@@ -26,8 +26,9 @@ class FastStep:
     pool: object | None = None             # the slot pool, for the next step to reuse (None: too big)
 
 # a step's slot pool is handed to the next step for reuse unless it grew beyond this many slots
-# (one slot is horizon + 2 tokens of every layer's keys and values: ~0.28 MB for SmolLM2-135M)
-POOL_KEEP_SLOTS = 256
+# (one slot is horizon + 2 tokens of every layer's keys and values: ~0.28 MB for SmolLM2-135M,
+# so at most ~140 MB are kept)
+POOL_KEEP_SLOTS = 512
 
 
 @torch.no_grad()
