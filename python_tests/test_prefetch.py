@@ -165,3 +165,16 @@ def test_two_steps_ahead_entries_are_used_and_change_nothing(tiny):
         assert on == off
         carried += sum(e.get("prefetch_carried", 0) for e in extra)
     assert carried > 0
+
+
+def test_prefetch_with_sequences_leaving_the_batch(tiny):
+    """Sequences that emit EOS leave the batch; the hand-over follows the remaining rows."""
+    ids, mask = _left_padded(random_prompts(32, [3, 8, 5, 2, 6], seed=12))
+    kw = dict(alpha=0.7, horizon=3, rollouts=2, top_k=8, rollout_top_k=8, seed=[4, 5, 6, 7, 8],
+              max_new_tokens=20, eos_token_id=[3, 4])
+    on = epic_kernels.generate(tiny, ids, attention_mask=mask, **kw)
+    off = epic_kernels.generate(tiny, ids, attention_mask=mask, prefetch=False, **kw)
+    assert on.new_tokens == off.new_tokens
+    lengths = [len(t) for t in on.new_tokens]
+    assert min(lengths) < max(lengths)            # some sequences did leave early
+    assert on.summary()["prefetched"] > 0
