@@ -36,4 +36,17 @@ TORCH_LIBRARY(epic_kernels, m) {
   m.def("_philox_randint(Tensor seed, Tensor offset) -> Tensor");
   m.def("_gumbel_noise(Tensor seeds, Tensor streams, Tensor positions, int vocab) -> Tensor");
   m.def("_gumbel_from_words(Tensor words) -> Tensor");
+  // The engine's rollout-row bookkeeping (csrc/cpu/rows_cpu.cpp; specification and dispatch in
+  // epic_kernels/engine/rows.py, fakes in epic_kernels/ops/rows.py). int64 CPU tensors.
+  // plan_rows: the rows of one depth advance of candidates with depth[m] < goal[m] (M candidates,
+  // path (m, r) in slot slot0 + m K + r): depth-0 candidates first (one row each), then deeper ones
+  // (K rows each); the fan-out slot copies of depth-1 candidates. Sizes are data-dependent.
+  m.def(
+      "plan_rows(Tensor depth, Tensor goal, Tensor seq, Tensor tokens, Tensor last, Tensor base,"
+      " int slot0, int K, int lead) -> (Tensor first, Tensor deep, Tensor row_candidate,"
+      " Tensor row_seq, Tensor row_slot, Tensor row_fill, Tensor row_tokens, Tensor row_positions,"
+      " Tensor fan_src, Tensor fan_dst)");
+  // fork_layout: row_j (N,) = index of row n within its sequence seq[n] in [0, B); pad_index
+  // (B, max(R, 1)) = row of (sequence, j), N for padding.
+  m.def("fork_layout(Tensor seq, int B) -> (Tensor row_j, Tensor pad_index)");
 }
