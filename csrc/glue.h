@@ -27,11 +27,10 @@ inline at::Tensor check_logits(const at::Tensor& logits, const char* op) {
   return logits.stride(1) == 1 ? logits : logits.contiguous();
 }
 
-// key: (N,), any integer dtype, values in [0, hi) (checked on CPU only: a CUDA check would sync).
-inline at::Tensor check_key(const at::Tensor& key, const at::Tensor& logits, const char* name,
-                            int64_t hi, const char* op) {
-  TORCH_CHECK(key.dim() == 1 && key.size(0) == logits.size(0), op, ": ", name,
-              " must have shape (", logits.size(0), ",), got ", key.sizes());
+// Any integer tensor, values in [0, hi) (checked on CPU only: a CUDA check would sync), as a
+// contiguous int64 tensor on the logits' device. Shapes are the caller's business.
+inline at::Tensor check_key_values(const at::Tensor& key, const at::Tensor& logits, const char* name,
+                                   int64_t hi, const char* op) {
   TORCH_CHECK(at::isIntegralType(key.scalar_type(), /*includeBool=*/false), op, ": ", name,
               " must be an integer tensor, got ", key.scalar_type());
   at::Tensor out = key.to(logits.device(), at::kLong).contiguous();
@@ -39,9 +38,29 @@ inline at::Tensor check_key(const at::Tensor& key, const at::Tensor& logits, con
     const int64_t* p = out.data_ptr<int64_t>();
     for (int64_t i = 0; i < out.numel(); ++i)
       TORCH_CHECK(p[i] >= 0 && p[i] < hi, op, ": ", name, "[", i, "] = ", p[i],
-                  " is outside [0, ", hi, ")");
+                  " is outside [0, ", hi, ")");  // i is the flat index
   }
   return out;
+}
+
+// key: (N,), any integer dtype, values in [0, hi) (checked on CPU only: a CUDA check would sync).
+inline at::Tensor check_key(const at::Tensor& key, const at::Tensor& logits, const char* name,
+                            int64_t hi, const char* op) {
+  TORCH_CHECK(key.dim() == 1 && key.size(0) == logits.size(0), op, ": ", name,
+              " must have shape (", logits.size(0), ",), got ", key.sizes());
+  return check_key_values(key, logits, name, hi, op);
+}
+
+// streams: (N,) (one stream per row) or (N, S) with S >= 1 (S streams per row), any integer dtype,
+// values in [0, kMaxStream); returned as a contiguous int64 (N, S) tensor (S = 1 for (N,)).
+inline at::Tensor check_streams(const at::Tensor& streams, const at::Tensor& logits, const char* op) {
+  const int64_t N = logits.size(0);
+  TORCH_CHECK((streams.dim() == 1 || streams.dim() == 2) && streams.size(0) == N, op,
+              ": streams must have shape (", N, ",) or (", N, ", S), got ", streams.sizes());
+  TORCH_CHECK(streams.dim() == 1 || streams.size(1) >= 1, op,
+              ": streams of shape (N, S) needs S >= 1, got ", streams.sizes());
+  const at::Tensor out = check_key_values(streams, logits, "streams", kMaxStream, op);
+  return streams.dim() == 1 ? out.view({N, 1}) : out;
 }
 
 // width: (B,) or a single value, floating; returned as (B,) in the accumulate dtype.

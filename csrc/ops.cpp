@@ -8,7 +8,10 @@ TORCH_LIBRARY(epic_kernels, m) {
   // float64 for float64 logits; outputs in that dtype). -inf entries have probability 0.
   m.def("softmax_entropy(Tensor logits) -> (Tensor entropy, Tensor lse)");
   // Same, plus argmax_v(l_v + G_v) with G the keyed Gumbel noise (seeds[n], streams[n],
-  // positions[n], v); ties go to the lower id; tokens int64.
+  // positions[n], v); ties go to the lower id; tokens int64 [N]. streams may also be (N, S), S >= 1:
+  // then tokens (N, S), column k keyed by streams[n, k], all from one softmax pass on CPU
+  // (entropy and lse computed once); equal to S calls with streams[:, k]. Same schema as before
+  // (the shape is a runtime property), so callers with (N,) streams are unaffected.
   m.def(
       "softmax_entropy_sample(Tensor logits, Tensor seeds, Tensor streams, Tensor positions)"
       " -> (Tensor entropy, Tensor lse, Tensor tokens)");

@@ -10,6 +10,7 @@ float64 for float64 logits)::
 
     softmax_entropy(logits) -> (entropy [N], lse [N])
     softmax_entropy_sample(logits, seeds, streams, positions) -> (entropy, lse, tokens int64 [N])
+        (streams [N, S]: tokens [N, S], S keyed samples per row from one softmax pass on CPU)
     gumbel_topk_prune(logits, seeds, positions, width [B], top_k)
         -> (ids, scores, counts, offsets, front_ids, front_scores, topk_ids, topk_scores, lse)
     fork_attention(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid, seq, slot,
@@ -88,8 +89,16 @@ def _register_fakes() -> None:
     def _softmax_entropy_sample_fake(logits, seeds, streams, positions):
         _check_logits_meta(logits)
         n, acc = logits.shape[0], _acc(logits.dtype)
+        torch._check(streams.dim() in (1, 2) and streams.shape[0] == n,
+                     lambda: f"streams must have shape ({n},) or ({n}, S), got {tuple(streams.shape)}")
+        torch._check(streams.dim() == 1 or streams.shape[1] >= 1,
+                     lambda: f"streams of shape (N, S) needs S >= 1, got {tuple(streams.shape)}")
+        torch._check(not streams.dtype.is_floating_point and not streams.dtype.is_complex
+                     and streams.dtype != torch.bool,
+                     lambda: f"streams must be an integer tensor, got {streams.dtype}")
+        tokens = (n,) if streams.dim() == 1 else (n, streams.shape[1])
         return (logits.new_empty(n, dtype=acc), logits.new_empty(n, dtype=acc),
-                logits.new_empty(n, dtype=torch.int64))
+                logits.new_empty(tokens, dtype=torch.int64))
 
     @torch.library.register_fake("epic_kernels::gumbel_topk_prune")
     def _gumbel_topk_prune_fake(logits, seeds, positions, width, top_k):
@@ -143,17 +152,25 @@ def softmax_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def softmax_entropy_sample(logits: torch.Tensor, seeds: torch.Tensor, streams, positions: torch.Tensor):
-    """``softmax_entropy`` plus the keyed Gumbel-max token of each row, in the same pass.
+    """``softmax_entropy`` plus keyed Gumbel-max tokens of each row, in the same pass.
 
     Parameters
     ----------
     logits : ``[N, V]`` float.
-    seeds : int64 ``[N]`` in [0, 2**32); streams : int or int64 ``[N]`` (0 step, 1 + r rollout r);
-    positions : int64 ``[N]`` in [0, 2**31).
+    seeds : int64 ``[N]`` in [0, 2**32); positions : int64 ``[N]`` in [0, 2**31).
+    streams : an int, integer ``[N]`` (0 step, 1 + r rollout r), or integer ``[N, S]`` with
+        ``S >= 1``: S samples per row, column k keyed by ``streams[:, k]``. On CPU the S samples
+        come from one softmax pass (entropy and lse computed once, each block searched once per
+        stream while in L1); on CUDA the op runs its one-stream kernel once per column.
 
-    Returns ``(entropy [N], lse [N], tokens int64 [N])``; tokens equal ``reference.gumbel_argmax``.
+    Returns ``(entropy [N], lse [N], tokens int64)``: tokens ``[N]`` for an int or ``[N]`` streams,
+    ``[N, S]`` for ``[N, S]``; column k equals the call with ``streams[:, k]`` bit for bit, and
+    tokens equal ``reference.gumbel_argmax``.
     """
-    streams = torch.as_tensor(streams, dtype=torch.int64, device=logits.device).expand(logits.shape[0])
+    if not isinstance(streams, torch.Tensor):
+        streams = torch.as_tensor(streams, dtype=torch.int64, device=logits.device)
+    if streams.dim() < 2:          # one stream for every row: an int, a one-element or [N] tensor
+        streams = streams.expand(logits.shape[0])
     return ops().softmax_entropy_sample(logits, seeds, streams.contiguous(), positions)
 
 

@@ -64,6 +64,28 @@ def test_ops_agree_across_backends(backend):
     assert torch.allclose(pr.scores, ref.scores, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_streams_columns_agree_across_backends(backend):
+    """streams [N, S]: tokens [N, S], column k = the call with streams[:, k] on the same backend and
+    the reference's tokens (C++: one pass; Triton and the reference loop over the columns)."""
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(5, 300, generator=gen, dtype=torch.float64) * 3
+    logits[1, 7:] = float("-inf")
+    seeds, pos = torch.tensor([1, 2, 3, 4, 2**32 - 1]), torch.tensor([0, 5, 9, 2**31 - 1, 3])
+    streams = torch.tensor([[1, 2, 0], [1, 2, 7], [5, 5, 1], [2**31 - 1, 1, 2], [3, 2, 1]])
+    h, lse, tok = softmax_entropy(logits, seeds=seeds, streams=streams, positions=pos, backend=backend)
+    assert tok.shape == (5, 3) and tok.dtype == torch.int64
+    for k in range(3):
+        h1, lse1, t1 = softmax_entropy(logits, seeds=seeds, streams=streams[:, k], positions=pos,
+                                       backend=backend)
+        assert torch.equal(tok[:, k], t1) and torch.equal(h, h1) and torch.equal(lse, lse1)
+        _, _, t_ref = softmax_entropy(logits, seeds=seeds, streams=streams[:, k], positions=pos,
+                                      backend="reference")
+        assert torch.equal(t1, t_ref)
+    _, _, tok1 = softmax_entropy(logits, seeds=seeds, streams=streams[:, :1], positions=pos, backend=backend)
+    assert tok1.shape == (5, 1) and torch.equal(tok1[:, 0], tok[:, 0])
+
+
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_sampler_tokens_do_not_depend_on_the_backend(tiny, batch7, backend):
     _, logits, kv, mask = batch7
@@ -82,6 +104,16 @@ def test_sampler_tokens_do_not_depend_on_the_backend(tiny, batch7, backend):
     (lambda l, s, p: softmax_entropy(l.long()), "float16, bfloat16, float32 or float64"),
     (lambda l, s, p: softmax_entropy(l.index_fill(1, torch.tensor([2]), float("nan"))), "NaN"),
     (lambda l, s, p: softmax_entropy(l, seeds=s[:2], streams=1, positions=p), "seeds has 2 entries"),
+    (lambda l, s, p: softmax_entropy(l, seeds=s, streams=torch.ones(4, 2, dtype=torch.long), positions=p),
+     "streams \\[N, S\\] must have shape \\(3, S\\) with S >= 1, got \\(4, 2\\)"),
+    (lambda l, s, p: softmax_entropy(l, seeds=s, streams=torch.ones(3, 0, dtype=torch.long), positions=p),
+     "with S >= 1, got \\(3, 0\\)"),
+    (lambda l, s, p: softmax_entropy(l, seeds=s, streams=torch.ones(3, 2, 1, dtype=torch.long), positions=p),
+     "streams must be an int, \\[N\\] or \\[N, S\\]"),
+    (lambda l, s, p: softmax_entropy(l, seeds=s, streams=torch.ones(3, 2), positions=p),
+     "streams must be an int or an integer tensor, got torch.float32"),
+    (lambda l, s, p: softmax_entropy(l, seeds=s, streams=torch.ones(2, dtype=torch.long), positions=p),
+     "streams must be an int, \\[N\\] or \\[N, S\\] with N = 3 rows, got shape \\(2,\\)"),
     (lambda l, s, p: gumbel_topk_prune(l, s[:2], p, 1.0), "seeds has 2 entries"),
     (lambda l, s, p: gumbel_topk_prune(l, s, p, -1.0), "width must be >= 0"),
     (lambda l, s, p: gumbel_topk_prune(l.unsqueeze(0), s, p, 1.0), "shape"),

@@ -189,6 +189,109 @@ def test_one_hot_rows_are_exact():
 
 
 # ------------------------------------------------------------------------------------------------ #
+# softmax_entropy_sample with streams [N, S]: S samples per row from one softmax pass              #
+# ------------------------------------------------------------------------------------------------ #
+
+
+def make_tie_rows(x: torch.Tensor, seeds, streams, positions, rows) -> None:
+    """Make each of ``rows`` a row whose Gumbel-max for stream column ``row % S`` is an exact tie:
+    three entries set to ``-G_v`` (so ``x_v + G_v = 0`` exactly, in float32 and float64: negation is
+    exact and ``-G + G = 0``), every other finite entry at most -17 (``x + G < 0``; -inf holes kept)."""
+    V, S = x.shape[1], streams.shape[1]
+    for b in rows:
+        k = b % S
+        g = OPS._gumbel_noise(seeds[b:b + 1], streams[b:b + 1, k], positions[b:b + 1], V)[0]
+        ids = torch.tensor([V // 3, V // 7 + 1, V - 1]).unique()
+        finite = torch.isfinite(x[b])
+        x[b] = torch.where(finite, torch.full_like(x[b], -20.0), x[b])
+        x[b, ids] = (-g[ids]).to(x.dtype)
+
+
+@pytest.mark.parametrize("S", [1, 2, 3, 4])
+@pytest.mark.parametrize("V", [17, 4097, 40000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_multi_stream_equals_one_stream_calls(dtype, V, S):
+    """streams [N, S] gives tokens [N, S] whose column k is bit for bit the call with streams[:, k]
+    (and the reference's token), entropy / lse bit for bit the one-stream call's, for any thread
+    count: rows with -inf holes, one finite entry, +-1e4 offsets (make_logits), constant rows (every
+    entry ties for the block maximum), and rows with an exact three-way tie of x + G."""
+    B = 12
+    x = make_logits(B, V, dtype)
+    seeds, positions = make_keys(B)
+    streams = torch.randint(0, 2**31, (B, S), dtype=torch.int64)
+    streams[0] = torch.arange(S)                     # step stream 0 and rollout streams 1..
+    streams[1, 0] = 2**31 - 1
+    x[5] = 1.5                                       # constant row
+    if V > 17:
+        make_tie_rows(x, seeds, streams, positions, rows=[6, 7, 8, 9])
+    ones = [OPS.softmax_entropy_sample(x, seeds, streams[:, k].contiguous(), positions) for k in range(S)]
+    want = torch.stack([o[2] for o in ones], 1)
+    ref = torch.stack([R.gumbel_argmax(x, seeds, streams[:, k], positions) for k in range(S)], 1)
+    assert not (msg := mismatches("one-stream calls vs reference", want, ref)), msg
+    if V > 17:
+        for b in (6, 7, 8, 9):                       # the tie went to the lowest of the three ids
+            assert want[b, b % S].item() == min(V // 3, V // 7 + 1)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            ent, lse, tokens = OPS.softmax_entropy_sample(x, seeds, streams, positions)
+            assert tokens.shape == (B, S) and tokens.dtype == torch.int64
+            assert not (msg := mismatches(f"tokens, {t} threads", tokens, want)), msg
+            assert torch.equal(ent, ones[0][0]) and torch.equal(lse, ones[0][1])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_multi_stream_half_types_layouts_and_key_dtypes():
+    """float16 / bfloat16 logits; streams as the engine builds them (an expanded, stride-0 view),
+    transposed (non-contiguous), int32; a one-column [N, 1] gives [N, 1]; N = 0."""
+    B, V, K = 7, 20000, 2
+    seeds, positions = make_keys(B)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = make_logits(B, V, dtype)
+        for streams in ((1 + torch.arange(K)).expand(B, K), torch.randint(0, 99, (K, B)).t(),
+                        torch.randint(0, 99, (B, 3), dtype=torch.int32)):
+            ent, lse, tokens = OPS.softmax_entropy_sample(x, seeds, streams, positions)
+            for k in range(streams.shape[1]):
+                e1, l1, t1 = OPS.softmax_entropy_sample(x, seeds, streams[:, k].long().contiguous(), positions)
+                assert torch.equal(tokens[:, k], t1) and torch.equal(ent, e1) and torch.equal(lse, l1)
+        _, _, one = OPS.softmax_entropy_sample(x, seeds, seeds.view(-1, 1) % 7, positions)
+        assert one.shape == (B, 1)
+        assert torch.equal(one[:, 0], OPS.softmax_entropy_sample(x, seeds, seeds % 7, positions)[2])
+    ent, lse, tokens = OPS.softmax_entropy_sample(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long),
+                                                  torch.zeros(0, 3, dtype=torch.long),
+                                                  torch.zeros(0, dtype=torch.long))
+    assert ent.shape == (0,) and tokens.shape == (0, 3)
+
+
+def test_multi_stream_typed_wrapper():
+    """_ext.softmax_entropy_sample: an int, [N] and [N, S] streams."""
+    x = make_logits(4, 3000, torch.float32)
+    seeds, positions = make_keys(4)
+    streams = 1 + torch.arange(2).expand(4, 2)
+    _, _, two = _ext.softmax_entropy_sample(x, seeds, streams, positions)
+    assert two.shape == (4, 2)
+    assert torch.equal(two[:, 0], _ext.softmax_entropy_sample(x, seeds, 1, positions)[2])
+    assert torch.equal(two[:, 1], _ext.softmax_entropy_sample(x, seeds, torch.full((4,), 2), positions)[2])
+
+
+@pytest.mark.parametrize("streams,match", [
+    (torch.zeros(3, 2, dtype=torch.long), r"streams must have shape \(2,\) or \(2, S\), got \[3, 2\]"),
+    (torch.zeros(2, 0, dtype=torch.long), r"needs S >= 1"),
+    (torch.zeros(2, 2, 1, dtype=torch.long), r"streams must have shape \(2,\) or \(2, S\)"),
+    (torch.zeros(2, 2), r"streams must be an integer tensor, got Float"),
+    (torch.zeros(2, 2, dtype=torch.bool), r"streams must be an integer tensor, got Bool"),
+    (torch.tensor([[0, 1], [2, 2**31]]), r"streams\[3\] = 2147483648 is outside \[0, 2147483648\)"),
+    (torch.tensor([[0, -1], [2, 3]]), r"streams\[1\] = -1 is outside"),
+])
+def test_multi_stream_bad_streams_raise(streams, match):
+    zeros = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(RuntimeError, match=match):
+        OPS.softmax_entropy_sample(torch.zeros(2, 3), zeros, streams, zeros)
+
+
+# ------------------------------------------------------------------------------------------------ #
 # gumbel_topk_prune                                                                                #
 # ------------------------------------------------------------------------------------------------ #
 
@@ -311,6 +414,10 @@ def test_opcheck_softmax_ops():
     x, seeds, streams, positions = _small_args()
     torch.library.opcheck(OPS.softmax_entropy.default, (x,))
     torch.library.opcheck(OPS.softmax_entropy_sample.default, (x, seeds, streams, positions))
+    for S in (1, 2, 4):                                  # streams [N, S] -> tokens [N, S]
+        result = torch.library.opcheck(OPS.softmax_entropy_sample.default,
+                                       (x, seeds, 1 + torch.arange(3 * S).view(3, S), positions))
+        assert all(v == "SUCCESS" for v in result.values()), result
     torch.library.opcheck(OPS._gumbel_noise.default, (seeds, streams, positions, 19))
     torch.library.opcheck(OPS._philox_randint.default, (seeds, positions << 32))
     torch.library.opcheck(OPS._gumbel_from_words.default, (seeds,))

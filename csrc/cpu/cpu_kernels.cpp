@@ -21,9 +21,9 @@ namespace cpu {
 namespace {
 
 #define EPIC_PIECES_BODY(ATTR, W, T, acc_t)                                                       \
-  ATTR void softmax_piece_mv(const T* x, int64_t n, int64_t v0, const NoiseKey* key,            \
-                             RowState<acc_t>* st, Cand<acc_t>* best) {                          \
-    softmax_piece<W, T, acc_t>(x, n, v0, key, st, best);                                        \
+  ATTR void softmax_piece_mv(const T* x, int64_t n, int64_t v0, const NoiseKey* keys,           \
+                             int64_t S, RowState<acc_t>* st, Cand<acc_t>* best) {               \
+    softmax_piece<W, T, acc_t>(x, n, v0, keys, S, st, best);                                    \
   }                                                                                             \
   ATTR void prune_piece_mv(const T* x, int64_t n, int64_t v0, const NoiseKey& key, acc_t lse,   \
                            acc_t width, Cand<acc_t> seed, int64_t top_k,                        \
@@ -85,9 +85,9 @@ EPIC_ALL_TARGETS(c10::BFloat16, float)
 }  // namespace
 
 #define EPIC_EXPORT_PIECES(T, acc_t)                                                             \
-  void softmax_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey* key,                \
+  void softmax_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey* keys, int64_t S,   \
                          RowState<acc_t>* st, Cand<acc_t>* best) {                              \
-    softmax_piece_mv(x, n, v0, key, st, best);                                                  \
+    softmax_piece_mv(x, n, v0, keys, S, st, best);                                              \
   }                                                                                             \
   void prune_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey& key, acc_t lse,       \
                        acc_t width, Cand<acc_t> seed, int64_t top_k, PrunePiece<acc_t>* out) {  \

@@ -1,7 +1,8 @@
 // CPU glue of softmax_entropy and softmax_entropy_sample: validate, split every row into fixed
 // pieces of kChunk entries, run the pieces in parallel (at::parallel_for over rows x pieces, so a
 // small batch still uses every thread), merge each row's pieces in order. The fixed split makes
-// the results identical for any number of threads.
+// the results identical for any number of threads. With streams (N, S), each piece yields the
+// candidates of all S streams from one softmax pass; they merge per stream in piece order.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/Dispatch.h>
@@ -19,31 +20,34 @@ namespace epic {
 namespace cpu {
 namespace {
 
-// logits: (N, V) scalar_t; keys: nullptr or N noise keys. Writes entropy, lse (N, acc_t) and,
-// with keys, tokens (N, int64).
+// logits: (N, V) scalar_t; keys: nullptr or N x S noise keys (row-major: S streams per row).
+// Writes entropy, lse (N, acc_t) and, with keys, tokens (N x S, int64, row-major).
 template <typename scalar_t, typename acc_t>
-void run_softmax(const at::Tensor& logits, const NoiseKey* keys, acc_t* entropy, acc_t* lse,
-                 int64_t* tokens) {
+void run_softmax(const at::Tensor& logits, const NoiseKey* keys, int64_t S, acc_t* entropy,
+                 acc_t* lse, int64_t* tokens) {
   const int64_t N = logits.size(0), V = logits.size(1), row_stride = logits.stride(0);
   const scalar_t* x = logits.const_data_ptr<scalar_t>();
   const int64_t pieces = (V + kChunk - 1) / kChunk;
+  if (!keys) S = 0;
   std::vector<RowState<acc_t>> states(N * pieces);
-  std::vector<Cand<acc_t>> bests(N * pieces);
+  std::vector<Cand<acc_t>> bests(N * pieces * S);  // [row][piece][stream]
   for_each_task(N * pieces, std::min(V, kChunk), [&](int64_t task) {
     const int64_t row = task / pieces, v0 = (task % pieces) * kChunk;
     softmax_piece_cpu(x + row * row_stride + v0, std::min(kChunk, V - v0), v0,
-                      keys ? keys + row : nullptr, &states[task], &bests[task]);
+                      keys ? keys + row * S : nullptr, S, &states[task],
+                      keys ? bests.data() + task * S : nullptr);
   });
   for (int64_t row = 0; row < N; ++row) {
     RowState<acc_t> st = states[row * pieces];
-    Cand<acc_t> best = bests[row * pieces];
-    for (int64_t p = 1; p < pieces; ++p) {
-      st = merge_states(st, states[row * pieces + p]);
-      if (better(bests[row * pieces + p], best)) best = bests[row * pieces + p];
-    }
+    for (int64_t p = 1; p < pieces; ++p) st = merge_states(st, states[row * pieces + p]);
     entropy[row] = st.entropy();
     lse[row] = st.lse();
-    if (tokens) tokens[row] = best.id >= 0 ? best.id : 0;  // no finite entry: 0, like argmax
+    for (int64_t k = 0; k < S; ++k) {  // pieces in order, as for one stream
+      Cand<acc_t> best = bests[(row * pieces) * S + k];
+      for (int64_t p = 1; p < pieces; ++p)
+        if (better(bests[(row * pieces + p) * S + k], best)) best = bests[(row * pieces + p) * S + k];
+      tokens[row * S + k] = best.id >= 0 ? best.id : 0;  // no finite entry: 0, like argmax
+    }
   }
 }
 
@@ -55,21 +59,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_common(const at::Tensor& 
   const at::Tensor logits = check_logits(logits_in, op);
   const int64_t N = logits.size(0);
   std::vector<NoiseKey> keys;
+  int64_t S = 0;
   if (seeds) {
     const at::Tensor s = check_key(*seeds, logits, "seeds", kMaxSeed, op);
-    const at::Tensor r = check_key(*streams, logits, "streams", kMaxStream, op);
+    const at::Tensor r = check_streams(*streams, logits, op);  // (N, S)
     const at::Tensor p = check_key(*positions, logits, "positions", kMaxPosition, op);
-    keys.resize(N);
+    S = r.size(1);
+    keys.resize(N * S);
+    const int64_t *sp = s.data_ptr<int64_t>(), *rp = r.data_ptr<int64_t>(), *pp = p.data_ptr<int64_t>();
     for (int64_t n = 0; n < N; ++n)
-      keys[n] = NoiseKey::make(s.data_ptr<int64_t>()[n], r.data_ptr<int64_t>()[n],
-                               p.data_ptr<int64_t>()[n]);
+      for (int64_t k = 0; k < S; ++k) keys[n * S + k] = NoiseKey::make(sp[n], rp[n * S + k], pp[n]);
   }
   const auto opts = logits.options().dtype(acc_type(logits));
   at::Tensor entropy = at::empty({N}, opts), lse = at::empty({N}, opts);
-  at::Tensor tokens = at::empty({seeds ? N : 0}, logits.options().dtype(at::kLong));
+  const auto long_opts = logits.options().dtype(at::kLong);
+  // tokens: (N,) for streams (N,), (N, S) for streams (N, S); empty without seeds
+  at::Tensor tokens = !seeds                 ? at::empty({0}, long_opts)
+                      : streams->dim() == 1 ? at::empty({N}, long_opts)
+                                            : at::empty({N, S}, long_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "softmax_entropy", [&] {
     using acc_t = acc_type_of<scalar_t>;
-    run_softmax<scalar_t, acc_t>(logits, seeds ? keys.data() : nullptr,
+    run_softmax<scalar_t, acc_t>(logits, seeds ? keys.data() : nullptr, S,
                                  entropy.data_ptr<acc_t>(), lse.data_ptr<acc_t>(),
                                  seeds ? tokens.data_ptr<int64_t>() : nullptr);
   });
@@ -82,7 +92,8 @@ std::tuple<at::Tensor, at::Tensor> softmax_entropy_cpu(const at::Tensor& logits)
   return {std::get<0>(out), std::get<1>(out)};
 }
 
-// logits: (N, V); seeds, streams, positions: (N,) integer -> entropy, lse (N) acc, tokens (N) int64
+// logits: (N, V); seeds, positions: (N,) integer; streams: (N,) or (N, S) integer
+// -> entropy, lse (N) acc, tokens int64 of the shape of streams (S samples per row in one pass)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_sample_cpu(
     const at::Tensor& logits, const at::Tensor& seeds, const at::Tensor& streams,
     const at::Tensor& positions) {

@@ -145,11 +145,29 @@ std::tuple<at::Tensor, at::Tensor> softmax_entropy_cuda(const at::Tensor& logits
   return {std::get<0>(out), std::get<1>(out)};
 }
 
-// logits: (N, V); seeds, streams, positions: (N,) integer -> entropy, lse (N), tokens (N) int64
+// logits: (N, V); seeds, positions: (N,) integer; streams: (N,) or (N, S) integer
+// -> entropy, lse (N), tokens int64 of the shape of streams. Unlike the CPU kernel, (N, S) streams
+// simply run the one-stream kernel once per column (S softmax passes; same results).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_sample_cuda(
     const at::Tensor& logits, const at::Tensor& seeds, const at::Tensor& streams,
     const at::Tensor& positions) {
-  return softmax_common_cuda(logits, &seeds, &streams, &positions, "softmax_entropy_sample");
+  const char* op = "softmax_entropy_sample";
+  if (streams.dim() != 2) return softmax_common_cuda(logits, &seeds, &streams, &positions, op);
+  check_logits(logits, op);
+  const at::Tensor r = check_streams(streams, logits, op);  // (N, S), S >= 1
+  const int64_t S = r.size(1);
+  at::Tensor entropy, lse;
+  at::Tensor tokens = at::empty({logits.size(0), S}, r.options());
+  for (int64_t k = 0; k < S; ++k) {
+    const at::Tensor col = r.select(1, k).contiguous();
+    auto out = softmax_common_cuda(logits, &seeds, &col, &positions, op);
+    if (k == 0) {
+      entropy = std::get<0>(out);
+      lse = std::get<1>(out);
+    }
+    tokens.select(1, k).copy_(std::get<2>(out));
+  }
+  return {entropy, lse, tokens};
 }
 
 // ---- testing helpers -------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 // entry above m gives a factor > 1, fine up to x - m = 60; a block that raises m further is redone
 // from L1 relative to its own maximum). If the block raised m, the lanes are rescaled once (after
 // the pass, so the result equals the two-pass one up to rounding). Then the Gumbel-max candidates of
-// the block, re-reading it from L1. Loading a block overlaps with the exp arithmetic of the last.
+// the block for each of the S noise keys (streams) of the row, re-reading it from L1. Loading a block overlaps with the exp arithmetic of the last.
 //
 // The float loops use GCC/Clang vector extensions of W floats (W = 4, 8 or 16: SSE, AVX2, AVX-512;
 // csrc/cpu/cpu_kernels.cpp instantiates one per instruction set). The 16 logical lanes are 16 / W
@@ -239,14 +239,15 @@ EPIC_INLINE int64_t first_index(const acc_t* p, int64_t np, acc_t value) {
 // Gumbel-max over one block: best = argmax (x_v + G_v), lower id on ties. The noise of an entry is
 // drawn only if x_v + Gmax could reach the best so far (exact: x + G <= x + Gmax after rounding);
 // the block maximum goes first, as it gives a good bound for the rest. Noise is computed 8 at a time.
+// top caches the block maximum's index for the next stream of the same block (-1: not yet known).
 template <int W, typename acc_t>
-EPIC_INLINE void sample_block(const acc_t* p, int64_t np, int64_t v0, acc_t bm, const NoiseKey& key,
-                              Cand<acc_t>& best) {
+EPIC_INLINE void sample_block(const acc_t* p, int64_t np, int64_t v0, acc_t bm, int64_t& top,
+                              const NoiseKey& key, Cand<acc_t>& best) {
   const acc_t gmax = static_cast<acc_t>(kGumbelMaxBound);
   if (bm + gmax < best.val) return;
   alignas(64) int32_t idx[kBlock + 8];
   alignas(64) float g[kBlock + 8];
-  const int32_t top = static_cast<int32_t>(first_index(p, np, bm));
+  if (top < 0) top = first_index(p, np, bm);
   const Cand<acc_t> c0{bm + static_cast<acc_t>(gumbel_one(key, v0 + top)), v0 + top};
   if (better(c0, best)) best = c0;
   int64_t n = 0;
@@ -265,17 +266,22 @@ EPIC_INLINE void sample_block(const acc_t* p, int64_t np, int64_t v0, acc_t bm, 
   }
 }
 
-// Online softmax statistics of x[0..n) (entries v0.., for the noise key) and, when key is given,
-// the Gumbel-max candidate of the piece. st and best are overwritten.
+// Online softmax statistics of x[0..n) (entries v0.., for the noise keys) and, when keys is given,
+// the Gumbel-max candidate of the piece for each of the S keys keys[0..S) (one per stream), into
+// best[0..S). The statistics are computed once; each block, still in L1, is then searched once per
+// key, exactly as S separate calls with one key each would (same blocks, same bounds, same order):
+// the candidates are bit-identical to those calls. st and best[0..S) are overwritten; with
+// keys == nullptr, S and best are ignored.
 template <int W, typename T, typename acc_t>
-EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey* key,
-                          RowState<acc_t>* st, Cand<acc_t>* best) {
+EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey* keys, int64_t S,
+                               RowState<acc_t>* st, Cand<acc_t>* best) {
   alignas(64) acc_t buf[kBlock];
   acc_t s[kLanes], t[kLanes];
   for (int j = 0; j < kLanes; ++j) s[j] = t[j] = acc_t(0);
   acc_t m = neg_inf<acc_t>();
   int64_t arg = -1;
-  *best = no_cand<acc_t>();
+  if (keys != nullptr)
+    for (int64_t k = 0; k < S; ++k) best[k] = no_cand<acc_t>();
   auto rescale = [&](acc_t from, acc_t to) {  // lanes relative to `from` -> relative to `to`
     if (!(from > neg_inf<acc_t>()) || from == to) return;  // nothing accumulated yet / no change
     const acc_t d = from - to, f = std::exp(d);
@@ -329,7 +335,10 @@ EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey
       }
       accumulate<W>(p, np, m, s, t);
     }
-    if (key != nullptr) sample_block<W>(p, np, v0 + b0, bm, *key, *best);
+    if (keys != nullptr) {
+      int64_t top = -1;  // index of bm in the block, found by the first stream that needs it
+      for (int64_t k = 0; k < S; ++k) sample_block<W>(p, np, v0 + b0, bm, top, keys[k], best[k]);
+    }
   }
   acc_t ss = 0, tt = 0;
   for (int j = 0; j < kLanes; ++j) {
