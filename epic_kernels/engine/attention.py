@@ -121,27 +121,22 @@ class ForkBatch:
         """``row_limit [N]`` (optional): row n sees only the first ``row_limit[n]`` prefix positions,
         so rows that share one sequence's KV can fork from different prefixes of it. Whether the
         C++ op runs is decided here, once per model call (``cpu_kernel``)."""
+        from .rows import fork_layout_impl
+
         B = prefix.batch
-        counts = torch.bincount(seq, minlength=B)
-        order = torch.argsort(seq, stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        row_j = torch.empty_like(seq)
-        row_j[order] = torch.arange(len(seq)) - starts[seq[order]]
-        R = int(counts.max()) if len(seq) else 0
-        pad_index = torch.full((B, max(R, 1)), len(seq), dtype=torch.int64)
-        pad_index[seq, row_j] = torch.arange(len(seq))
+        kernel = cpu_kernel(prefix.mask.device)
+        row_j, pad_index = fork_layout_impl(seq, B, "cpu" if kernel is not None else "reference")
         T = int(fill.max()) + 1
         ahead = torch.arange(T).view(1, T) > fill.view(-1, 1)
         suffix_bias = torch.zeros(len(seq), T, dtype=dtype).masked_fill(ahead, float("-inf"))
         row_bias = None
         if row_limit is not None:
             L = prefix.mask.shape[1]
-            limits = torch.full((B, max(R, 1)), L, dtype=torch.int64)
+            limits = torch.full(pad_index.shape, L, dtype=torch.int64)
             limits[seq, row_j] = row_limit
             beyond = torch.arange(L).view(1, 1, L) >= limits.unsqueeze(-1)
             row_bias = torch.zeros(beyond.shape, dtype=dtype).masked_fill(beyond, float("-inf"))
             row_bias = row_bias[:, None, :, None, :]
-        kernel = cpu_kernel(prefix.mask.device)
         valid = prefix.mask.bool().contiguous() if kernel is not None else None
         limit = None
         if kernel is not None and row_limit is not None:

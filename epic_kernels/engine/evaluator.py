@@ -16,6 +16,7 @@ from .. import philox
 from ..ops.softmax_entropy import softmax_entropy_impl
 from ..reference import _partial_sums, score
 from .attention import ForkBatch, SlotPool, fork_mode
+from .rows import plan_rows_impl
 
 
 def topk_policy(logits: torch.Tensor, k: int):
@@ -142,25 +143,17 @@ class Evaluator:
         return bool((self.depth < self.goal).any())
 
     def plan(self) -> _Rows | None:
-        """The rows that advance every pending candidate by one depth (None: nothing pending)."""
+        """The rows that advance every pending candidate by one depth (None: nothing pending); the
+        row table and the fan-out copies come from ``rows.plan_rows`` (C++ on CPU)."""
         K, a = self.cfg.rollouts, self.lead
-        active = (self.depth < self.goal).nonzero().flatten()
-        if len(active) == 0:
+        p = plan_rows_impl(self.depth, self.goal, self.seq, self.tokens, self.last, self.base,
+                           self.slot0, K, a, self.backend)
+        if len(p.row_candidate) == 0:
             return None
-        first = active[self.depth[active] == 0]
-        deep = active[self.depth[active] > 0]
-        fan = deep[self.depth[deep] == 1]
-        if len(fan) and K > 1:                     # depth 1 is shared: copy it to the other rollouts
-            src = self.slot0 + (fan * K).repeat_interleave(K - 1)
-            dst = self.slot0 + (fan.view(-1, 1) * K + torch.arange(1, K)).flatten()
-            self.pool.copy_slots(src, dst, a + 1)
-        deep_c = deep.repeat_interleave(K)
-        cand = torch.cat([first, deep_c])
-        fill = torch.cat([torch.zeros_like(first), self.depth[deep_c]])
-        slot = self.slot0 + torch.cat([first * K, (deep.view(-1, 1) * K + torch.arange(K)).flatten()])
-        tokens = torch.cat([self.tokens[first], self.last[deep].flatten()])
-        limit = None if self.row_limit is None else self.row_limit[cand]
-        return _Rows(self.seq[cand], slot, fill + a, tokens, self.base[cand] + fill, limit, first, deep)
+        if len(p.fan_src):                         # depth 1 is shared: copy it to the other rollouts
+            self.pool.copy_slots(p.fan_src, p.fan_dst, a + 1)
+        limit = None if self.row_limit is None else self.row_limit[p.row_candidate]
+        return _Rows(p.seq, p.slot, p.fill, p.tokens, p.positions, limit, p.first, p.deep)
 
     def absorb(self, rows: _Rows, logits: torch.Tensor) -> None:
         """File the model's outputs for ``rows``: entropies, keyed rollout tokens, depth-1 logits."""
