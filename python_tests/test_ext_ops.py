@@ -276,6 +276,21 @@ def test_multi_stream_typed_wrapper():
     assert torch.equal(two[:, 1], _ext.softmax_entropy_sample(x, seeds, torch.full((4,), 2), positions)[2])
 
 
+def test_softmax_kernel_bodies_of_every_width(tmp_path):
+    """csrc/tests/softmax_widths.cpp: the kernel's 4-, 8- and 16-float bodies (baseline, AVX2,
+    AVX-512: only one runs in the extension on a given CPU) against a brute-force Gumbel-max, and
+    the AVX2 / AVX-512 statistics bit for bit; each body the CPU supports is run."""
+    import shutil
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / "softmax_widths"
+    subprocess.run([cxx, "-O2", "-std=c++20", "-ffp-contract=fast", "-Wno-psabi",
+                    os.path.join(ROOT, "csrc", "tests", "softmax_widths.cpp"), "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe), "1000"], capture_output=True, text=True)
+    assert out.returncode == 0 and " 0 mismatches" in out.stdout, out.stdout[-3000:]
+
+
 @pytest.mark.parametrize("streams,match", [
     (torch.zeros(3, 2, dtype=torch.long), r"streams must have shape \(2,\) or \(2, S\), got \[3, 2\]"),
     (torch.zeros(2, 0, dtype=torch.long), r"needs S >= 1"),

@@ -22,8 +22,9 @@ namespace {
 
 #define EPIC_PIECES_BODY(ATTR, W, T, acc_t)                                                       \
   ATTR void softmax_piece_mv(const T* x, int64_t n, int64_t v0, const NoiseKey* keys,           \
-                             int64_t S, RowState<acc_t>* st, Cand<acc_t>* best) {               \
-    softmax_piece<W, T, acc_t>(x, n, v0, keys, S, st, best);                                    \
+                             int64_t S, const Cand<acc_t>* seed, RowState<acc_t>* st,           \
+                             Cand<acc_t>* best) {                                               \
+    softmax_piece<W, T, acc_t>(x, n, v0, keys, S, seed, st, best);                              \
   }                                                                                             \
   ATTR void prune_piece_mv(const T* x, int64_t n, int64_t v0, const NoiseKey& key, acc_t lse,   \
                            acc_t width, Cand<acc_t> seed, int64_t top_k,                        \
@@ -86,8 +87,8 @@ EPIC_ALL_TARGETS(c10::BFloat16, float)
 
 #define EPIC_EXPORT_PIECES(T, acc_t)                                                             \
   void softmax_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey* keys, int64_t S,   \
-                         RowState<acc_t>* st, Cand<acc_t>* best) {                              \
-    softmax_piece_mv(x, n, v0, keys, S, st, best);                                              \
+                         const Cand<acc_t>* seed, RowState<acc_t>* st, Cand<acc_t>* best) {     \
+    softmax_piece_mv(x, n, v0, keys, S, seed, st, best);                                        \
   }                                                                                             \
   void prune_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey& key, acc_t lse,       \
                        acc_t width, Cand<acc_t> seed, int64_t top_k, PrunePiece<acc_t>* out) {  \

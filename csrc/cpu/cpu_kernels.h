@@ -17,7 +17,7 @@ namespace cpu {
 
 #define EPIC_DECLARE_PIECES(T, acc_t)                                                        \
   void softmax_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey* keys, int64_t S, \
-                         RowState<acc_t>* st, Cand<acc_t>* best);                            \
+                         const Cand<acc_t>* seed, RowState<acc_t>* st, Cand<acc_t>* best);   \
   void prune_piece_cpu(const T* x, int64_t n, int64_t v0, const NoiseKey& key, acc_t lse,    \
                        acc_t width, Cand<acc_t> seed, int64_t top_k, PrunePiece<acc_t>* out);
 

@@ -37,7 +37,7 @@ PruneOutputs run_prune(const at::Tensor& logits, const std::vector<NoiseKey>& ke
   for_each_task(B * pieces, std::min(V, kChunk), [&](int64_t task) {
     const int64_t row = task / pieces, v0 = (task % pieces) * kChunk;
     softmax_piece_cpu(x + row * row_stride + v0, std::min(kChunk, V - v0), v0, nullptr, 0,
-                      &states[task], nullptr);
+                      nullptr, &states[task], nullptr);
   });
   at::Tensor lse = at::empty({B}, acc_opts);
   acc_t* lse_p = lse.data_ptr<acc_t>();

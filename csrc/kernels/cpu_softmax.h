@@ -41,16 +41,19 @@ template <>
 struct VecTypes<4> {
   typedef float f __attribute__((vector_size(16)));
   typedef int32_t i __attribute__((vector_size(16)));
+  static constexpr i bit = {1, 2, 4, 8};  // lane j: 1 << j
 };
 template <>
 struct VecTypes<8> {
   typedef float f __attribute__((vector_size(32)));
   typedef int32_t i __attribute__((vector_size(32)));
+  static constexpr i bit = {1, 2, 4, 8, 16, 32, 64, 128};
 };
 template <>
 struct VecTypes<16> {
   typedef float f __attribute__((vector_size(64)));
   typedef int32_t i __attribute__((vector_size(64)));
+  static constexpr i bit = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
 };
 template <int W>
 using vf = typename VecTypes<W>::f;  // W float lanes
@@ -76,6 +79,17 @@ EPIC_INLINE bool vany(vi<W> mask) {
   int32_t any = 0;
   for (int j = 0; j < W; ++j) any |= mask[j];
   return any != 0;
+}
+// Bit j set iff lane j of a comparison mask is set: the lanes' own bits ORed together, which the
+// compilers reduce in a few vector steps. (Other forms, e.g. narrowing the mask to bytes, or the
+// AND of two masks, are scalarized by GCC 12 inside the target("arch=...") bodies of
+// cpu_kernels.cpp, even where they vectorize with -march: check the assembly when changing this.)
+template <int W>
+EPIC_INLINE uint32_t mask_bits(vi<W> mask) {
+  const vi<W> w = mask & VecTypes<W>::bit;
+  int32_t bits = 0;
+  for (int j = 0; j < W; ++j) bits |= w[j];
+  return static_cast<uint32_t>(bits);
 }
 
 // e^x for W floats with x in [-86, 64] (the caller clamps below), as 2^y with y = x log2(e):
@@ -229,35 +243,98 @@ EPIC_INLINE bool group_reaches(const double* p, double sub, double add, double b
   return any;
 }
 
+// Bit j set iff (p[j] - sub) + add >= bound, for the 16 entries p[0..16) (the same arithmetic as a
+// per-entry test): which entries of a group need their noise. A -inf entry never passes, as bound
+// (a candidate's value) is never -inf; neither does NaN.
+template <int W>
+EPIC_INLINE uint32_t group_bits(const float* p, float sub, float add, float bound) {
+  constexpr int H = kLanes / W;
+  uint32_t bits = 0;
+  for (int h = 0; h < H; ++h)
+    bits |= mask_bits<W>(((vload<W>(p + h * W) - sub) + add) >= bound) << (h * W);
+  return bits;
+}
+template <int W>
+EPIC_INLINE uint32_t group_bits(const double* p, double sub, double add, double bound) {
+  uint32_t bits = 0;
+  for (int j = 0; j < kLanes; ++j) bits |= static_cast<uint32_t>((p[j] - sub) + add >= bound) << j;
+  return bits;
+}
+
+// kCompress.pos[b] lists the set bits of the byte b, ascending (then zeros), count[b] how many
+// (a table rather than popcount, which the baseline x86-64 body would call from libgcc); 9 KiB.
+struct CompressTable {
+  alignas(32) int32_t pos[256][8];
+  int32_t count[256];
+  constexpr CompressTable() : pos{}, count{} {
+    for (int b = 0; b < 256; ++b) {
+      int n = 0;
+      for (int j = 0; j < 8; ++j)
+        if (b >> j & 1) pos[b][n++] = j;
+      count[b] = n;
+    }
+  }
+};
+inline constexpr CompressTable kCompress{};
+
+typedef int32_t vi32x8v __attribute__((vector_size(32)));
+
+// Append i0 + j to idx[n..] for every set bit j of the 16 bits, ascending, without branches: per 8
+// bits, one table row stored (8 slots written, popcount kept). idx must have 16 slots of room past
+// n. Returns the new n.
+EPIC_INLINE int64_t append_bits(uint32_t bits, int64_t i0, int32_t* idx, int64_t n) {
+  for (int k = 0; k < kLanes; k += 8) {
+    const uint32_t b = (bits >> k) & 0xffu;
+    vi32x8v v;
+    std::memcpy(&v, kCompress.pos[b], sizeof(v));
+    v += static_cast<int32_t>(i0 + k);
+    std::memcpy(idx + n, &v, sizeof(v));
+    n += kCompress.count[b];
+  }
+  return n;
+}
+
 template <typename acc_t>
 EPIC_INLINE int64_t first_index(const acc_t* p, int64_t np, acc_t value) {
   for (int64_t i = 0; i < np; ++i)
     if (p[i] == value) return i;
   return -1;
 }
+// The same for float, 16 entries per compare (np a multiple of 16).
+template <int W>
+EPIC_INLINE int64_t first_index_v(const float* p, int64_t np, float value) {
+  constexpr int H = kLanes / W;
+  for (int64_t i0 = 0; i0 < np; i0 += kLanes) {
+    uint32_t bits = 0;
+    for (int h = 0; h < H; ++h) bits |= mask_bits<W>(vload<W>(p + i0 + h * W) == value) << (h * W);
+    if (bits != 0) return i0 + __builtin_ctz(bits);
+  }
+  return -1;
+}
+template <int W>
+EPIC_INLINE int64_t first_index_v(const double* p, int64_t np, double value) {
+  return first_index(p, np, value);
+}
 
 // Gumbel-max over one block: best = argmax (x_v + G_v), lower id on ties. The noise of an entry is
 // drawn only if x_v + Gmax could reach the best so far (exact: x + G <= x + Gmax after rounding);
-// the block maximum goes first, as it gives a good bound for the rest. Noise is computed 8 at a time.
-// top caches the block maximum's index for the next stream of the same block (-1: not yet known).
+// the block maximum goes first, as it gives a good bound for the rest. The entries that pass are
+// listed with vector compares and a table (group_bits, append_bits: no per-entry branch or scalar
+// test), then their noise is computed 8 at a time. top caches the block maximum's index for the
+// next stream of the same block (-1: not yet known).
 template <int W, typename acc_t>
 EPIC_INLINE void sample_block(const acc_t* p, int64_t np, int64_t v0, acc_t bm, int64_t& top,
                               const NoiseKey& key, Cand<acc_t>& best) {
   const acc_t gmax = static_cast<acc_t>(kGumbelMaxBound);
   if (bm + gmax < best.val) return;
-  alignas(64) int32_t idx[kBlock + 8];
-  alignas(64) float g[kBlock + 8];
-  if (top < 0) top = first_index(p, np, bm);
+  alignas(64) int32_t idx[kBlock + kLanes];
+  alignas(64) float g[kBlock + kLanes];
+  if (top < 0) top = first_index_v<W>(p, np, bm);
   const Cand<acc_t> c0{bm + static_cast<acc_t>(gumbel_one(key, v0 + top)), v0 + top};
   if (better(c0, best)) best = c0;
   int64_t n = 0;
-  for (int64_t i0 = 0; i0 < np; i0 += kLanes) {  // padding entries are -inf
-    if (!group_reaches<W>(p + i0, acc_t(0), gmax, best.val)) continue;
-    for (int64_t i = i0; i < i0 + kLanes; ++i) {
-      idx[n] = static_cast<int32_t>(i);
-      n += (p[i] > neg_inf<acc_t>() && p[i] + gmax >= best.val) ? 1 : 0;
-    }
-  }
+  for (int64_t i0 = 0; i0 < np; i0 += kLanes)  // padding entries are -inf
+    n = append_bits(group_bits<W>(p + i0, acc_t(0), gmax, best.val), i0, idx, n);
   for (int64_t j = n; j < n + 8; ++j) idx[j] = 0;
   gumbel_batch(key, v0, idx, n, g);
   for (int64_t j = 0; j < n; ++j) {
@@ -269,19 +346,22 @@ EPIC_INLINE void sample_block(const acc_t* p, int64_t np, int64_t v0, acc_t bm, 
 // Online softmax statistics of x[0..n) (entries v0.., for the noise keys) and, when keys is given,
 // the Gumbel-max candidate of the piece for each of the S keys keys[0..S) (one per stream), into
 // best[0..S). The statistics are computed once; each block, still in L1, is then searched once per
-// key, exactly as S separate calls with one key each would (same blocks, same bounds, same order):
-// the candidates are bit-identical to those calls. st and best[0..S) are overwritten; with
-// keys == nullptr, S and best are ignored.
+// key, as S separate calls with one key each would: the candidates are bit-identical to those
+// calls. seed (S candidates, or nullptr) starts the search: pass candidates of the same row and
+// streams (an earlier piece's result), so that entries that cannot beat them skip their noise;
+// best[k] is then the better of seed[k] and the piece's own candidate, and the row's final maximum
+// is unchanged. st and best[0..S) are overwritten; with keys == nullptr, S, seed and best are
+// ignored.
 template <int W, typename T, typename acc_t>
 EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey* keys, int64_t S,
-                               RowState<acc_t>* st, Cand<acc_t>* best) {
+                               const Cand<acc_t>* seed, RowState<acc_t>* st, Cand<acc_t>* best) {
   alignas(64) acc_t buf[kBlock];
   acc_t s[kLanes], t[kLanes];
   for (int j = 0; j < kLanes; ++j) s[j] = t[j] = acc_t(0);
   acc_t m = neg_inf<acc_t>();
   int64_t arg = -1;
   if (keys != nullptr)
-    for (int64_t k = 0; k < S; ++k) best[k] = no_cand<acc_t>();
+    for (int64_t k = 0; k < S; ++k) best[k] = seed != nullptr ? seed[k] : no_cand<acc_t>();
   auto rescale = [&](acc_t from, acc_t to) {  // lanes relative to `from` -> relative to `to`
     if (!(from > neg_inf<acc_t>()) || from == to) return;  // nothing accumulated yet / no change
     const acc_t d = from - to, f = std::exp(d);
@@ -323,7 +403,7 @@ EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey
       }
       if (bm > m) {
         m = bm;
-        arg = v0 + b0 + first_index(p, np, bm);
+        arg = v0 + b0 + first_index_v<W>(p, np, bm);
       }
     } else {  // double: max first, then the accumulation (scalar exp dominates anyway)
       bm = block_max<W>(p, np);
@@ -331,7 +411,7 @@ EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey
       if (bm > m) {
         rescale(m, bm);
         m = bm;
-        arg = v0 + b0 + first_index(p, np, bm);
+        arg = v0 + b0 + first_index_v<W>(p, np, bm);
       }
       accumulate<W>(p, np, m, s, t);
     }
