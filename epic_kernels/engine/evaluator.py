@@ -103,12 +103,8 @@ class Evaluator:
             picks = [ids.gather(1, torch.argmax(x + philox.noise_at(seeds, streams[:, s], positions, ids), -1,
                                                 keepdim=True)).squeeze(1) for s in range(streams.shape[1])]
             return ent, torch.stack(picks, 1)
-        ent, picks = None, []
-        for s in range(streams.shape[1]):
-            h, _, tok = softmax_entropy_impl(logits, seeds, streams[:, s].contiguous(), positions, self.backend)
-            ent = h if ent is None else ent
-            picks.append(tok)
-        return ent, torch.stack(picks, 1)
+        ent, _, picks = softmax_entropy_impl(logits, seeds, streams.contiguous(), positions, self.backend)
+        return ent, picks                           # all S samples from one softmax pass (C++)
 
     def adopt(self, m: int, depth: int, table, last, next_logits, keys, values) -> None:
         """Take candidate ``m``'s evaluation through ``depth`` from a prefetch made in the previous
