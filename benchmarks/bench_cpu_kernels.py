@@ -14,6 +14,17 @@ given in the last column (one read of the float32 logits at 2.0 TB/s, an A100-80
 
     python benchmarks/bench_cpu_kernels.py                       # the table of docs/kernels.md
     python benchmarks/bench_cpu_kernels.py --threads 1 --json out.json
+
+``--streams S`` times instead ``softmax_entropy_sample`` with S rollout streams per row (the engine's
+depth-1 rows: entropy and K = S keyed samples): one call with ``streams [N, S]`` (one softmax pass)
+against S calls with ``streams [N]``, interleaved, on ``N(0, std^2)`` logits (noise needed for most
+entries: the worst case) and on the embedded SmolLM2's logits of a text (peaked: most noise skipped):
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_cpu_kernels.py --threads 2 --streams 2 --repeats 200
+
+``--library PATH`` times another build of the ops instead of ``epic_kernels._C`` (e.g. an older commit's
+``build/cmake/libepic_kernels_ops.so`` from ``csrc/build_cmake.sh``; its tokens are printed as a digest
+to compare); a build without ``[N, S]`` streams gets the S separate calls only.
 """
 from __future__ import annotations
 
@@ -25,6 +36,7 @@ import platform
 import statistics
 import sys
 import time
+import zlib
 
 import torch
 
@@ -84,6 +96,84 @@ def bench_case(B: int, V: int, args) -> dict:
     }
 
 
+STREAM_TEXT = (
+    "The old lighthouse keeper climbed the spiral stairs every evening, counting the steps as his "
+    "father had taught him. At the top he trimmed the wick, polished the great lens, and watched "
+    "the fishing boats return through the narrowing channel. Storms came often in autumn, and on "
+    "those nights he stayed awake until dawn, listening to the waves break against the rocks below "
+    "and writing in the logbook that had passed through four generations of his family.")
+
+
+def model_logits(rows: int) -> torch.Tensor:
+    """``[rows, 49152]`` next-token logits of the embedded SmolLM2 at the first positions of a text."""
+    from epic_kernels.models import load_model
+
+    model, tok = load_model()
+    ids = tok(STREAM_TEXT, return_tensors="pt").input_ids
+    while ids.shape[1] < rows:
+        ids = torch.cat([ids, ids], 1)
+    with torch.no_grad():
+        return model(input_ids=ids[:, :rows]).logits[0].float().contiguous()
+
+
+def bench_streams(args) -> list[dict]:
+    """One ``softmax_entropy_sample`` with ``streams [N, S]`` vs S calls with ``streams [N]``."""
+    N, V, S = args.stream_rows, args.stream_vocab, args.streams
+    gen = torch.Generator().manual_seed(N * 1_000_003 + V)
+    cases = []
+    if args.stream_logits in ("randn", "both"):
+        cases.append((f"N(0, {args.std:g}^2)", torch.randn(N, V, generator=gen) * args.std))
+    if args.stream_logits in ("model", "both"):
+        try:
+            cases.append(("SmolLM2 text", model_logits(N)))
+        except Exception as exc:                       # no embedded model: say so, time the rest
+            print(f"  model logits unavailable ({exc}); skipped", file=sys.stderr)
+    ops = torch.ops.epic_kernels if args.library else _ext.ops()
+    seeds = torch.randint(0, 2**32, (N,), generator=gen)
+    positions = torch.randint(0, 4096, (N,), generator=gen)
+    streams = (1 + torch.arange(S)).expand(N, S).contiguous()
+    cols = [streams[:, k].contiguous() for k in range(S)]
+    rows = []
+    for name, x in cases:
+        sep = [ops.softmax_entropy_sample(x, seeds, c, positions) for c in cols]
+        tokens = torch.stack([o[2] for o in sep], 1)
+        try:
+            one = ops.softmax_entropy_sample(x, seeds, streams, positions)
+        except RuntimeError:                           # a build from before [N, S] streams
+            one = None
+        if one is not None:
+            assert torch.equal(one[2], tokens), "tokens differ"
+            assert torch.equal(one[0], sep[0][0]) and torch.equal(one[1], sep[0][1])
+        fns = {
+            "one_call": lambda: ops.softmax_entropy_sample(x, seeds, streams, positions),
+            "separate": lambda: [ops.softmax_entropy_sample(x, seeds, c, positions) for c in cols],
+            "one_stream": lambda: ops.softmax_entropy_sample(x, seeds, cols[0], positions),
+            "entropy_only": lambda: ops.softmax_entropy(x),
+        }
+        if one is None:
+            del fns["one_call"]
+        t = time_round_robin(fns, args.repeats)
+        rows.append({"logits": name, "N": N, "V": x.shape[1], "S": S,
+                     **{f"{k}_ms": v * 1e3 for k, v in t.items()},
+                     "speedup": t["separate"] / t["one_call"] if one is not None else None,
+                     "tokens_digest": f"{zlib.crc32(tokens.contiguous().numpy().tobytes()):08x}"})
+        print(f"  {name} done", file=sys.stderr, flush=True)
+    return rows
+
+
+def markdown_streams(rows: list[dict]) -> str:
+    S = rows[0]["S"] if rows else 0
+    head = (f"| logits | N | V | one call, streams [N, {S}] ms | {S} calls, streams [N] ms | speedup "
+            "| one call, streams [N] ms | softmax_entropy (no sample) ms |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        one = f"{r['one_call_ms']:.3f}" if "one_call_ms" in r else "(not supported)"
+        speedup = f"{r['speedup']:.2f}x" if r["speedup"] else ""
+        lines.append(f"| {r['logits']} | {r['N']} | {r['V']} | {one} | {r['separate_ms']:.3f} "
+                     f"| {speedup} | {r['one_stream_ms']:.3f} | {r['entropy_only_ms']:.3f} |")
+    return "\n".join(lines) + "\n\ntokens digest: " + ", ".join(f"{r['logits']} {r['tokens_digest']}" for r in rows)
+
+
 def markdown(rows: list[dict]) -> str:
     head = ("| B | V | C++ entropy ms | eager ms | x.sum ms | eager / C++ | C++ / sum | C++ prune ms "
             "| reference prune ms | reference / C++ | survivors | GPU entropy | GPU prune | GPU floor µs |")
@@ -123,13 +213,35 @@ def main(argv=None) -> int:
     p.add_argument("--std", type=float, default=3.0, help="standard deviation of the random logits")
     p.add_argument("--top-k", type=int, default=8)
     p.add_argument("--json", help="also write the rows and the setup to this file")
+    p.add_argument("--streams", type=int, default=0,
+                   help="S >= 1: time softmax_entropy_sample with S streams per row instead (see above)")
+    p.add_argument("--stream-rows", type=int, default=70, help="rows N of the --streams case")
+    p.add_argument("--stream-vocab", type=int, default=49152, help="V of the random --streams logits")
+    p.add_argument("--stream-logits", choices=["randn", "model", "both"], default="both")
+    p.add_argument("--library", help="with --streams: load the ops from this shared library instead")
     args = p.parse_args(argv)
 
-    if not _ext.available():
+    if args.library:
+        if not args.streams:
+            p.error("--library needs --streams")
+        torch.ops.load_library(args.library)
+    elif not _ext.available():
         print(f"the C++ extension is not built: {_ext.BUILD_HINT}", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
+    if args.streams:
+        rows = bench_streams(args)
+        print(f"{args.library or 'epic_kernels._C'}: fp32, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; medians of {args.repeats} "
+              f"interleaved repeats; load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
+        print()
+        print(markdown_streams(rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"command": " ".join(sys.argv), "loadavg_before": load_before,
+                           "loadavg_after": os.getloadavg(), "rows": rows}, f, indent=2)
+        return 0
     rows = []
     for B in args.batches:
         for V in args.vocabs:
