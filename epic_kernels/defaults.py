@@ -12,7 +12,8 @@ Chosen from measurements on the embedded SmolLM2-135M-Instruct (docs/benchmarks.
   token from ~147 to ~18, which is what makes EPIC run at a useful fraction of plain sampling.
 * ``block_size = 32``: on these machines a model call costs about the same for 1 or 30 rows, so
   refining more candidates per round (fewer rounds, fewer calls) wins: with top-50 truncation
-  2.3 calls per token against 2.9 with blocks of 4 and 5.8 with blocks of 1, for the same tokens.
+  1.5 calls per token against 2.0 with blocks of 4 and 4.25 with blocks of 1, for the same tokens
+  (benchmarks/bench_block_size.py, with prefetch).
 """
 ALPHA = 0.2
 HORIZON = 4
