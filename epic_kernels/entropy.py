@@ -70,7 +70,7 @@ def lookahead_entropy(model, input_ids: torch.Tensor, *, positions: torch.Tensor
     pos = positions.repeat_interleave(candidates.shape[1])
     score_dtype = torch.float64 if out.logits.dtype == torch.float64 else torch.float32
     ev = Evaluator(model, prefix, torch.zeros_like(flat), flat, cfg, choose(ids.device, backend), score_dtype,
-                   positions=pos)
+                   positions=pos, keep_logits=False)
     idx = torch.arange(len(flat))
     _, h = ev.run(idx, torch.full_like(idx, horizon))
     return h.view(shape)

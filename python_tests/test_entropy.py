@@ -39,3 +39,20 @@ def test_horizon1_exact_and_candidate_matrix(tiny16):
 def test_bad_input(tiny16, kwargs, message):
     with pytest.raises(ValueError, match=message):
         lookahead_entropy(tiny16, torch.tensor(TEXT), **kwargs)
+
+
+def test_keeps_no_vocabulary_sized_logits(tiny16, monkeypatch):
+    """Measuring entropies keeps no per-candidate logits (only a decoding step needs them)."""
+    from epic_kernels.engine import evaluator as E
+
+    made = []
+    real = E.Evaluator.__init__
+
+    def spy(self, *a, **kw):
+        real(self, *a, **kw)
+        made.append(self)
+    monkeypatch.setattr(E.Evaluator, "__init__", spy)
+    cands = torch.arange(16).view(1, 16).repeat(7, 1)
+    h = lookahead_entropy(tiny16, torch.tensor(TEXT), candidates=cands, horizon=2, rollouts=2)
+    assert h.shape == (7, 16) and torch.isfinite(h).all()
+    assert made and all(len(ev.next_logits) == 0 for ev in made)

@@ -52,7 +52,8 @@ class Evaluator:
     """Rollout state of one step's candidates (``seq``, ``tokens`` ``[M]``)."""
 
     def __init__(self, model, prefix, seq, tokens, cfg, backend: str, score_dtype, positions=None, *,
-                 pool: SlotPool | None = None, lead: int = 0, slot_len: int | None = None):
+                 pool: SlotPool | None = None, lead: int = 0, slot_len: int | None = None,
+                 keep_logits: bool = True):
         """``positions [M]`` (optional): candidate m sits at ``positions[m]`` and sees only the prefix
         before it (rows sharing one sequence's KV fork from different prefixes of it, as when
         measuring the entropy at every position of a text); default: its sequence's length.
@@ -60,9 +61,12 @@ class Evaluator:
         ``pool``/``lead`` (prefetch.py): share another evaluator's slot pool, and start every path
         after ``lead`` tokens already in its slots (the bet of a speculative next step, which sits
         at the prefix's length; this evaluator's candidates then sit one position later).
+
+        ``keep_logits=False``: do not keep each candidate's depth-1 logits (only a decoding step
+        needs them, for the winner; measuring entropies of many candidates would hold ``[M, V]``).
         """
         self.model, self.prefix, self.cfg, self.backend = model, prefix, cfg, backend
-        self.seq, self.tokens, self.lead = seq, tokens, lead
+        self.seq, self.tokens, self.lead, self.keep_logits = seq, tokens, lead, keep_logits
         self.base = prefix.positions[seq] + lead if positions is None else positions
         self.row_limit = None if positions is None else positions
         M, K, k = len(tokens), cfg.rollouts, cfg.horizon
@@ -157,8 +161,9 @@ class Evaluator:
         first, deep = rows.first, rows.deep
         n1 = len(first)
         if n1:
-            for j, m in enumerate(first.tolist()):
-                self.next_logits[m] = logits[j]
+            if self.keep_logits:
+                for j, m in enumerate(first.tolist()):
+                    self.next_logits[m] = logits[j]
             streams = (1 + torch.arange(K)).expand(n1, K)
             ent, ys = self._entropy_and_samples(logits[:n1], self.seq[first], streams, self.base[first] + 1)
             self.table[first, 0, :] = ent.to(self.table.dtype).view(-1, 1)
