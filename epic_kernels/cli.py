@@ -183,7 +183,8 @@ def _generate(args) -> int:
           f"mean survivors {s['mean_survivors']:.1f}, candidates evaluated per step: {s['mean_evaluated_depth1']:.1f} "
           f"at depth 1 and {s['mean_evaluated_deeper']:.1f} deeper; {s['forward_calls_per_token']:.2f} forward "
           f"calls and {s['forward_tokens_per_token']:.1f} forward tokens per token; "
-          f"{s['forwards_saved']} forwards saved by reusing the winner's")
+          f"{s['forwards_saved']} forwards saved by reusing the winner's; {s['prefetched']} candidates "
+          f"evaluated ahead inside the previous step's calls (prefetch)")
     runs = [("EPIC", out.entropies[0])]
     if args.baseline:
         runs.append(("top-p 0.9", _top_p(model, tokenizer, ids, args)))
