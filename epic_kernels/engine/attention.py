@@ -82,8 +82,9 @@ class SlotPool:
             return
         n = max(n, 2 * self.slots)
         def grow(t):
-            out = torch.zeros(n, *self.shape, dtype=self.dtype)
+            out = torch.empty(n, *self.shape, dtype=self.dtype)
             out[: t.shape[0]].copy_(t)
+            out[t.shape[0]:].zero_()               # only the new slots need zeroing
             return out
         self.keys = [grow(t) for t in self.keys]
         self.values = [grow(t) for t in self.values]
