@@ -201,7 +201,7 @@ class Evaluator:
             n = len(rows.seq)
             self.absorb(rows, logits[:n])
             if extra:
-                self.prefetch.absorb(extra, logits[n:])
+                self.prefetch.absorb(logits[n:])
         return self.results(idx)
 
     def scores(self, idx, partial, z, alpha):

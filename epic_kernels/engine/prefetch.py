@@ -87,10 +87,6 @@ class Prefetched:
         """Keep sequences ``rows`` (as when finished sequences leave a batch)."""
         return Prefetched([self.entries[r] for r in rows.tolist()])
 
-    def usable(self, b: int, logits_row, position: int, seed: int):
-        """The entry for sequence ``b`` if it was made for exactly this position, seed and logits."""
-        e = self.entries[b]
-        return e if e is not None and e.matches(logits_row, position, seed) else None
 
 
 def _adopt_entry(ev, lo: int, e: _Entry) -> None:
@@ -187,7 +183,7 @@ class Prefetcher:
     entry); a bet on its token starts from it, and it is handed on as it is if no bet was made.
     """
 
-    def __init__(self, ev, pr, transform, width: float, backend: str, budget: int = DEFAULT_BUDGET,
+    def __init__(self, ev, pr, transform, width: float, backend: str, winners, budget: int = DEFAULT_BUDGET,
                  carried: list | None = None):
         self.ev, self.pr, self.transform = ev, pr, transform
         self.width, self.backend, self.budget = width, backend, budget
@@ -199,7 +195,7 @@ class Prefetcher:
         self.bets = []                               # every bet made (for the row accounting)
         self.rows_won = 0                            # rows of the bets that won (set by hand_over)
         self.carried_used = 0                        # level-2 entries continued or handed on
-        self.winners = None                          # set by fast_sample: the manager's decided winners
+        self.winners = winners                       # () -> [B] the manager's decided winners (-1: not yet)
 
     @property
     def rows_fed(self) -> int:
@@ -288,8 +284,7 @@ class Prefetcher:
 
     def plan(self):
         """The bets' rows for the next call, as a list of evaluator row sets (None: none)."""
-        B = len(self.pr.counts)
-        decided = self.winners().tolist() if self.winners is not None else [-1] * B
+        decided = self.winners().tolist()
         self._new_bets(decided)
         self._new_children()
         self.in_flight = []
@@ -299,7 +294,8 @@ class Prefetcher:
                 self.in_flight.append((bet, rows))
         return [rows for _, rows in self.in_flight] or None
 
-    def absorb(self, extra, logits: torch.Tensor) -> None:
+    def absorb(self, logits: torch.Tensor) -> None:
+        """File the outputs of the rows ``plan`` returned, bet by bet."""
         n = 0
         for bet, rows in self.in_flight:
             bet.ev.absorb(rows, logits[n:n + len(rows.seq)])

@@ -66,8 +66,7 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
     mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, bound, cfg.block_size)
     carried = _adopt(ev, pr, logits, prefix, prefetched) if prefetched is not None else None
     if prefetch:
-        ev.prefetch = Prefetcher(ev, pr, transform, width, which, prefetch_budget, carried)
-        ev.prefetch.winners = mgr.winners
+        ev.prefetch = Prefetcher(ev, pr, transform, width, which, mgr.winners, prefetch_budget, carried)
     while True:
         idx, depth = mgr.next_requests()
         if len(idx) == 0:
