@@ -171,30 +171,8 @@ EPIC_INLINE void accumulate(const double* p, int64_t np, double m, double* s, do
   }
 }
 
-template <int W>
-EPIC_INLINE void accumulate(const float* p, int64_t np, float m, float* s, float* t) {
-  constexpr int H = kLanes / W;
-  vf<W> vs[H], vt[H];
-  for (int h = 0; h < H; ++h) {
-    vs[h] = vload<W>(s + h * W);
-    vt[h] = vload<W>(t + h * W);
-  }
-  const vf<W> floor = vsplat<W>(-86.0f), vm = vsplat<W>(m);
-  for (int64_t i = 0; i < np; i += kLanes) {
-    for (int h = 0; h < H; ++h) {
-      const vf<W> d = vmax<W>(floor, vload<W>(p + i + h * W) - vm);  // <= 0; NaN stays NaN
-      const vf<W> e = fast_exp<W>(d);
-      vs[h] += e;
-      vt[h] += e * d;
-    }
-  }
-  for (int h = 0; h < H; ++h) {
-    std::memcpy(s + h * W, &vs[h], sizeof(vs[h]));
-    std::memcpy(t + h * W, &vt[h], sizeof(vt[h]));
-  }
-}
-
-// accumulate() relative to the current maximum m, and the block maximum, in one pass: the
+// s += e^{x - m}, t += e^{x - m} (x - m) relative to the current maximum m (the float form of
+// accumulate(), lanes as there), and the block maximum, in one pass: the
 // entries are loaded once, so reading them from memory overlaps with the exp arithmetic. Entries
 // above m give e^{x - m} > 1, exact as long as x - m <= 64 (the caller redoes the block otherwise).
 template <int W>
@@ -397,7 +375,7 @@ EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey
         std::copy(s0, s0 + kLanes, s);
         std::copy(t0, t0 + kLanes, t);
         rescale(m, bm);
-        accumulate<W>(p, np, bm, s, t);
+        accumulate_max<W>(p, np, bm, s, t);  // the block maximum is bm already
       } else if (bm > ref) {
         rescale(ref, bm);
       }
