@@ -30,11 +30,13 @@ import sys
 import torch
 from epic_kernels import reference as R
 torch.ops.load_library(sys.argv[1])
+torch.manual_seed(0)
 x = torch.randn(3, 1000)
 x[0, 1:] = float("-inf")
 ent, lse = torch.ops.epic_kernels.softmax_entropy(x)
-want_ent, want_lse = R.softmax_entropy(x)
-assert torch.allclose(ent, want_ent, atol=1e-4) and torch.allclose(lse, want_lse, atol=1e-4), (ent, want_ent)
+# against float64: torch's own float32 entropy of these rows moves by ~1e-4 from process to process
+want_ent, want_lse = (t.float() for t in R.softmax_entropy(x.double()))
+assert torch.allclose(ent, want_ent, atol=1e-5) and torch.allclose(lse, want_lse, atol=1e-5), (ent, want_ent, lse, want_lse)
 seeds, pos = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
 _, _, tokens = torch.ops.epic_kernels.softmax_entropy_sample(x, seeds, torch.zeros(3, dtype=torch.long), pos)
 assert torch.equal(tokens, R.gumbel_argmax(x, seeds, 0, pos)), tokens
