@@ -104,3 +104,15 @@ def prefill(model, prompts: list[list[int]]):
 
 __all__ = ["tiny_llama", "prefill", "next_log_probs", "exact_lookahead_entropy",
            "exact_lookahead_entropies", "random_prompts"]
+
+
+def require_extension(*ops: str) -> None:
+    """Raise unless the C++ extension is built (with ``ops``, if named). The test suite's command,
+    ``make test``, always builds it, so a test module of the compiled ops fails rather than skips
+    when it is missing."""
+    from . import _ext
+
+    missing = [] if not _ext.available() else [op for op in ops if not hasattr(_ext.ops(), op)]
+    if not _ext.available() or missing:
+        what = f"without {', '.join(missing)}" if missing else f"not built ({_ext.error()})"
+        raise RuntimeError(f"the C++ extension is {what}; {_ext.BUILD_HINT} (`make test` does this)")

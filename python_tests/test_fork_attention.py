@@ -6,7 +6,6 @@ it (the convention of ``test_ext_ops.py``). Build: ``pip install --no-build-isol
 """
 from __future__ import annotations
 
-import os
 import types
 
 import pytest
@@ -15,11 +14,9 @@ import torch
 from epic_kernels import _ext
 from epic_kernels.engine import attention as A
 from epic_kernels.engine.cache import PrefixView
+from epic_kernels.testing import require_extension
 
-if not _ext.available():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"CI must build the C++ extension: {_ext.error()}")
-    pytest.skip(f"C++ extension not built ({_ext.error()}); {_ext.BUILD_HINT}", allow_module_level=True)
+require_extension("fork_attention")
 
 OPS = _ext.ops()
 TOL = {torch.float32: dict(atol=2e-6, rtol=1e-5), torch.float64: dict(atol=1e-12, rtol=1e-12)}

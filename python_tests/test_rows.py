@@ -7,7 +7,6 @@ it (the convention of ``test_ext_ops.py``). Build: ``pip install --no-build-isol
 """
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -19,13 +18,9 @@ from epic_kernels.engine import rows as R
 from epic_kernels.engine.attention import ForkBatch, SlotPool
 from epic_kernels.engine.evaluator import Evaluator
 from epic_kernels.ops import rows as C
-from epic_kernels.testing import random_prompts
+from epic_kernels.testing import random_prompts, require_extension
 
-if not _ext.available() or C.op("plan_rows") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError(f"CI must build the C++ extension with the row ops: {_ext.error()}")
-    pytest.skip(f"C++ extension (with plan_rows) not built ({_ext.error()}); {_ext.BUILD_HINT}",
-                allow_module_level=True)
+require_extension("plan_rows", "fork_layout")
 
 OPS = _ext.ops()
 

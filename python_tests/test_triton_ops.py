@@ -31,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(epic_kernels.__file__)))
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DEVICES = (["cuda"] if torch.cuda.is_available() else []) + (["cpu"] if INTERPRET else [])
-needs_triton = pytest.mark.skipif(not HAS_TRITON or not DEVICES, reason="needs triton and CUDA or TRITON_INTERPRET=1")
+if not HAS_TRITON or not DEVICES:       # triton is a pinned dependency; conftest turns the interpreter on
+    raise RuntimeError("these tests need triton and either CUDA or TRITON_INTERPRET=1 (the CPU interpreter)")
 
 
 def _ops():
@@ -101,7 +102,6 @@ def keys(B: int):
 # ------------------------------------------------------------------------------------------------ #
 
 
-@needs_triton
 @pytest.mark.parametrize("device", DEVICES)
 def test_philox_words_and_noise_match_reference(device):
     from epic_kernels.triton_kernels._philox import philox_noise_triton
@@ -150,7 +150,6 @@ def _check_entropy(device, B, V, dtype, atol, rtol, num_chunks, kind="mixed"):
         assert tok2 is None and torch.equal(ent2, ent) and torch.equal(lse2, lse)
 
 
-@needs_triton
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("B", [1, 3, 33])
 @pytest.mark.parametrize("V", [1, 17, 111, 4097])
@@ -161,7 +160,6 @@ def test_softmax_entropy_float32(device, B, V, num_chunks):
     _check_entropy(device, B, V, torch.float32, 2e-5, 2e-6, num_chunks)
 
 
-@needs_triton
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype, atol, rtol", TOLS)
 @pytest.mark.parametrize("B, V", [(3, 111), (33, 17), (1, 4097)])
@@ -170,14 +168,12 @@ def test_softmax_entropy_dtypes(device, dtype, atol, rtol, B, V, num_chunks):
     _check_entropy(device, B, V, dtype, atol, rtol, num_chunks)
 
 
-@needs_triton
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype, atol, rtol", [TOLS[0], TOLS[2]])
 def test_softmax_entropy_vocab_32000_heuristic(device, dtype, atol, rtol):
     _check_entropy(device, 2, 32000, dtype, atol, rtol, None, kind="plain")
 
 
-@needs_triton
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype, atol, rtol", TOLS)
 def test_softmax_entropy_vs_reference_directly(device, dtype, atol, rtol):
@@ -263,7 +259,6 @@ def _check_prune(device, B, V, dtype, width, top_k, num_chunks, capacity=512, ki
     return got
 
 
-@needs_triton
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("B", [1, 3, 33])
 @pytest.mark.parametrize("V", [1, 17, 111, 4097])
@@ -275,7 +270,6 @@ def test_prune_float32(device, B, V, num_chunks, capacity):
     _check_prune(device, B, V, torch.float32, width, 4, num_chunks, capacity)
 
 
-@needs_triton
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [TOLS[1][0], TOLS[2][0], TOLS[3][0]])
 @pytest.mark.parametrize("B, V", [(3, 111), (33, 17), (1, 4097)])
@@ -284,7 +278,6 @@ def test_prune_dtypes(device, dtype, B, V, num_chunks):
     _check_prune(device, B, V, dtype, 2.5, 3, num_chunks)
 
 
-@needs_triton
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("width, top_k", [(0.0, 1), (0.0, 7), (1e-3, 2), (math.inf, 5), (50.0, 200), (3.0, 1)])
 def test_prune_windows_and_topk(device, width, top_k):
@@ -297,14 +290,12 @@ def test_prune_windows_and_topk(device, width, top_k):
         assert got.counts.tolist() == torch.isfinite(make_logits(6, 111, torch.float32)).sum(-1).tolist()
 
 
-@needs_triton
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prune_vocab_32000_heuristic(device, dtype):
     _check_prune(device, 2, 32000, dtype, 3.0, 8, None, kind="plain")
 
 
-@needs_triton
 @pytest.mark.parametrize("device", DEVICES)
 def test_prune_dense_path_forced(device):
     """capacity 1 overflows every chunk with more than one candidate: the exact dense path."""
@@ -316,7 +307,6 @@ def test_prune_dense_path_forced(device):
 # ------------------------------------------------------------------------------------------------ #
 
 
-@needs_triton
 def test_plan_chunks_splits_small_batches_only():
     from epic_kernels.triton_kernels.softmax_entropy import plan_chunks
     cpu = torch.device("cpu")
@@ -327,7 +317,6 @@ def test_plan_chunks_splits_small_batches_only():
     assert C == 3 and chunk % block == 0 and C * chunk >= 4097 > (C - 1) * chunk
 
 
-@needs_triton
 @pytest.mark.parametrize("device", DEVICES)
 def test_validation_errors(device):
     tk = _ops()
@@ -395,12 +384,9 @@ print("compiled")
 """
 
 
-@needs_triton
 def test_kernels_compile_for_a_cuda_target():
     """The interpreter accepts things the compiler rejects: compile every kernel to PTX for sm_80 (no
     GPU needed) in a process where the interpreter is off."""
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join([ROOT, *sys.path]))
     out = subprocess.run([sys.executable, "-c", COMPILE], capture_output=True, text=True, env=env, timeout=300)
-    if out.returncode != 0 and "nvidia" not in out.stderr.lower() and "backend" in out.stderr.lower():
-        pytest.skip("triton has no CUDA backend here")
     assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
