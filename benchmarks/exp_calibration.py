@@ -23,7 +23,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -45,14 +44,8 @@ CURVE = ["top-p 0.9", "top-k 50", "min-p 0.1", "typical 0.2", "temperature 1.0"]
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 prompts, 8 tokens, tiny calibration")
-    p.add_argument("--json", default=None, metavar="FILE", help="write all results (key 'alpha' = alpha*)")
-    p.add_argument("--plot", default=None, metavar="FILE.png")
-    p.add_argument("--from-json", default=None, metavar="FILE", help="no run: table and plot from a --json output")
-    p.add_argument("--data", default=str(ev.DEFAULT_DATA), help="GSM8K test.jsonl")
-    p.add_argument("--model", default=None, help="HF directory or .gguf (default: embedded SmolLM2-135M)")
+    p = ev.experiment_parser(__doc__, "smoke run: 2 prompts, 8 tokens, tiny calibration",
+                             "write all results (key 'alpha' = alpha*)")
     p.add_argument("--prompts", type=int, default=16, help="evaluation prompts (one generation each)")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--cal-texts", type=int, default=40, help="held-out answers for calibration")
@@ -65,9 +58,6 @@ def parse(argv=None):
     p.add_argument("--epic-alphas", type=float, nargs="*", default=[],
                    help="extra EPIC operating points besides alpha* (each ~2-10 min; docs use -0.5 1.0)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.prompts, args.max_new_tokens, args.cal_texts, args.cal_tokens = 2, 8, 2, 12
@@ -116,15 +106,8 @@ def run(args, model=None, tok=None) -> dict:
     results = []
     for m in methods:
         t1 = time.perf_counter()
-        if m.hf is not None:
-            gens = ev.hf_generate(model, prompts, m, max_new_tokens=args.max_new_tokens, seed=args.seed, eos=eos,
-                                  batch_size=args.batch_size, pad_id=tok.pad_token_id or 0)
-            extra = None
-        else:
-            gens, extra = ev.epic_generate(model, prompts, m.alpha, max_new_tokens=args.max_new_tokens,
-                                           seed=args.seed, eos=eos, batch_size=args.batch_size,
-                                           pad_id=tok.pad_token_id or 0, horizon=args.horizon,
-                                           rollouts=args.rollouts, progress=not args.no_progress)
+        gens, extra = ev.decode(model, prompts, m, args, eos, tok.pad_token_id or 0, horizon=args.horizon,
+                                rollouts=args.rollouts)
         seconds = time.perf_counter() - t1
         sc = ev.score(model, prompts, gens)
         er_i = ev.per_sequence(sc, "entropy")
@@ -223,9 +206,7 @@ def plot(out, path) -> None:
                 f"({out['settings']['max_new_tokens']} tokens per prompt)", fontsize=9)
     fig.suptitle(f"SmolLM2-135M-Instruct on GSM8K: EPIC (alpha* = {out['alpha']:.3f}) vs truncation baselines",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}", file=sys.stderr)
+    ev.save_figure(fig, path)
 
 
 def main(argv=None, model=None, tok=None) -> int:

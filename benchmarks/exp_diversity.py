@@ -12,7 +12,6 @@ high temperature is "diverse" by producing gibberish.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -29,23 +28,13 @@ BASELINES = [("temperature", 1.0), ("temperature", 0.7), ("top-p", 0.9), ("top-p
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 prompt x 3 samples x 8 tokens")
-    p.add_argument("--json", default=None, metavar="FILE")
-    p.add_argument("--plot", default=None, metavar="FILE.png")
-    p.add_argument("--from-json", default=None, metavar="FILE", help="no run: table and plot from a --json output")
-    p.add_argument("--data", default=str(ev.DEFAULT_DATA), help="GSM8K test.jsonl")
-    p.add_argument("--model", default=None, help="HF directory or .gguf (default: embedded SmolLM2-135M)")
+    p = ev.experiment_parser(__doc__, "smoke run: 1 prompt x 3 samples x 8 tokens")
     p.add_argument("--prompts", type=int, default=5)
     p.add_argument("--samples", type=int, default=10, help="generations per prompt and decoder")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--alpha", type=float, default=None, help=f"EPIC alpha (default {ev.DEFAULT_ALPHA})")
     p.add_argument("--calibration", default=None, metavar="FILE.json", help="alpha from a calibration record")
     p.add_argument("--batch-size", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.prompts, args.samples, args.max_new_tokens = 1, 3, 8
@@ -62,14 +51,7 @@ def run(args, model=None, tok=None) -> dict:
     rows = []
     for m in methods:
         t0 = time.perf_counter()
-        if m.hf is not None:
-            gens = ev.hf_generate(model, prompts, m, max_new_tokens=args.max_new_tokens, seed=args.seed, eos=eos,
-                                  batch_size=args.batch_size, pad_id=tok.pad_token_id or 0)
-            stats = None
-        else:
-            gens, stats = ev.epic_generate(model, prompts, m.alpha, max_new_tokens=args.max_new_tokens,
-                                           seed=args.seed, eos=eos, batch_size=args.batch_size,
-                                           pad_id=tok.pad_token_id or 0, progress=not args.no_progress)
+        gens, stats = ev.decode(model, prompts, m, args, eos, tok.pad_token_id or 0)
         seconds = time.perf_counter() - t0
         texts = [tok.decode(g, skip_special_tokens=True) for g in gens]
         groups = [texts[i:i + args.samples] for i in range(0, len(texts), args.samples)]
@@ -137,9 +119,7 @@ def plot(out, path) -> None:
     fig.suptitle(f"Diversity, SmolLM2-135M-Instruct on GSM8K: {out['settings']['prompts']} prompts x "
                  f"{S} samples = {n} generations per decoder, {out['settings']['max_new_tokens']} tokens each",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}", file=sys.stderr)
+    ev.save_figure(fig, path)
 
 
 def main(argv=None, model=None, tok=None) -> int:

@@ -12,7 +12,6 @@ entropy stays inside it. Decoders: a human reference answer, low temperature, pl
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -27,14 +26,7 @@ PROMPT_LINE = 500
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke run: 12 tokens, 1 sample, small band")
-    p.add_argument("--json", default=None, metavar="FILE")
-    p.add_argument("--plot", default=None, metavar="FILE.png")
-    p.add_argument("--from-json", default=None, metavar="FILE", help="no run: table and plot from a --json output")
-    p.add_argument("--data", default=str(ev.DEFAULT_DATA), help="GSM8K test.jsonl")
-    p.add_argument("--model", default=None, help="HF directory or .gguf (default: embedded SmolLM2-135M)")
+    p = ev.experiment_parser(__doc__, "smoke run: 12 tokens, 1 sample, small band")
     p.add_argument("--prompt-line", type=int, default=PROMPT_LINE, help="GSM8K line whose question is the prompt")
     p.add_argument("--prompt", default=None, help="use this prompt instead (no human reference then)")
     p.add_argument("--max-new-tokens", type=int, default=96)
@@ -45,9 +37,6 @@ def parse(argv=None):
     p.add_argument("--calibration", default=None, metavar="FILE.json", help="alpha from a calibration record")
     p.add_argument("--band-texts", type=int, default=100)
     p.add_argument("--window", type=int, default=8, help="running-mean window for the band test")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.max_new_tokens, args.samples, args.band_texts = 12, 1, 8
@@ -162,9 +151,7 @@ def plot(out, path) -> None:
     axes[-1].set_xlabel("generation step")
     fig.suptitle("Entropy trajectories, SmolLM2-135M-Instruct on one GSM8K question (first sample of each decoder)",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}", file=sys.stderr)
+    ev.save_figure(fig, path)
 
 
 def main(argv=None, model=None, tok=None) -> int:

@@ -292,6 +292,40 @@ def machine() -> dict:
                 python=platform.python_version(), loadavg=load, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
 
 
+def experiment_parser(doc: str, quick_help: str, json_help: str | None = None):
+    """The options every experiment script takes (its own are added by the script)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--json", default=None, metavar="FILE", help=json_help)
+    p.add_argument("--plot", default=None, metavar="FILE.png")
+    p.add_argument("--from-json", default=None, metavar="FILE", help="no run: table and plot from a --json output")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="GSM8K test.jsonl")
+    p.add_argument("--model", default=None, help="HF directory or .gguf (default: embedded SmolLM2-135M)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def decode(model, prompts: list[list[int]], method: Method, args, eos, pad_id: int, **epic_kw):
+    """``(continuations, EPIC statistics or None)`` of ``method`` on ``prompts``: Hugging Face
+    ``generate`` for a baseline, ``epic_generate`` for EPIC (``epic_kw``: its horizon, rollouts, ...)."""
+    common = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, eos=eos, batch_size=args.batch_size,
+                  pad_id=pad_id)
+    if method.hf is not None:
+        return hf_generate(model, prompts, method, **common), None
+    return epic_generate(model, prompts, method.alpha, progress=not args.no_progress, **common, **epic_kw)
+
+
+def save_figure(fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def plt():
     import matplotlib
 
