@@ -26,8 +26,8 @@ class StepOutput:
     kv : a new ``DynamicCache`` = the given cache plus ``tokens`` (``advance=True`` only); the
         cache passed in is never modified.
     attention_mask : ``[B, L + 1]`` mask of ``kv`` (``advance=True`` only).
-    prefetched : the next step's first-depth evaluations, made inside this step's model calls (fast
-        engine, ``advance=True``). Pass it to the next call, ``sample_step(out.next_logits, out.kv,
+    prefetched : the next step, evaluated on a bet inside this step's model calls as far as they went
+        (fast engine, ``advance=True``). Pass it to the next call, ``sample_step(out.next_logits, out.kv,
         model, ..., prefetched=out.prefetched)``, to skip them; it is used only with that very
         ``kv`` and those logits, and the tokens are the same without it.
     """

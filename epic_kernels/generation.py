@@ -31,7 +31,7 @@ class StepRecord:
     forward_tokens: int
     forwards_saved: int            # sequences whose next forward came for free from the winner's
     seconds: float
-    prefetched: int = 0            # candidates whose first depths came from the previous step's prefetch
+    prefetched: int = 0            # candidates whose evaluation came from an earlier step's prefetch
 
 
 @dataclass
@@ -99,7 +99,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
         depend only on its own prompt and seed, not on the rest of the batch.
     eos_token_id : int or list of ints ending a sequence (None: run to ``max_new_tokens``).
     engine : ``"auto"`` (the fast engine when the model supports it), ``"fast"`` or ``"reference"``.
-    prefetch : let the fast engine evaluate each next step's first depth inside the current step's
+    prefetch : let the fast engine evaluate each next step, on a bet, inside the current step's
         model calls (fewer calls; same tokens). With a ``logits_processor``, the prediction calls it
         on the would-be next input ids; a processor that does not depend only on those and the
         logits just makes the prediction miss.
