@@ -31,6 +31,7 @@ BUILD_HINT = ("build it from the repository root with `pip install --no-build-is
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "module": None, "error": None}
+_ops_cache: dict = {}
 
 
 def load():
@@ -64,6 +65,14 @@ def ops():
         raise RuntimeError(f"the epic_kernels C++ extension is not available ({_state['error']}); "
                            f"{BUILD_HINT}")
     return torch.ops.epic_kernels
+
+
+def op(name: str):
+    """``torch.ops.epic_kernels.<name>.default``, or None when the loaded extension predates that op
+    (RuntimeError when the extension is not built, as ``ops``)."""
+    if name not in _ops_cache:
+        _ops_cache[name] = getattr(ops(), name).default if hasattr(ops(), name) else None
+    return _ops_cache[name]
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -123,6 +132,36 @@ def _register_fakes() -> None:
                          lambda: f"query must be float32 or float64, got {query.dtype}")
             n, h, _, d = query.shape
             return query.new_empty((n, 1, h, d))
+
+    if hasattr(torch.ops.epic_kernels, "plan_rows"):          # absent from builds older than the op
+        @torch.library.register_fake("epic_kernels::plan_rows")
+        def _plan_rows_fake(depth, goal, seq, tokens, last, base, slot0, K, lead):
+            torch._check(depth.dim() == 1, lambda: f"depth must have shape (M,), got {tuple(depth.shape)}")
+            M = depth.shape[0]
+            for name, t in (("goal", goal), ("seq", seq), ("tokens", tokens), ("base", base)):
+                torch._check(t.dim() == 1 and t.shape[0] == M,
+                             lambda: f"{name} must have shape ({M},), got {tuple(t.shape)}")
+            for t in (depth, goal, seq, tokens, last, base):
+                torch._check(t.dtype == torch.int64, lambda: f"plan_rows takes int64 tensors, got {t.dtype}")
+            torch._check(K >= 1, lambda: f"K must be >= 1, got {K}")
+            torch._check(last.dim() == 2 and last.shape[0] == M and last.shape[1] == K,
+                         lambda: f"last must have shape ({M}, {K}), got {tuple(last.shape)}")
+            ctx = torch.library.get_ctx()
+            n1, nd = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+            n = n1 + nd * K
+            rows = [depth.new_empty(n) for _ in range(6)]
+            fan = ctx.new_dynamic_size() * (K - 1) if K > 1 else 0   # K = 1: no fan-out, no symbol
+            return (depth.new_empty(n1), depth.new_empty(nd), *rows, depth.new_empty(fan),
+                    depth.new_empty(fan))
+
+    if hasattr(torch.ops.epic_kernels, "fork_layout"):
+        @torch.library.register_fake("epic_kernels::fork_layout")
+        def _fork_layout_fake(seq, B):
+            torch._check(seq.dim() == 1, lambda: f"seq must have shape (N,), got {tuple(seq.shape)}")
+            torch._check(seq.dtype == torch.int64, lambda: f"seq must be int64, got {seq.dtype}")
+            torch._check(B >= 0, lambda: f"B must be >= 0, got {B}")
+            width = torch.library.get_ctx().new_dynamic_size(min=1)
+            return seq.new_empty(seq.shape[0]), seq.new_empty((B, width))
 
     @torch.library.register_fake("epic_kernels::_philox_randint")
     def _philox_randint_fake(seed, offset):
@@ -205,3 +244,21 @@ def fork_attention(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix
 
 __all__ = ["load", "available", "error", "ops", "softmax_entropy", "softmax_entropy_sample",
            "gumbel_topk_prune", "fork_attention", "BUILD_HINT"]
+
+
+def _require(name: str):
+    fn = op(name)
+    if fn is None:
+        raise RuntimeError(f"the loaded epic_kernels extension has no {name} op (built before it); "
+                           f"rebuild it: {BUILD_HINT}")
+    return fn
+
+
+def plan_rows(depth, goal, seq, tokens, last, base, slot0: int, K: int, lead: int) -> tuple:
+    """The C++ ``plan_rows`` (int64 CPU tensors): the tuple of ``engine.rows.PlannedRows`` (which see)."""
+    return _require("plan_rows")(depth, goal, seq, tokens, last, base, int(slot0), int(K), int(lead))
+
+
+def fork_layout(seq, B: int) -> tuple:
+    """The C++ ``fork_layout``: ``(row_j [N], pad_index [B, max(R, 1)])`` (``engine.rows.fork_layout``)."""
+    return _require("fork_layout")(seq, int(B))

@@ -1,9 +1,9 @@
 """The C++ rollout-row bookkeeping ops (``plan_rows``, ``fork_layout``; csrc/cpu/rows_cpu.cpp) against
 their specification (``epic_kernels/engine/rows.py``), and the specification against what the
-engine computes today (``Evaluator.plan``, ``ForkBatch.build``) on real tiny-model steps.
+engine computed before it called them (the code of ``Evaluator.plan`` and ``ForkBatch.build``) on real tiny-model steps.
 
-Skipped only when the extension is not built, and never under CI (``CI`` set), which always builds
-it (the convention of ``test_ext_ops.py``). Build: ``pip install --no-build-isolation -e .``
+A missing extension is an error (``make test`` builds it); the specification itself runs in the
+engine tests with ``EPIC_KERNELS_BACKEND=reference``. Build: ``pip install --no-build-isolation -e .``
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from epic_kernels import _ext
 from epic_kernels.engine import rows as R
 from epic_kernels.engine.attention import ForkBatch, SlotPool
 from epic_kernels.engine.evaluator import Evaluator
-from epic_kernels.ops import rows as C
 from epic_kernels.testing import random_prompts, require_extension
 
 require_extension("plan_rows", "fork_layout")
@@ -64,7 +63,7 @@ def test_plan_rows_equals_spec_on_random_states(K, lead):
         state = random_state(rng, M, K, rng.randint(1, 6), mix)
         slot0 = rng.choice([0, 7, 512])
         want = R.plan_rows(*state, slot0, K, lead)
-        _equal(R.PlannedRows(*C.plan_rows(*state, slot0, K, lead)), want, (K, lead, trial))
+        _equal(R.PlannedRows(*_ext.plan_rows(*state, slot0, K, lead)), want, (K, lead, trial))
         _equal(R.plan_rows_impl(*state, slot0, K, lead, "cpu"), want)
         _equal(R.plan_rows_impl(*state, slot0, K, lead, "reference"), want)
         assert len(want.row_candidate) == len(want.first) + K * len(want.deep)
@@ -102,7 +101,7 @@ def test_plan_rows_empty_and_strided():
     big = [torch.stack([t, t + 1], -1)[..., 0] for t in state]       # same values, non-contiguous
     big[4] = state[4].t().contiguous().t()                             # last [M, K] column-major
     assert not any(t.is_contiguous() for t in big)
-    _equal(R.PlannedRows(*C.plan_rows(*big, 2, 3, 1)), R.plan_rows(*state, 2, 3, 1))
+    _equal(R.PlannedRows(*_ext.plan_rows(*big, 2, 3, 1)), R.plan_rows(*state, 2, 3, 1))
 
 
 def test_fork_layout_equals_spec():
@@ -113,7 +112,7 @@ def test_fork_layout_equals_spec():
         used = rng.sample(range(B), rng.randint(1, B))              # some sequences have no rows
         seq = torch.tensor([rng.choice(used) for _ in range(N)], dtype=torch.int64)
         want = R.fork_layout(seq, B)
-        _equal(R.ForkLayout(*C.fork_layout(seq, B)), want, trial)
+        _equal(R.ForkLayout(*_ext.fork_layout(seq, B)), want, trial)
         _equal(R.fork_layout_impl(seq, B, "cpu"), want)
         counts = torch.bincount(seq, minlength=B)
         assert want.pad_index.shape == (B, max(int(counts.max()) if N else 0, 1))
@@ -166,7 +165,7 @@ def test_plan_rows_errors():
         if i is not None:
             args[i] = value
         with pytest.raises(RuntimeError, match=match):
-            C.plan_rows(*args, slot0, K, lead)
+            _ext.plan_rows(*args, slot0, K, lead)
 
     for i, name in enumerate(names):
         bad(f"plan_rows: {name} must be an int64 tensor, got Int", i, state[i].int())
@@ -191,7 +190,7 @@ def test_fork_layout_errors():
                         ((seq - 1, 2), r"fork_layout: seq\[0\] = -1 is outside \[0, 2\)"),
                         ((seq, -1), "fork_layout: B must be >= 0, got -1")]:
         with pytest.raises(RuntimeError, match=match):
-            C.fork_layout(*args)
+            _ext.fork_layout(*args)
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -286,10 +285,10 @@ def test_spec_equals_engine_on_one_step_and_row_limits(tiny, batch7, monkeypatch
 
 
 def test_import_loads_no_extension():
-    """``import epic_kernels`` and both row modules never load the compiled module."""
+    """``import epic_kernels`` and the row module never load the compiled module."""
     import subprocess
     import sys
 
-    code = ("import sys, epic_kernels, epic_kernels.engine.rows, epic_kernels.ops.rows; "
+    code = ("import sys, epic_kernels, epic_kernels.engine.rows; "
             "assert 'epic_kernels._C' not in sys.modules, 'loaded'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -30,7 +30,6 @@ from ..ops._dispatch import choose
 ATTENTION_NAME = "epic_fork"
 _local = threading.local()
 _CPP_DTYPES = (torch.float32, torch.float64)
-_cpp_op: dict = {}
 
 
 def cpu_kernel(device: torch.device):
@@ -39,10 +38,7 @@ def cpu_kernel(device: torch.device):
     None (the torch path: CUDA tensors always take it)."""
     if device.type != "cpu" or choose(device) != "cpu":
         return None
-    if "op" not in _cpp_op:                         # once: the extension is loaded by choose()
-        ops = _ext.ops()
-        _cpp_op["op"] = ops.fork_attention.default if hasattr(ops, "fork_attention") else None
-    return _cpp_op["op"]
+    return _ext.op("fork_attention")                 # the extension was loaded by choose()
 
 
 class SlotPool:

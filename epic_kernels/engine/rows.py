@@ -1,6 +1,6 @@
 """Rollout-row bookkeeping of one model call: which row belongs to which sequence, candidate, rollout
 and slot. Two pure functions are the readable specification; the C++ ops of the same names
-(``csrc/cpu/rows_cpu.cpp``, wrappers in ``epic_kernels/ops/rows.py``) compute the same integers with
+(``csrc/cpu/rows_cpu.cpp``, wrappers and fakes in ``epic_kernels/_ext.py``) compute the same integers with
 plain loops, without the ~30 small torch ops the specification costs per call.
 
 ``plan_rows``  (``Evaluator.plan``): from the per-candidate state, the rows that advance every pending
@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..ops import rows as _cpp
+from .. import _ext
 
 
 class PlannedRows(NamedTuple):
@@ -92,7 +92,7 @@ def plan_rows_impl(depth, goal, seq, tokens, last, base, slot0: int, K: int, lea
     """``plan_rows`` by the C++ op when ``backend == "cpu"`` (and the loaded extension has it), else
     by the specification. No validation here (the C++ op checks its inputs)."""
     if backend == "cpu":
-        op = _cpp.op("plan_rows")
+        op = _ext.op("plan_rows")
         if op is not None:
             return PlannedRows(*op(depth, goal, seq, tokens, last, base, int(slot0), int(K), int(lead)))
     return plan_rows(depth, goal, seq, tokens, last, base, slot0, K, lead)
@@ -102,7 +102,7 @@ def fork_layout_impl(seq, B: int, backend: str = "reference") -> ForkLayout:
     """``fork_layout`` by the C++ op when ``backend == "cpu"`` (and the loaded extension has it), else
     by the specification."""
     if backend == "cpu":
-        op = _cpp.op("fork_layout")
+        op = _ext.op("fork_layout")
         if op is not None:
             return ForkLayout(*op(seq, int(B)))
     return fork_layout(seq, B)
