@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from . import defaults as D
-from ._validate import check_config, check_logits
+from .validate import check_config, check_logits
 from .reference import EpicConfig, SampleStats, lazy_sample
 from .rollout import Prefix, cache_layers, select_rows
 from .engine.prefetch import Prefetched

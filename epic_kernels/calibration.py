@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import philox
-from ._validate import check_int
+from .validate import check_int
 
 CALIBRATION_TAG = 0x43414C42          # "CALB": counter word 2 of the calibration sampling stream
 DEFAULT_CHUNK = 128                   # (prefix, candidate) pairs per lookahead_entropy call

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_config, check_int
+from .validate import check_config, check_int
 from .reference import EpicConfig
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import defaults as D
-from ._validate import check_config, check_int, check_seeds
+from .validate import check_config, check_int, check_seeds
 from .api import sample_step
 from .reference import EpicConfig
 from .truncation import truncate

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 from . import philox
-from ._validate import check_logits
+from .validate import check_logits
 from .rollout import Prefix, rollout_entropies
 
 # --------------------------------------------------------------------------------------------- #
@@ -203,7 +203,7 @@ class SampleResult:
 
 @dataclass
 class EpicConfig:
-    """The parameters of one EPIC step (validated by ``_validate.check_config``)."""
+    """The parameters of one EPIC step (validated by ``validate.check_config``)."""
 
     alpha: float
     horizon: int = 4

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validate import check_prefix
+from .validate import check_prefix
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_int
+from .validate import check_int
 
 
 def top_k_logits(logits: torch.Tensor, top_k: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext, reference
-from .._validate import check_logits
+from ..validate import check_logits
 from ._dispatch import choose
 
 

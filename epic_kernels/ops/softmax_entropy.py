@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext, reference
-from .._validate import FLOAT_DTYPES
+from ..validate import FLOAT_DTYPES
 from ._dispatch import choose
 
 

@@ -1,0 +1,163 @@
+"""The concepts every part of epic_kernels shares, in one place: the step's configuration, the
+prefix a step samples after, what a step returns and what it cost, the accumulate dtype, the
+rollout policy's support and entropy bound, and the float slack that keeps every bound admissible.
+
+The reference (``epic_kernels.reference``), the ops (``epic_kernels.ops``) and the engine
+(``epic_kernels.engine``) import these; nothing here imports them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from . import defaults
+
+# --------------------------------------------------------------------------------------------- #
+# Slack. Every entropy is computed in floating point; a bound that float rounding made a hair too #
+# tight could certify the wrong winner, so each bound is widened by a little more than rounding  #
+# can move it. The C++ candidate manager receives the inflated bound from Python and uses the    #
+# same two relative slacks (csrc/cpu/candidate_manager.cpp mirrors these constants).             #
+# --------------------------------------------------------------------------------------------- #
+BOUND_REL_SLACK = 1e-6      # U = log|supp pi| is inflated by this much (relative) ...
+BOUND_ABS_SLACK = 1e-6      # ... plus this much (absolute)
+ENTROPY_SLACK = 1e-5        # a partial estimate's interval widens by this * (1 + |partial|)
+SCORE_SLACK = 1e-6          # score bounds widen by this * (1 + |z| + |alpha| (|partial| + k U))
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulate dtype of every reduction: float32, or float64 when the input is float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def entropy_bound(vocab: int, top_k: int | None) -> float:
+    """``log |supp pi|``: the largest entropy one depth of the rollout policy can have."""
+    return math.log(min(vocab, top_k) if top_k else vocab)
+
+
+def admissible_bound(vocab: int, top_k: int | None) -> float:
+    """``entropy_bound`` inflated by the float slack: the per-depth ``U`` every sampler uses."""
+    return entropy_bound(vocab, top_k) * (1 + BOUND_REL_SLACK) + BOUND_ABS_SLACK
+
+
+def window(alpha: float, horizon: int, vocab: int, top_k: int | None) -> float:
+    """Width of the admissible window of the first prune: ``|alpha| * k * U``."""
+    return abs(alpha) * horizon * admissible_bound(vocab, top_k)
+
+
+def topk_support(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest logits of each row, ``(values, ids)`` ``[N, k]`` sorted by id.
+
+    Ties at the boundary go to the lower token id (as a stable descending sort would choose), so
+    exactly ``k`` entries are kept. A partial top-k serves every row without a tie across the
+    boundary; only tied rows take the stable sort. Needs ``k < V``.
+    """
+    vals, ids = torch.topk(logits, k + 1, dim=-1)
+    tie = vals[:, k - 1] == vals[:, k]
+    vals, ids = vals[:, :k], ids[:, :k]
+    if tie.any():                                   # rare: redo those rows with a stable sort
+        rows = tie.nonzero().flatten()
+        order = torch.sort(logits[rows], dim=-1, descending=True, stable=True).indices[:, :k]
+        ids[rows] = order
+        vals[rows] = logits[rows].gather(1, order)
+    ids, perm = torch.sort(ids, dim=-1)
+    return vals.gather(1, perm), ids
+
+
+def top_k_mask(logits: torch.Tensor, k: int | None) -> torch.Tensor:
+    """``logits [N, V]`` with all but each row's ``k`` largest entries set to ``-inf`` (ties at the
+    boundary to the lower id: the rollout policy's and the top-k truncation's support)."""
+    if k is None or k >= logits.shape[-1]:
+        return logits
+    _, ids = topk_support(logits, k)
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, ids, True)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+# --------------------------------------------------------------------------------------------- #
+# Configuration, prefix, results                                                                #
+# --------------------------------------------------------------------------------------------- #
+
+
+@dataclass
+class EpicConfig:
+    """The parameters of one EPIC step (validated by ``validate.check_config``)."""
+
+    alpha: float
+    horizon: int = defaults.HORIZON
+    rollouts: int = defaults.ROLLOUTS
+    rollout_top_k: int | None = None
+    block_size: int = defaults.BLOCK_SIZE
+
+
+@dataclass
+class Prefix:
+    """The B prefixes a step samples after. Tensors are the cache's own (views, never copies).
+
+    layers : per layer ``(keys, values)``, each ``[B, kv_heads, L, head_dim]`` (left padded).
+    mask : int64 ``[B, L]``, 1 on real tokens, 0 on padding.
+    positions : int64 ``[B]``, each sequence's own length (the position of the token being sampled).
+    seeds : int64 ``[B]``, the per-sequence noise keys.
+    """
+
+    layers: list
+    mask: torch.Tensor
+    positions: torch.Tensor
+    seeds: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0][0].device
+
+    def bias(self, dtype) -> torch.Tensor:
+        """Additive attention bias ``[B, 1, 1, L]``: 0 on real tokens, -inf on padding."""
+        keep = self.mask.to(self.device).bool()
+        zero = torch.zeros((), dtype=dtype, device=self.device)
+        return torch.where(keep, zero, torch.tensor(float("-inf"), dtype=dtype, device=self.device))[:, None, None, :]
+
+
+@dataclass
+class StepStats:
+    """What one EPIC step cost. Per-sequence counts are int64 tensors ``[B]``; call and token
+    counts are for the whole batch.
+
+    ``forward_calls`` / ``forward_tokens`` count the step's own model calls and the rows fed to
+    them (prefetched rows of the next step included); the loop's plain forward of the winner, when
+    the winner had no evaluation of its own, is counted apart in ``finish_calls`` / ``finish_tokens``.
+    """
+
+    survivors: torch.Tensor            # candidates left after the first (admissible-window) prune
+    evaluated_depth1: torch.Tensor     # candidates whose depth-1 entropy was computed
+    evaluated_deeper: torch.Tensor     # candidate evaluations that went deeper than depth 1
+    forward_calls: int = 0
+    forward_tokens: int = 0
+    forwards_saved: int = 0            # sequences whose next forward came from the winner's evaluation
+    finish_calls: int = 0              # model calls for winners that had no evaluation
+    finish_tokens: int = 0
+    adopted: int = 0                   # candidates whose evaluation came from the previous step's prefetch
+    adopted_rows: int = 0              # ... and the rows that evaluation had fed
+    depth_reached: torch.Tensor | None = None   # [M] depth each surviving candidate reached
+    min_forward_tokens: int = 0        # the algorithmic minimum: 1 row per depth-1, K per deeper depth
+    prefetch_rows: int = 0             # rows fed for the next step's bets
+    prefetch_rows_won: int = 0         # ... on bets that won
+    prefetch_hits: int = 0             # sequences handed a usable prefetch
+    prefetch_carried: int = 0          # two-steps-ahead entries used or handed on
+
+
+@dataclass
+class SampleResult:
+    """The reference samplers' output: tokens, cost and the winner's entropy estimate."""
+
+    tokens: torch.Tensor               # int64 [B]
+    stats: StepStats
+    entropy: torch.Tensor | None = None   # the winner's lookahead-entropy estimate (NaN if never computed)
+
+
+__all__ = ["BOUND_REL_SLACK", "BOUND_ABS_SLACK", "ENTROPY_SLACK", "SCORE_SLACK", "compute_dtype",
+           "entropy_bound", "admissible_bound", "window", "topk_support", "top_k_mask", "EpicConfig",
+           "Prefix", "StepStats", "SampleResult"]
