@@ -41,37 +41,9 @@ except ImportError:                                   # run as a script
 import torch  # noqa: E402
 
 import epic_kernels  # noqa: E402
-from epic_kernels.engine import step as engine_step  # noqa: E402
 from epic_kernels.truncation import truncate  # noqa: E402
 
 SETTINGS = {"topk50": ("top-k 50", 50, 50), "full": ("full vocab", None, None)}
-
-
-class _DepthRecorder:
-    """Wraps the engine's Evaluator class (in this process only) to read the depth each candidate
-    reached; ``SampleStats`` does not expose it. Engine files are not modified."""
-
-    last = None
-
-    def __init__(self):
-        self.cls = engine_step.Evaluator
-        recorder = self
-
-        class Recording(self.cls):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                recorder.last = self
-
-        engine_step.Evaluator = Recording
-
-    def min_tokens(self, stats, rollouts: int):
-        """``evaluated_depth1 + K * sum(depth - 1)``: each candidate's depth 1 once, then one token
-        per rollout per further depth (what an engine that never recomputes must feed)."""
-        ev = self.last
-        if ev is None:
-            return float("nan")
-        deeper = (ev.depth - 1).clamp(min=0).sum()
-        return int(stats.evaluated_depth1.sum()) + rollouts * int(deeper)
 
 
 def lemma_prediction(logits: torch.Tensor, alpha: float, horizon: int, rollout_top_k) -> float:
@@ -95,7 +67,7 @@ def hf_per_token(model, ids, n: int, repeats: int, seed: int) -> tuple[list, lis
 
 
 @torch.no_grad()
-def run_setting(model, prompts_ids, key, args, rec, hf_times):
+def run_setting(model, prompts_ids, key, args, hf_times):
     name, top_k, rtop_k = SETTINGS[key]
     kw = dict(alpha=args.alpha, horizon=args.horizon, rollouts=args.rollouts, rollout_top_k=rtop_k, top_k=top_k)
     ekw = dict(kw, block_size=args.block_size)        # the naive baseline has no blocks
@@ -129,7 +101,7 @@ def run_setting(model, prompts_ids, key, args, rec, hf_times):
                                                           advance=False, **ekw)
                 res[s], secs[s] = C.timed(fn)
                 if s == "fast":
-                    min_tok = rec.min_tokens(res[s].stats, args.rollouts)
+                    min_tok = res[s].stats.min_forward_tokens
             f, nv = res["fast"], res["naive"]
             st = f.stats
             row = dict(prompt=p, step=t, token=int(f.tokens[0]),
@@ -139,13 +111,13 @@ def run_setting(model, prompts_ids, key, args, rec, hf_times):
                        agree_ref=bool(torch.equal(f.tokens, res["reference"].tokens)) if with_ref else None,
                        survivors=int(st.survivors.sum()), depth1=int(st.evaluated_depth1.sum()),
                        deeper=int(st.evaluated_deeper.sum()), calls=st.forward_calls,
-                       finish_calls=int(st.extra.get("finish_calls", 0)), fwd_tokens=st.forward_tokens,
-                       prefetch_rows=int(st.extra.get("prefetch_rows", 0)),
-                       prefetch_rows_won=int(st.extra.get("prefetch_rows_won", 0)),
-                       adopted=int(st.extra.get("adopted", 0)), adopted_rows=int(st.extra.get("adopted_rows", 0)),
+                       finish_calls=st.finish_calls, fwd_tokens=st.forward_tokens,
+                       prefetch_rows=st.prefetch_rows,
+                       prefetch_rows_won=st.prefetch_rows_won,
+                       adopted=st.adopted, adopted_rows=st.adopted_rows,
                        min_tokens=min_tok, lemma=lemma_prediction(truncate(logits, top_k), args.alpha,
                                                                   args.horizon, rtop_k),
-                       naive_calls=nv.stats.forward_calls + nv.extra.get("finish_calls", 0),
+                       naive_calls=nv.stats.forward_calls + nv.stats.finish_calls,
                        naive_epic_calls=nv.stats.forward_calls, naive_tokens=nv.stats.forward_tokens,
                        ref_calls=res["reference"].stats.forward_calls if with_ref else None,
                        ref_tokens=res["reference"].stats.forward_tokens if with_ref else None)
@@ -216,11 +188,10 @@ def main(argv=None):
     C.setup_torch(args.threads)
     model, tok, load_s = C.load(args.model)
     prompts_ids = [C.chat_ids(tok, q) for q in C.load_prompts(args.data, args.prompts)]
-    rec = _DepthRecorder()
     hf_times = {"t1": [], "tn": []}
     per_setting = {}
     for key in args.settings.split(","):
-        per_setting[key] = run_setting(model, prompts_ids, key, args, rec, hf_times)
+        per_setting[key] = run_setting(model, prompts_ids, key, args, hf_times)
     hf_tok = args.hf_tokens / (C.median(hf_times["tn"]) - C.median(hf_times["t1"]))
     summaries = [summarize(k, s, hf_tok, args) for k, s in per_setting.items()]
 

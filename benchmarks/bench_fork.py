@@ -35,7 +35,7 @@ except ImportError:                                   # run as a script
 import torch  # noqa: E402
 
 from epic_kernels.engine import attention as A  # noqa: E402
-from epic_kernels.engine.cache import PrefixView  # noqa: E402
+from epic_kernels.core import Prefix  # noqa: E402
 
 LAYERS, KV_HEADS, HEADS, HEAD_DIM = 30, 3, 9, 64
 
@@ -86,7 +86,7 @@ def fork_callables(K0, V0, q, k_new, v_new, pool, seq, slot, fill):
     engine calls it (``cpp`` is ``fork_attention`` itself, which runs the C++ op on CPU tensors; it
     is missing when the extension is not built or EPIC_KERNELS_BACKEND=reference)."""
     mask = torch.ones(K0.shape[0], K0.shape[2], dtype=torch.int64)
-    view = PrefixView([(K0, V0)], mask, mask.sum(-1), torch.zeros(K0.shape[0], dtype=torch.int64))
+    view = Prefix([(K0, V0)], mask, mask.sum(-1), torch.zeros(K0.shape[0], dtype=torch.int64))
     fb = A.ForkBatch.build(view, pool, seq, slot, fill, torch.float32)
     fns = {"torch": _fork_call(fb, A._fork_attention_torch, q, k_new, v_new)}
     if fb.kernel is not None:

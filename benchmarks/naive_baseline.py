@@ -6,7 +6,7 @@ seeds) but does what a first implementation would do:
 1. admissible window: keep candidates with ``z_i >= max_j z_j - |alpha| k U`` (one left: it wins);
 2. depth 1: ``copy.deepcopy`` the Hugging Face cache and ``batch_select_indices`` one row per
    candidate, one batched forward of every candidate of every sequence;
-3. one prune with the depth-1 bounds (the reference's ``_bounds``);
+3. one prune with the depth-1 bounds (the reference's ``score_bounds``);
 4. every candidate still alive goes to FULL depth: deepcopy the depth-1 cache again,
    ``batch_select_indices`` each row ``K`` times (one per rollout), one batched forward per depth;
    no best-first order, no adaptive horizon, no early stop;
@@ -25,7 +25,7 @@ engine does).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 try:
     from . import _common as C
@@ -34,21 +34,20 @@ except ImportError:                                 # run as a script
 
 import torch  # noqa: E402
 
-from epic_kernels.reference import (SampleStats, _bounds, entropy_bound, gumbel_argmax,  # noqa: E402
-                                    perturbed_scores, policy_logits, rb_estimate, score, softmax_entropy)
-from epic_kernels.rollout import Prefix  # noqa: E402
+from epic_kernels.core import Prefix, StepStats, admissible_bound  # noqa: E402
+from epic_kernels.reference import (gumbel_argmax, perturbed_scores, policy_logits, rb_estimate,  # noqa: E402
+                                    score, score_bounds, softmax_entropy)
 from epic_kernels.truncation import truncate  # noqa: E402
 
 
 @dataclass
 class NaiveStep:
     tokens: torch.Tensor                 # int64 [B]
-    stats: SampleStats                   # forward_calls / forward_tokens: EPIC's own work only
+    stats: StepStats                     # forward_calls / forward_tokens: EPIC's own work only
     entropy: torch.Tensor                # [B] winner's estimate (NaN when it won without a forward)
     next_logits: torch.Tensor | None = None
     kv: object | None = None
     attention_mask: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _forward(model, ids, cache, mask, positions):
@@ -64,11 +63,11 @@ def naive_sample(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int 
     """One exact EPIC step the naive way (see the module docstring). Arguments as ``sample_step``;
     ``kv`` (a transformers ``DynamicCache``, batch B) is never modified."""
     B, V = logits.shape
-    prefix = Prefix.build(kv, seed, B, attention_mask, model)
+    prefix = Prefix.from_cache(kv, seed, B, attention_mask, model)
     mask, pos, seeds = prefix.mask, prefix.positions, prefix.seeds
     logits = truncate(logits, top_k)
     k, K = horizon, rollouts
-    bound = entropy_bound(V, rollout_top_k) * (1 + 1e-6) + 1e-6        # as reference.lazy_sample
+    bound = admissible_bound(V, rollout_top_k)                         # as reference.lazy_sample
     width = abs(alpha) * k * bound
     z = perturbed_scores(logits, seeds, pos)
     front = z.max(-1, keepdim=True).values
@@ -78,7 +77,7 @@ def naive_sample(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int 
     tokens = torch.empty(B, dtype=torch.int64)
     entropy = torch.full((B,), float("nan"), dtype=z.dtype)
     evaluated_deeper = torch.zeros(B, dtype=torch.int64)
-    stats = SampleStats(counts.clone(), torch.zeros(B, dtype=torch.int64), evaluated_deeper)
+    stats = StepStats(counts.clone(), torch.zeros(B, dtype=torch.int64), evaluated_deeper)
     single = counts == 1
     tokens[single] = cands[single[rows]]
     multi = ~single[rows]
@@ -102,7 +101,7 @@ def naive_sample(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int 
         # ---- one prune with the depth-1 bounds ---------------------------------------------------
         depth = torch.ones(N, dtype=torch.int64)
         partial = rb_estimate(table, 1)
-        lb, ub = _bounds(zc, alpha, partial, depth, k, bound)
+        lb, ub = score_bounds(zc, alpha, partial, depth, k, bound)
         best_lb = torch.full((B,), float("-inf"), dtype=lb.dtype).scatter_reduce(0, r_idx, lb, "amax")
         alive = ub >= best_lb[r_idx]
         n_alive = torch.bincount(r_idx[alive], minlength=B)
@@ -149,11 +148,11 @@ def naive_sample(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int 
         new_kv = cache1
         new_kv.batch_select_indices(cand_of_row)
         out.next_logits = depth1_logits[cand_of_row]
-        out.extra.update(forwards_saved=B, finish_calls=0)
+        out.stats.forwards_saved = B
     else:                                    # the plain loop's forward
         new_kv = copy.deepcopy(kv)
         out.next_logits = _forward(model, tokens, new_kv, next_mask, pos)
-        out.extra.update(forwards_saved=0, finish_calls=1, finish_tokens=B)
+        out.stats.finish_calls, out.stats.finish_tokens = 1, B
     out.kv, out.attention_mask = new_kv, next_mask
     return out
 

@@ -1,7 +1,7 @@
 """Where a fast EPIC step's time goes, so the next bottleneck is visible.
 
 Decodes ``--steps`` tokens the way ``epic_kernels.generate`` does on its fast path (prefill once, then
-``fast_sample`` + ``PrefixCache.append`` per step, each step handing its prefetch to the next;
+``fast_sample`` + ``EpicCache.append`` per step, each step handing its prefetch to the next;
 ``--no-prefetch`` to compare) with exclusive-time wrappers around the engine's
 functions (in this process only; no library file is modified):
 
@@ -10,7 +10,7 @@ functions (in this process only; no library file is modified):
   norms, mask preparation, HF glue);
 * kernels: the Gumbel prune, rollout-policy top-k, softmax-entropy(+sample), keyed noise;
 * manager (bounds, pruning, blocks: ``next_requests``/``update``), bookkeeping (``ForkBatch.build``,
-  slot pool, ``Evaluator.run`` and ``_entropy_and_samples`` glue, ``_partial_sums``);
+  slot pool, ``Evaluator.run`` and ``_entropy_and_samples`` glue, ``partial_sums``);
 * Python and everything else in the step (``fast_sample`` glue, truncation, cache append).
 
 The step time is also given in units of one plain single-row decode forward (HF cache, SDPA),
@@ -42,7 +42,8 @@ from epic_kernels.engine import attention as A  # noqa: E402
 from epic_kernels.engine import evaluator as E  # noqa: E402
 from epic_kernels.engine import prefetch as P  # noqa: E402
 from epic_kernels.engine import step as S  # noqa: E402
-from epic_kernels.engine.cache import PrefixCache  # noqa: E402
+from epic_kernels.cache import EpicCache  # noqa: E402
+from epic_kernels.core import Prefix  # noqa: E402
 from epic_kernels.reference import EpicConfig  # noqa: E402
 from epic_kernels.truncation import truncate  # noqa: E402
 
@@ -52,12 +53,12 @@ SETTINGS = {"topk50": ("top-k 50", 50, 50), "full": ("full vocab", None, None)}
 CATEGORY = {
     "lm_head": "model: lm_head", "mlp": "model: MLPs", "self_attn": "model: attn projections + rotary",
     "fork_attention": "fork attention", "evaluator._forward": "model: rest (embed, norms, masks, glue)",
-    "prune": "kernel: Gumbel prune", "topk_policy": "kernel: rollout top-k",
+    "prune": "kernel: Gumbel prune", "topk_support": "kernel: rollout top-k",
     "softmax_entropy": "kernel: softmax entropy (+sample)", "noise_at": "kernel: keyed noise (top-k path)",
     "entropy_and_samples": "bookkeeping: entropy/sample glue",
     "manager": "manager (bounds, prune, blocks)", "ForkBatch.build": "bookkeeping: ForkBatch.build",
     "pool": "bookkeeping: slot pool", "pool copy": "bookkeeping: slot copies (fan-out, bets)", "evaluator.run": "bookkeeping: Evaluator.run",
-    "partial_sums": "bookkeeping: _partial_sums", "Evaluator.__init__": "bookkeeping: Evaluator init",
+    "partial_sums": "bookkeeping: partial_sums", "Evaluator.__init__": "bookkeeping: Evaluator init",
     "fast_sample": "Python/other in fast_sample", "truncate": "Python/other: truncate + cache append",
     "append": "Python/other: truncate + cache append",
     "prefetch": "prefetch: bets, predictions, hand-over", "adopt": "prefetch: adopt",
@@ -125,8 +126,8 @@ def instrument(model, T: Timers):
     E.Evaluator.run = T.wrap("evaluator.run", E.Evaluator.run)
     E.Evaluator._entropy_and_samples = T.wrap("entropy_and_samples", E.Evaluator._entropy_and_samples)
     E.softmax_entropy_impl = T.wrap("softmax_entropy", E.softmax_entropy_impl)
-    E.topk_policy = T.wrap("topk_policy", E.topk_policy)
-    E._partial_sums = T.wrap("partial_sums", E._partial_sums)
+    E.topk_support = T.wrap("topk_support", E.topk_support)
+    E.partial_sums = T.wrap("partial_sums", E.partial_sums)
     philox.noise_at = T.wrap("noise_at", philox.noise_at)
     E.ForkBatch.build = classmethod(T.wrap("ForkBatch.build", E.ForkBatch.build.__func__))
     A.SlotPool.reserve = T.wrap("pool", A.SlotPool.reserve)
@@ -197,8 +198,14 @@ def profile_setting(model, ids, key, args, T, fast, plain):
         was, T.enabled = T.enabled, False
         out = model(input_ids=ids, attention_mask=mask, use_cache=True)
         T.enabled = was
-        logits, cache = out.logits[:, -1, :], PrefixCache.from_hf(out.past_key_values, mask)
-        append = T.wrap("append", cache.append)
+        logits, cache = out.logits[:, -1, :], EpicCache.from_cache(out.past_key_values)
+        cur_mask = mask
+
+        def append(keys, values):
+            nxt = cache.fork()
+            nxt.append(keys, values)
+            return nxt
+        append = T.wrap("append", append)
         prefetched = pool = None
         transform = None if args.no_prefetch else (lambda x, seq, toks: trunc(x, top_k))
         steps, plains, calls, rows = [], [], 0, 0
@@ -212,13 +219,14 @@ def profile_setting(model, ids, key, args, T, fast, plain):
                 plains.append(tp)
                 T.enabled = was
             t0 = time.perf_counter()
-            res = fast(trunc(logits, top_k), cache.view(seeds), model, cfg, None, advance=True,
+            res = fast(trunc(logits, top_k), Prefix.view(cache, cur_mask, seeds), model, cfg, None, advance=True,
                        prefetched=prefetched, transform=transform, pool=pool)
-            append(res.next_keys, res.next_values)
+            cache = append(res.next_keys, res.next_values)
+            cur_mask = torch.cat([cur_mask, torch.ones_like(cur_mask[:, :1])], dim=1)
             logits, prefetched, pool = res.next_logits, res.prefetched, res.pool
             steps.append(time.perf_counter() - t0)
-            calls += res.stats.forward_calls + res.stats.extra.get("finish_calls", 0)
-            rows += res.stats.forward_tokens + res.stats.extra.get("finish_tokens", 0)
+            calls += res.stats.forward_calls + res.stats.finish_calls
+            rows += res.stats.forward_tokens + res.stats.finish_tokens
         if ctx is not None:
             ctx.__exit__(None, None, None)
         return steps, plains, calls, rows

@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import philox
+from . import defaults, philox
 from .validate import check_int
 
 CALIBRATION_TAG = 0x43414C42          # "CALB": counter word 2 of the calibration sampling stream
@@ -187,7 +187,8 @@ def sample_tokens(logits: torch.Tensor, seed: int, positions: torch.Tensor, samp
 
 
 @torch.no_grad()
-def collect_entropies(model, texts, *, contexts=None, horizon: int = 4, rollouts: int = 2, samples: int = 8,
+def collect_entropies(model, texts, *, contexts=None, horizon: int = defaults.HORIZON,
+                      rollouts: int = defaults.ROLLOUTS, samples: int = 8,
                       rollout_top_k: int | None = None, top_k: int | None = None, max_texts: int | None = None,
                       max_tokens: int | None = None, seed: int = 0, progress: bool = True, tokenizer=None,
                       chunk: int = DEFAULT_CHUNK) -> CalibrationData:
@@ -395,7 +396,8 @@ def _check_tol(tol) -> float:
     return tol
 
 
-def calibrate_alpha(model, texts, *, horizon: int = 4, rollouts: int = 2, samples: int = 8,
+def calibrate_alpha(model, texts, *, horizon: int = defaults.HORIZON, rollouts: int = defaults.ROLLOUTS,
+                    samples: int = 8,
                     rollout_top_k: int | None = None, tol: float = 1e-3, bracket=(-2.0, 2.0),
                     max_texts: int | None = None, max_tokens: int | None = None, seed: int = 0,
                     progress: bool = True, tokenizer=None, contexts=None, top_k: int | None = None,

@@ -12,11 +12,11 @@ import json
 import sys
 import time
 
-from . import defaults as D
+from . import defaults
 
 DEFAULT_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
-DEFAULTS = dict(alpha=D.ALPHA, horizon=D.HORIZON, rollouts=D.ROLLOUTS, top_k=D.TOP_K,
-                rollout_top_k=D.ROLLOUT_TOP_K, block_size=D.BLOCK_SIZE)
+DEFAULTS = dict(alpha=defaults.ALPHA, horizon=defaults.HORIZON, rollouts=defaults.ROLLOUTS, top_k=defaults.TOP_K,
+                rollout_top_k=defaults.ROLLOUT_TOP_K, block_size=defaults.BLOCK_SIZE)
 
 
 def _generate_parser() -> argparse.ArgumentParser:

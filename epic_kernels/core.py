@@ -8,7 +8,8 @@ The reference (``epic_kernels.reference``), the ops (``epic_kernels.ops``) and t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -46,6 +47,23 @@ def window(alpha: float, horizon: int, vocab: int, top_k: int | None) -> float:
     return abs(alpha) * horizon * admissible_bound(vocab, top_k)
 
 
+def rollout_horizon(gap: float, known: int, horizon: int, width_per_depth: float) -> int:
+    """GetRolloutHorizon: how deep to evaluate a candidate in this round.
+
+    A candidate evaluated to depth ``h`` still has ``(horizon - h) * width_per_depth`` of score
+    uncertainty (``width_per_depth = |alpha| * U``). It can only be certified as the winner once that
+    uncertainty fits in the ``gap`` between its upper bound and the threshold (the best upper bound
+    outside its block), so evaluate to the smallest such depth, at least one deeper than the depth
+    already known, capped at ``horizon``.
+    """
+    if gap <= 0 or width_per_depth <= 0:
+        return horizon
+    if math.isinf(gap):
+        return min(horizon, known + 1)
+    need = horizon - math.floor(gap / width_per_depth)
+    return int(min(horizon, max(known + 1, need)))
+
+
 def topk_support(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` largest logits of each row, ``(values, ids)`` ``[N, k]`` sorted by id.
 
@@ -78,6 +96,32 @@ def top_k_mask(logits: torch.Tensor, k: int | None) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- #
 # Configuration, prefix, results                                                                #
 # --------------------------------------------------------------------------------------------- #
+
+
+class PruneResult(NamedTuple):
+    """Output of the ``gumbel_topk_prune`` op (every backend returns exactly this layout).
+
+    Survivors are compacted per row in CSR form, ascending token id within a row: row ``b`` owns
+    ``ids[offsets[b]:offsets[b + 1]]`` and ``scores[...]``; ``counts[b] = offsets[b+1] - offsets[b]``.
+    """
+
+    ids: torch.Tensor           # int64 [S], surviving token ids
+    scores: torch.Tensor        # [S], their perturbed scores z (float32; float64 for float64 logits)
+    counts: torch.Tensor        # int64 [B]
+    offsets: torch.Tensor       # int64 [B + 1]
+    front_ids: torch.Tensor     # int64 [B], argmax of z (lower id on ties)
+    front_scores: torch.Tensor  # [B], max of z
+    topk_ids: torch.Tensor      # int64 [B, top_k], ids of the top_k largest z, descending (-1 pad)
+    topk_scores: torch.Tensor   # [B, top_k], their z (-inf pad)
+    lse: torch.Tensor           # [B], logsumexp of the logits (the centering term)
+
+    def row(self, n: int) -> "PruneResult":
+        """Row ``n`` as a one-row result."""
+        lo, hi = int(self.offsets[n]), int(self.offsets[n + 1])
+        return PruneResult(self.ids[lo:hi], self.scores[lo:hi], self.counts[n:n + 1],
+                           torch.tensor([0, hi - lo], dtype=torch.int64), self.front_ids[n:n + 1],
+                           self.front_scores[n:n + 1], self.topk_ids[n:n + 1], self.topk_scores[n:n + 1],
+                           self.lse[n:n + 1])
 
 
 @dataclass
@@ -113,6 +157,20 @@ class Prefix:
     @property
     def device(self) -> torch.device:
         return self.layers[0][0].device
+
+    @classmethod
+    def from_cache(cls, kv, seeds, batch: int, attention_mask=None, model=None) -> "Prefix":
+        """Validate a transformers cache, its mask and the seeds (``validate.check_prefix``) and view
+        its layers; ``seeds`` is an int (row b gets ``seed + b``) or a sequence of B ints."""
+        from .validate import check_prefix
+
+        mask, seeds = check_prefix(kv, seeds, batch, attention_mask, model)
+        return cls.view(kv, mask, seeds)
+
+    @classmethod
+    def view(cls, kv, mask: torch.Tensor, seeds: torch.Tensor) -> "Prefix":
+        """View the layers of cache ``kv`` with an already validated ``mask`` and ``seeds``."""
+        return cls([(layer.keys, layer.values) for layer in kv.layers], mask, mask.sum(-1), seeds)
 
     def bias(self, dtype) -> torch.Tensor:
         """Additive attention bias ``[B, 1, 1, L]``: 0 on real tokens, -inf on padding."""
@@ -159,5 +217,5 @@ class SampleResult:
 
 
 __all__ = ["BOUND_REL_SLACK", "BOUND_ABS_SLACK", "ENTROPY_SLACK", "SCORE_SLACK", "compute_dtype",
-           "entropy_bound", "admissible_bound", "window", "topk_support", "top_k_mask", "EpicConfig",
-           "Prefix", "StepStats", "SampleResult"]
+           "entropy_bound", "admissible_bound", "window", "rollout_horizon", "topk_support", "top_k_mask", "PruneResult",
+           "EpicConfig", "Prefix", "StepStats", "SampleResult"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .core import EpicConfig, Prefix
 from .validate import check_config, check_int
-from .reference import EpicConfig
 
 
 @torch.no_grad()
@@ -33,7 +33,6 @@ def lookahead_entropy(model, input_ids: torch.Tensor, *, positions: torch.Tensor
     -------
     float tensor shaped like ``candidates``.
     """
-    from .engine import PrefixView
     from .engine.attention import supports_fork
     from .engine.evaluator import Evaluator
     from .ops import choose
@@ -65,7 +64,7 @@ def lookahead_entropy(model, input_ids: torch.Tensor, *, positions: torch.Tensor
     out = model(input_ids=ids, use_cache=True)
     layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
     mask = torch.ones(1, T, dtype=torch.int64)
-    prefix = PrefixView(layers, mask, torch.tensor([T]), torch.tensor([seed], dtype=torch.int64))
+    prefix = Prefix(layers, mask, torch.tensor([T]), torch.tensor([seed], dtype=torch.int64))
     flat = candidates.flatten()
     pos = positions.repeat_interleave(candidates.shape[1])
     score_dtype = torch.float64 if out.logits.dtype == torch.float64 else torch.float32

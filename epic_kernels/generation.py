@@ -1,9 +1,9 @@
 """Whole-sequence EPIC decoding: ``epic_kernels.generate(model, input_ids, ...)``.
 
-Prefill once, then one ``sample_step`` per position. Sequences that emit an end-of-sequence token
-leave the batch (their cache rows are dropped), so they cost nothing afterwards. When a step can
-hand back the winner's forward (next logits and cache), the loop uses it instead of running the
-model again; otherwise it feeds the sampled tokens itself.
+Prefill once into an ``EpicCache``, then one ``api.run_step`` per position: the same step as
+``sample_step``, which hands back the next logits and the cache extended by the sampled tokens (the
+winner's own forward where it had one). Sequences that emit an end-of-sequence token leave the
+batch (their cache rows are dropped), so they cost nothing afterwards.
 """
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import defaults as D
-from .validate import check_config, check_int, check_seeds
-from .api import sample_step
-from .reference import EpicConfig
+from . import defaults
+from .api import run_step, use_fast_engine
+from .cache import EpicCache
+from .core import EpicConfig, Prefix
 from .truncation import truncate
+from .validate import check_config, check_int, check_seeds
 
 
 @dataclass
@@ -82,10 +83,10 @@ def _left_pad(input_ids, attention_mask):
 
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-             max_new_tokens: int = 64, alpha: float = D.ALPHA, horizon: int = D.HORIZON,
-             rollouts: int = D.ROLLOUTS, seed=0, eos_token_id=None, pad_token_id: int = 0,
-             top_k: int | None = D.TOP_K, top_p: float | None = None, min_p: float | None = None,
-             rollout_top_k: int | None = D.ROLLOUT_TOP_K, block_size: int = D.BLOCK_SIZE,
+             max_new_tokens: int = 64, alpha: float = defaults.ALPHA, horizon: int = defaults.HORIZON,
+             rollouts: int = defaults.ROLLOUTS, seed=0, eos_token_id=None, pad_token_id: int = 0,
+             top_k: int | None = defaults.TOP_K, top_p: float | None = None, min_p: float | None = None,
+             rollout_top_k: int | None = defaults.ROLLOUT_TOP_K, block_size: int = defaults.BLOCK_SIZE,
              engine: str = "auto", backend: str | None = None, prefetch: bool = True,
              logits_processor=None, stopping_criteria=None, on_step=None) -> GenerationOutput:
     """Decode up to ``max_new_tokens`` tokens per sequence with EPIC.
@@ -111,7 +112,6 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     are explained in ``epic_kernels.defaults``. Pass ``top_k=None, rollout_top_k=None`` for the
     full vocabulary.
     """
-    from .engine import PrefixCache, fast_sample, supports_fork
     from .ops import choose
     from .ops.softmax_entropy import softmax_entropy_impl
 
@@ -123,28 +123,26 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts, rollout_top_k=rollout_top_k,
                      block_size=block_size)
     check_config(cfg)
-    if engine not in ("auto", "fast", "reference"):
-        raise ValueError(f"engine must be 'auto', 'fast' or 'reference', got {engine!r}")
+    fast = use_fast_engine(engine, model)
     input_ids, mask = _left_pad(input_ids.to(torch.int64), attention_mask)
     batch = input_ids.shape[0]
     seeds = check_seeds(seed, batch)
     eos = set() if eos_token_id is None else set(
         [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
-    fast = engine == "fast" or (engine == "auto" and supports_fork(model))
 
     new_tokens: list[list[int]] = [[] for _ in range(batch)]
     entropies: list[list[float]] = [[] for _ in range(batch)]
     records: list[StepRecord] = []
     if max_new_tokens > 0:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        logits, kv = out.logits[:, -1, :], out.past_key_values
-        if fast:
-            cache, kv = PrefixCache.from_hf(kv, mask), None
+        cache = EpicCache(num_layers=0)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True)
+        logits = out.logits[:, -1, :]
         which = choose(logits.device, backend)
         rows = torch.arange(batch)                 # which sequence each active row is
-        prefetched, transform, pool = None, None, None
-        if prefetch:
+        prefetched, transform = None, None
+        if prefetch and fast:
             def transform(nxt, seq, tokens):         # what a later step sees if `tokens` come next
                 if logits_processor is not None:
                     ids_so_far = _so_far(input_ids, new_tokens, rows[seq])
@@ -157,20 +155,11 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             scores = logits
             if logits_processor is not None:
                 scores = logits_processor(_so_far(input_ids, new_tokens, rows), logits)
-            if fast:
-                res = fast_sample(truncate(scores, top_k, top_p, min_p), cache.view(seeds[rows]), model, cfg,
-                                  backend, advance=advance, prefetched=prefetched, transform=transform, pool=pool)
-                pool = res.pool
-                if advance:
-                    cache.append(res.next_keys, res.next_values)
-                    logits, prefetched = res.next_logits, res.prefetched
-            else:
-                res = sample_step(scores, kv, model, alpha=alpha, horizon=horizon, rollouts=rollouts,
-                                  seed=seeds[rows], attention_mask=mask, rollout_top_k=rollout_top_k,
-                                  top_k=top_k, top_p=top_p, min_p=min_p, block_size=block_size,
-                                  advance=advance, engine="reference")
-                if advance:
-                    logits, kv, mask = res.next_logits, res.kv, res.attention_mask
+            prefix = Prefix.view(cache, mask, seeds[rows])
+            res = run_step(truncate(scores, top_k, top_p, min_p), cache, prefix, model, cfg, fast=fast,
+                           backend=backend, advance=advance, prefetched=prefetched, transform=transform)
+            if advance:
+                logits, cache, mask, prefetched = res.next_logits, res.kv, res.attention_mask, res.prefetched
             tokens = res.tokens
             for i, r in enumerate(rows.tolist()):
                 new_tokens[r].append(int(tokens[i]))
@@ -180,21 +169,16 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                 done |= torch.as_tensor(stopping_criteria(_so_far(input_ids, new_tokens, rows), scores)).bool().cpu()
             keep = (~done).nonzero().flatten()
             if advance and len(keep) < len(rows):     # finished sequences leave the batch's work
-                logits = logits[keep]
-                if fast:
-                    cache.select(keep)
-                    prefetched = prefetched.select(keep) if prefetched is not None else None
-                else:
-                    kv.batch_select_indices(keep)
-                    mask = mask[keep]
+                logits, mask = logits[keep], mask[keep]
+                cache.batch_select_indices(keep)
+                prefetched = prefetched.select(keep, cache) if prefetched is not None else None
             st = res.stats
             records.append(StepRecord(
                 active=len(rows), survivors=float(st.survivors.double().mean()),
                 evaluated_depth1=float(st.evaluated_depth1.double().mean()),
                 evaluated_deeper=float(st.evaluated_deeper.double().mean()),
                 forward_calls=st.forward_calls, forward_tokens=st.forward_tokens,
-                forwards_saved=int(st.extra.get("forwards_saved", 0)),
-                prefetched=int(st.extra.get("adopted", 0)),
+                forwards_saved=st.forwards_saved, prefetched=st.adopted,
                 seconds=time.perf_counter() - start))
             if on_step is not None:
                 on_step(step, rows, tokens)

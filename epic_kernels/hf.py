@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import torch
 
-from . import defaults as D
+from . import defaults
 from .generation import generate
 
 
 def custom_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
-                    epic_alpha: float = D.ALPHA, epic_horizon: int = D.HORIZON, epic_rollouts: int = D.ROLLOUTS,
-                    epic_seed=0, epic_rollout_top_k: int | None = D.ROLLOUT_TOP_K,
-                    epic_block_size: int = D.BLOCK_SIZE, **model_kwargs):
+                    epic_alpha: float = defaults.ALPHA, epic_horizon: int = defaults.HORIZON, epic_rollouts: int = defaults.ROLLOUTS,
+                    epic_seed=0, epic_rollout_top_k: int | None = defaults.ROLLOUT_TOP_K,
+                    epic_block_size: int = defaults.BLOCK_SIZE, **model_kwargs):
     """Decoding loop for ``model.generate(custom_generate=...)``; returns the sequences ``[B, T + n]``.
 
     The ``epic_*`` keyword arguments are taken from ``model.generate``'s keyword arguments.
@@ -68,8 +68,9 @@ class EpicLogitsProcessor:
         ``epic_kernels.sample_step`` (top_k / top_p / min_p truncate the candidates before EPIC).
     """
 
-    def __init__(self, model, *, attention_mask=None, alpha: float = 0.2, horizon: int = 4, rollouts: int = 2,
-                 seed=0, rollout_top_k: int | None = None, block_size: int = 4, top_k: int | None = None,
+    def __init__(self, model, *, attention_mask=None, alpha: float = defaults.ALPHA, horizon: int = defaults.HORIZON,
+                 rollouts: int = defaults.ROLLOUTS, seed=0, rollout_top_k: int | None = None,
+                 block_size: int = defaults.BLOCK_SIZE, top_k: int | None = None,
                  top_p: float | None = None, min_p: float | None = None):
         self.model, self.prompt_mask = model, attention_mask
         self.kwargs = dict(alpha=alpha, horizon=horizon, rollouts=rollouts, seed=seed, rollout_top_k=rollout_top_k,

@@ -7,23 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from .core import top_k_mask
 from .validate import check_int
-
-
-def top_k_logits(logits: torch.Tensor, top_k: int) -> torch.Tensor:
-    """``reference.policy_logits(logits, top_k)`` for ``[B, V]`` logits, with a partial top-k instead
-    of a full sort: only rows with a tie across the boundary take the reference's stable sort."""
-    from .reference import policy_logits
-
-    if top_k >= logits.shape[-1]:
-        return logits
-    vals = torch.topk(logits, top_k + 1, dim=-1).values
-    kth, nxt = vals[:, top_k - 1:top_k], vals[:, top_k:top_k + 1]
-    out = logits.masked_fill(logits < kth, float("-inf"))      # exactly top_k stay unless tied
-    tie = (kth == nxt).squeeze(-1)
-    if tie.any():
-        out[tie] = policy_logits(logits[tie], top_k)
-    return out
 
 
 def truncate(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
@@ -31,7 +16,7 @@ def truncate(logits: torch.Tensor, top_k: int | None = None, top_p: float | None
     """Apply top-k, then top-p, then min-p to ``logits [B, V]``; returns a new tensor."""
     out = logits
     if top_k is not None:
-        out = top_k_logits(out, check_int(top_k, "top_k", 1))
+        out = top_k_mask(out, check_int(top_k, "top_k", 1))
     if top_p is not None:
         if not 0.0 < float(top_p) <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from epic_kernels import _ext
-from epic_kernels.engine import PrefixView, fast_sample
+from epic_kernels.engine import fast_sample
 from epic_kernels.ops import _dispatch, choose, gumbel_topk_prune, softmax_entropy
-from epic_kernels.reference import EpicConfig
-from epic_kernels.rollout import Prefix, cache_layers
+from epic_kernels.core import EpicConfig
+from epic_kernels.core import Prefix
+from epic_kernels.reference import cache_layers
 
 CPU = torch.device("cpu")
 
@@ -92,8 +93,8 @@ def test_sampler_tokens_do_not_depend_on_the_backend(tiny, batch7, backend):
     logits = logits.detach().float()              # the kernels' float32 path
     cfg = EpicConfig(alpha=1.0, horizon=2, rollouts=2, block_size=4)
     for seed in (3, 4):
-        prefix = Prefix.build(kv, seed, 7, mask, tiny)
-        view = PrefixView(cache_layers(kv), prefix.mask, prefix.positions, prefix.seeds)
+        prefix = Prefix.from_cache(kv, seed, 7, mask, tiny)
+        view = prefix
         ours = fast_sample(logits, view, tiny, cfg, backend)
         ref = fast_sample(logits, view, tiny, cfg, "reference")
         assert torch.equal(ours.tokens, ref.tokens)

@@ -8,8 +8,9 @@ as draws from the un-tilted distribution q.
 import pytest
 import torch
 
-from epic_kernels.reference import EpicConfig, lazy_sample
-from epic_kernels.rollout import Prefix
+from epic_kernels.core import EpicConfig
+from epic_kernels.reference import lazy_sample
+from epic_kernels.core import Prefix
 from epic_kernels.testing import exact_lookahead_entropies, prefill
 
 P_REJECT = 1e-4
@@ -35,7 +36,7 @@ def draw(model, prompt, cfg, draws=DRAWS):
     counts = torch.zeros(logits.shape[-1], dtype=torch.float64)
     for start in range(0, draws, CHUNK):
         seeds = list(range(start, start + CHUNK))
-        prefix = Prefix.build(kv, seeds, CHUNK, mask, model)
+        prefix = Prefix.from_cache(kv, seeds, CHUNK, mask, model)
         tokens = lazy_sample(logits, prefix, model, cfg).tokens
         counts += torch.bincount(tokens, minlength=logits.shape[-1]).double()
     return counts, logits[0].double()

@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from epic_kernels.entropy import lookahead_entropy
-from epic_kernels.reference import EpicConfig, rb_estimate
-from epic_kernels.rollout import Prefix, rollout_entropies
+from epic_kernels.core import EpicConfig
+from epic_kernels.reference import rb_estimate
+from epic_kernels.core import Prefix
+from epic_kernels.reference import rollout_entropies
 from epic_kernels.testing import exact_lookahead_entropy, prefill
 
 TEXT = [3, 7, 2, 9, 4, 1, 5, 12]
@@ -15,7 +17,7 @@ def test_matches_reference_rollouts_at_every_prefix(tiny16):
     cfg = EpicConfig(alpha=1.0, horizon=3, rollouts=2)
     for i, t in enumerate(range(1, len(TEXT))):
         _, kv, mask = prefill(tiny16, [TEXT[:t]])
-        table, _, _, _ = rollout_entropies(tiny16, Prefix.build(kv, 5, 1, mask, tiny16), torch.tensor([0]),
+        table, _, _, _ = rollout_entropies(tiny16, Prefix.from_cache(kv, 5, 1, mask, tiny16), torch.tensor([0]),
                                            torch.tensor([TEXT[t]]), torch.tensor([3]), cfg)
         assert abs(float(h[i]) - float(rb_estimate(table)[0])) < 1e-10
 

@@ -1,8 +1,10 @@
 """Lookahead-entropy estimators: RB (eq. 47) and MC (eq. 45) are unbiased; RB has lower variance."""
 import torch
 
-from epic_kernels.reference import EpicConfig, mc_estimate, rb_estimate, softmax_entropy
-from epic_kernels.rollout import Prefix, rollout_entropies
+from epic_kernels.core import EpicConfig
+from epic_kernels.reference import mc_estimate, rb_estimate, softmax_entropy
+from epic_kernels.core import Prefix
+from epic_kernels.reference import rollout_entropies
 from epic_kernels.testing import exact_lookahead_entropy, prefill
 
 PROMPT = [4, 11, 2, 7]
@@ -11,7 +13,7 @@ PROMPT = [4, 11, 2, 7]
 def _estimates(model, candidate, horizon, rollouts, n_seeds, top_k=None):
     """RB and MC estimates for ``n_seeds`` sequence seeds, from the very same rollouts."""
     logits, kv, mask = prefill(model, [PROMPT] * n_seeds)
-    prefix = Prefix.build(kv, list(range(n_seeds)), n_seeds, mask, model)
+    prefix = Prefix.from_cache(kv, list(range(n_seeds)), n_seeds, mask, model)
     cfg = EpicConfig(alpha=1.0, horizon=horizon, rollouts=rollouts, rollout_top_k=top_k)
     rows = torch.arange(n_seeds)
     table, log_probs, calls, tokens = rollout_entropies(

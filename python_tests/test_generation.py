@@ -8,8 +8,9 @@ from transformers import LogitsProcessorList
 
 import epic_kernels
 from epic_kernels.hf import EpicLogitsProcessor, custom_generate
-from epic_kernels.reference import EpicConfig, lazy_sample
-from epic_kernels.rollout import Prefix
+from epic_kernels.core import EpicConfig
+from epic_kernels.reference import lazy_sample
+from epic_kernels.core import Prefix
 from epic_kernels.testing import prefill, random_prompts
 
 KW = dict(alpha=0.8, horizon=3, rollouts=2)
@@ -42,7 +43,7 @@ def test_equals_a_loop_of_reference_steps(tiny):
     seqs = [list(p) for p in prompts]
     for _ in range(8):                   # re-prefill every step: the plainest possible loop
         logits, kv, m = prefill(tiny, seqs)
-        prefix = Prefix.build(kv, [7, 8], 2, m, tiny)
+        prefix = Prefix.from_cache(kv, [7, 8], 2, m, tiny)
         tokens = lazy_sample(epic_kernels.truncate(logits.detach(), top_k=12), prefix, tiny, cfg).tokens
         for s, t in zip(seqs, tokens.tolist()):
             s.append(t)

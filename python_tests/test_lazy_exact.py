@@ -4,9 +4,10 @@ import itertools
 import pytest
 import torch
 
-from epic_kernels.reference import (EpicConfig, exhaustive_sample, gumbel_argmax, lazy_sample,
+from epic_kernels.core import EpicConfig
+from epic_kernels.reference import (exhaustive_sample, gumbel_argmax, lazy_sample,
                                     perturbed_scores)
-from epic_kernels.rollout import Prefix
+from epic_kernels.core import Prefix
 from epic_kernels.testing import prefill, random_prompts
 from epic_kernels.truncation import truncate
 
@@ -37,7 +38,7 @@ def grid(tiny, batch7):
                          rollout_top_k=8 if truncated else None, block_size=2)
         runs = []
         for (logits, kv, mask), seed in itertools.product(_cases(tiny, batch7, truncated), SEEDS):
-            prefix = Prefix.build(kv, seed, logits.shape[0], mask, tiny)
+            prefix = Prefix.from_cache(kv, seed, logits.shape[0], mask, tiny)
             lazy = lazy_sample(logits, prefix, tiny, cfg)
             full = exhaustive_sample(logits, prefix, tiny, cfg)
             plain = torch.argmax(perturbed_scores(logits, prefix.seeds, prefix.positions), dim=-1)
@@ -76,7 +77,7 @@ def test_grid_was_big_and_not_trivial(grid):
 def test_alpha_zero_is_plain_gumbel_max(tiny, batch7):
     _, logits, kv, mask = batch7
     for seed in range(40):
-        prefix = Prefix.build(kv, seed, logits.shape[0], mask, tiny)
+        prefix = Prefix.from_cache(kv, seed, logits.shape[0], mask, tiny)
         res = lazy_sample(logits.detach(), prefix, tiny, EpicConfig(alpha=0.0, horizon=4, rollouts=2))
         z = perturbed_scores(logits.detach(), prefix.seeds, prefix.positions)
         assert torch.equal(res.tokens, torch.argmax(z, dim=-1))
@@ -89,7 +90,7 @@ def test_single_candidate_needs_no_forward(tiny, batch7):
     _, logits, kv, mask = batch7
     one_hot = torch.full_like(logits, float("-inf"))
     one_hot[torch.arange(7), torch.arange(7) + 3] = 0.0
-    prefix = Prefix.build(kv, 3, 7, mask, tiny)
+    prefix = Prefix.from_cache(kv, 3, 7, mask, tiny)
     res = lazy_sample(one_hot, prefix, tiny, EpicConfig(alpha=1.0, horizon=4, rollouts=4))
     assert res.tokens.tolist() == [3, 4, 5, 6, 7, 8, 9]
     assert res.stats.forward_calls == 0

@@ -4,12 +4,14 @@ import itertools
 import pytest
 import torch
 
-from epic_kernels.engine import PrefixView
+
 from epic_kernels.engine.evaluator import Evaluator
 from epic_kernels.engine.manager import PyCandidateManager, make_manager
 from epic_kernels.ops import gumbel_topk_prune
-from epic_kernels.reference import EpicConfig, entropy_bound
-from epic_kernels.rollout import Prefix, cache_layers
+from epic_kernels.core import EpicConfig
+from epic_kernels.reference import entropy_bound
+from epic_kernels.core import Prefix
+from epic_kernels.reference import cache_layers
 
 CASES = list(itertools.product([-1.0, 0.3, 1.0], [2, 4], [1, 2], [1, 3, 64], [None, 8]))
 
@@ -19,8 +21,8 @@ def test_cpp_manager_matches_python(tiny, batch7, alpha, horizon, rollouts, bloc
     _, logits, kv, mask = batch7
     cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts, rollout_top_k=rollout_top_k,
                      block_size=block)
-    prefix = Prefix.build(kv, 99, 7, mask, tiny)
-    view = PrefixView(cache_layers(kv), prefix.mask, prefix.positions, prefix.seeds)
+    prefix = Prefix.from_cache(kv, 99, 7, mask, tiny)
+    view = prefix
     bound = entropy_bound(logits.shape[-1], rollout_top_k)
     pr = gumbel_topk_prune(logits.detach(), prefix.seeds, prefix.positions,
                            abs(alpha) * horizon * (bound * (1 + 1e-6) + 1e-6), 1, backend="reference")

@@ -69,7 +69,7 @@ def _loop(tiny, prompts, kw, steps, use_prefetch, tamper=None):
     for t in range(steps):
         out = epic_kernels.sample_step(logits, kv, tiny, attention_mask=mask, engine="fast",
                                        prefetched=pre if use_prefetch else None, **kw)
-        adopted += out.stats.extra.get("adopted", 0)
+        adopted += out.stats.adopted
         tokens.append(out.tokens.tolist())
         logits, kv, mask, pre = out.next_logits, out.kv, out.attention_mask, out.prefetched
         if tamper is not None:
@@ -107,53 +107,44 @@ def test_prefetched_of_the_wrong_type_is_an_error(tiny):
 
 def test_step_statistics_account_for_prefetched_rows(tiny):
     """Rows fed = the step's own rows + rows for the next step; own + adopted = what the step used."""
-    from epic_kernels.engine import PrefixCache, fast_sample
-    from epic_kernels.reference import EpicConfig
-    from epic_kernels.truncation import truncate
+    from epic_kernels.core import EpicConfig
 
     cfg = EpicConfig(alpha=0.9, horizon=3, rollouts=2)
-    logits, kv, mask = prefill(tiny, random_prompts(32, [5, 3], seed=4))
-    cache = PrefixCache.from_hf(kv, mask)
-    seeds = torch.tensor([1, 2])
     pre, won, adopted = None, 0, 0
-    transform = lambda x, seq, tok: truncate(x, 6)
-    for _ in range(10):
-        step = fast_sample(truncate(logits, 6), cache.view(seeds), tiny, cfg, "reference", prefetched=pre,
-                           transform=transform)
-        ex = step.stats.extra
-        own = step.stats.forward_tokens - ex["prefetch_rows"]
-        assert own >= 0 and ex["prefetch_rows_won"] <= ex["prefetch_rows"]
+    for st in _fast_loop(tiny, random_prompts(32, [5, 3], seed=4), cfg, torch.tensor([1, 2]), 10, 6)[1]:
+        own = st.forward_tokens - st.prefetch_rows
+        assert own >= 0 and st.prefetch_rows_won <= st.prefetch_rows
         # everything the step's candidates reached was fed by this step or adopted, nothing twice
-        assert own + ex["adopted_rows"] >= ex["min_forward_tokens"]
-        assert ex["adopted_rows"] <= won
-        won, adopted = ex["prefetch_rows_won"], adopted + ex["adopted"]
-        cache.append(step.next_keys, step.next_values)
-        logits, pre = step.next_logits, step.prefetched
+        assert own + st.adopted_rows >= st.min_forward_tokens
+        assert st.adopted_rows <= won
+        won, adopted = st.prefetch_rows_won, adopted + st.adopted
     assert adopted > 0
 
 
 def _fast_loop(tiny, prompts, cfg, seeds, steps, top_k, prefetch=True):
-    from epic_kernels.engine import PrefixCache, fast_sample
+    """``steps`` fast-engine steps (reference kernels) through ``api.run_step``; tokens and stats."""
+    from epic_kernels.api import run_step
+    from epic_kernels.cache import EpicCache
+    from epic_kernels.core import Prefix
     from epic_kernels.truncation import truncate
 
     logits, kv, mask = prefill(tiny, prompts)
-    cache = PrefixCache.from_hf(kv, mask)
-    pre, tokens, extra = None, [], []
+    cache = EpicCache.from_cache(kv)
+    pre, tokens, stats = None, [], []
     transform = (lambda x, seq, toks: truncate(x, top_k)) if prefetch else None
     for _ in range(steps):
-        step = fast_sample(truncate(logits, top_k), cache.view(seeds), tiny, cfg, "reference", prefetched=pre,
-                           transform=transform)
-        tokens.append(step.tokens.tolist())
-        extra.append(step.stats.extra)
-        cache.append(step.next_keys, step.next_values)
-        logits, pre = step.next_logits, step.prefetched
-    return tokens, extra
+        out = run_step(truncate(logits, top_k), cache, Prefix.view(cache, mask, seeds), tiny, cfg, fast=True,
+                       backend="reference", prefetched=pre, transform=transform)
+        tokens.append(out.tokens.tolist())
+        stats.append(out.stats)
+        logits, cache, mask, pre = out.next_logits, out.kv, out.attention_mask, out.prefetched
+    return tokens, stats
 
 
 def test_two_steps_ahead_entries_are_used_and_change_nothing(tiny):
     """A decided bet bets again on its own winner (the step after next); those entries are
     continued or handed on, and the tokens stay those of the engine without prefetch."""
-    from epic_kernels.reference import EpicConfig
+    from epic_kernels.core import EpicConfig
 
     carried = 0
     for alpha, k, K, top_k in [(0.3, 4, 2, 12), (-0.5, 2, 3, 8), (0.6, 3, 1, 10)]:
@@ -163,7 +154,7 @@ def test_two_steps_ahead_entries_are_used_and_change_nothing(tiny):
         on, extra = _fast_loop(tiny, prompts, cfg, seeds, 16, top_k)
         off, _ = _fast_loop(tiny, prompts, cfg, seeds, 16, top_k, prefetch=False)
         assert on == off
-        carried += sum(e.get("prefetch_carried", 0) for e in extra)
+        carried += sum(e.prefetch_carried for e in extra)
     assert carried > 0
 
 

@@ -2,8 +2,9 @@
 import torch
 
 import epic_kernels
-from epic_kernels.reference import EpicConfig, lazy_sample
-from epic_kernels.rollout import Prefix
+from epic_kernels.core import EpicConfig
+from epic_kernels.reference import lazy_sample
+from epic_kernels.core import Prefix
 from epic_kernels.testing import prefill, random_prompts
 
 
@@ -25,7 +26,7 @@ def test_matches_reference_lazy_sampler(tiny, batch7):
     _, logits, kv, mask = batch7
     out = epic_kernels.sample_step(logits.detach(), kv, tiny, alpha=-0.5, horizon=2, rollouts=4,
                                    seed=[3, 1, 4, 1, 5, 9, 2], attention_mask=mask, block_size=3)
-    prefix = Prefix.build(kv, [3, 1, 4, 1, 5, 9, 2], 7, mask, tiny)
+    prefix = Prefix.from_cache(kv, [3, 1, 4, 1, 5, 9, 2], 7, mask, tiny)
     ref = lazy_sample(logits.detach(), prefix, tiny, EpicConfig(alpha=-0.5, horizon=2, rollouts=4, block_size=3))
     assert torch.equal(out.tokens, ref.tokens)
 

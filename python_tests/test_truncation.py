@@ -1,8 +1,19 @@
-"""Candidate truncation: the partial top-k equals the reference's stable-sort definition."""
+"""Candidate truncation and the one tie-aware top-k (``core.topk_support`` / ``core.top_k_mask``,
+shared by the rollout policy, top-k truncation and the engine): equal to the stable-sort definition."""
 import torch
 
+from epic_kernels.core import top_k_mask, topk_support
 from epic_kernels.reference import policy_logits
-from epic_kernels.truncation import top_k_logits, truncate
+from epic_kernels.truncation import truncate
+
+
+def stable_sort_top_k(logits, k):
+    """The definition: keep the first k of a stable descending sort (ties to the lower id)."""
+    if k >= logits.shape[-1]:
+        return logits
+    order = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :k]
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, True)
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 def test_top_k_equals_the_reference_definition():
@@ -15,13 +26,19 @@ def test_top_k_equals_the_reference_definition():
         if trial % 4 == 0:                       # removed tokens, sometimes more than k of them
             x[:, : V // 2] = float("-inf")
         for k in (1, 2, V // 3 + 1, V - 1, V, V + 5):
-            assert torch.equal(top_k_logits(x, k), policy_logits(x, k)), (trial, V, k)
-            assert torch.equal(truncate(x, top_k=k), policy_logits(x, k))
+            want = stable_sort_top_k(x, k)
+            assert torch.equal(top_k_mask(x, k), want), (trial, V, k)
+            assert torch.equal(policy_logits(x, k), want)
+            assert torch.equal(truncate(x, top_k=k), want)
+            if k < V:                            # the support itself: ids ascending, their logits
+                vals, ids = topk_support(x, k)
+                assert torch.equal(ids, torch.sort(torch.sort(x, dim=-1, descending=True, stable=True).indices[:, :k]).values)
+                assert torch.equal(vals, x.gather(1, ids))
 
 
 def test_top_k_keeps_exactly_k_and_does_not_modify_its_input():
     x = torch.tensor([[3.0, 1.0, 3.0, 2.0, 3.0, 0.0]])
     before = x.clone()
-    out = top_k_logits(x, 2)
+    out = top_k_mask(x, 2)
     assert torch.equal(x, before)
     assert out.isfinite().sum() == 2 and out[0, 0] == 3 and out[0, 2] == 3   # ties to the lower ids

@@ -1,8 +1,8 @@
-"""The fast EPIC engine: fork attention over a shared prefix, slot-pool rollouts, the candidate-block
-manager, and reuse of the winner's forward. Produces the reference sampler's tokens."""
+"""The fast EPIC engine: fork attention over a shared prefix, slot-pool rollouts, the best-first
+search over the candidate manager, reuse of the winner's forward, and prefetch of the next step.
+Produces the reference sampler's tokens."""
 from .attention import SlotPool, fork_attention, fork_mode, supports_fork
-from .cache import PrefixCache, PrefixView
+from .search import Search
 from .step import FastStep, fast_sample
 
-__all__ = ["fast_sample", "FastStep", "PrefixCache", "PrefixView", "SlotPool", "fork_attention",
-           "fork_mode", "supports_fork"]
+__all__ = ["fast_sample", "FastStep", "Search", "SlotPool", "fork_attention", "fork_mode", "supports_fork"]

@@ -8,50 +8,26 @@ of every sequence advances by one depth per model call.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from .. import philox
+from ..core import Prefix, topk_support
 from ..ops.softmax_entropy import softmax_entropy_impl
-from ..reference import _partial_sums, score
+from ..reference.primitives import partial_sums, score
 from .attention import ForkBatch, SlotPool, fork_mode
 from .rows import plan_rows_impl
 
 
-def topk_policy(logits: torch.Tensor, k: int):
-    """The rollout policy's support, ``(values, ids)`` ``[N, k]`` sorted by id: the ``k`` largest
-    logits, ties at the boundary to the lower id (the same set as ``reference.policy_logits``)."""
-    vals, ids = torch.topk(logits, min(k + 1, logits.shape[-1]), dim=-1)
-    if vals.shape[-1] > k:
-        tie = vals[:, k - 1] == vals[:, k]
-        vals, ids = vals[:, :k], ids[:, :k]
-        if tie.any():                                 # rare: redo those rows with a stable sort
-            rows = tie.nonzero().flatten()
-            order = torch.sort(logits[rows], dim=-1, descending=True, stable=True).indices[:, :k]
-            ids[rows] = order
-            vals[rows] = logits[rows].gather(1, order)
-    ids, perm = torch.sort(ids, dim=-1)
-    return vals.gather(1, perm), ids
-
-
-class _Rows(NamedTuple):
-    """The rows of one depth advance: model inputs and what ``absorb`` needs to file the outputs."""
-
-    seq: torch.Tensor
-    slot: torch.Tensor
-    fill: torch.Tensor
-    tokens: torch.Tensor
-    positions: torch.Tensor
-    limit: torch.Tensor | None
-    first: torch.Tensor          # candidates evaluated at depth 1 (one row each, first)
-    deep: torch.Tensor           # candidates going one depth deeper (K rows each, after)
-
-
 class Evaluator:
-    """Rollout state of one step's candidates (``seq``, ``tokens`` ``[M]``)."""
+    """Rollout state of one step's candidates (``seq``, ``tokens`` ``[M]``): the fork-attention
+    implementation of the evaluator interface of ``search.py`` (``want``, ``pending``, ``results``,
+    ``scores``), plus ``call`` (one model call) and ``run`` (calls until the wanted depths are done).
 
-    def __init__(self, model, prefix, seq, tokens, cfg, backend: str, score_dtype, positions=None, *,
+    A *rider* (``prefetch.Prefetcher``) may add rows of its own to each call: ``ride.plan()`` before
+    the call returns extra row sets (or None), ``ride.absorb(logits)`` files their outputs after it.
+    """
+
+    def __init__(self, model, prefix: Prefix, seq, tokens, cfg, backend: str, score_dtype, positions=None, *,
                  pool: SlotPool | None = None, lead: int = 0, slot_len: int | None = None,
                  keep_logits: bool = True):
         """``positions [M]`` (optional): candidate m sits at ``positions[m]`` and sees only the prefix
@@ -76,7 +52,6 @@ class Evaluator:
             pool = SlotPool(*geometry)
         self.pool = pool
         self.slot0 = pool.allocate(M * K)           # path (m, r) owns slot slot0 + m * K + r
-        self.prefetch = None                        # a Prefetcher adding next-step rows to calls
         self.adopted = 0                            # candidates whose evaluation came from the last step
         self.adopted_rows = 0                       # ... and the rows that evaluation fed
         self.depth = torch.zeros(M, dtype=torch.int64)
@@ -101,7 +76,7 @@ class Evaluator:
         positions = positions.contiguous()
         top_k = self.cfg.rollout_top_k
         if top_k is not None and top_k < logits.shape[-1]:
-            vals, ids = topk_policy(logits, top_k)
+            vals, ids = topk_support(logits, top_k)
             ent, _, _ = softmax_entropy_impl(vals, backend=self.backend)
             x = vals.to(ent.dtype)
             picks = [ids.gather(1, torch.argmax(x + philox.noise_at(seeds, streams[:, s], positions, ids), -1,
@@ -142,9 +117,9 @@ class Evaluator:
     def pending(self) -> bool:
         return bool((self.depth < self.goal).any())
 
-    def plan(self) -> _Rows | None:
-        """The rows that advance every pending candidate by one depth (None: nothing pending); the
-        row table and the fan-out copies come from ``rows.plan_rows`` (C++ on CPU)."""
+    def plan(self):
+        """The rows (a ``PlannedRows``) that advance every pending candidate by one depth (None:
+        nothing pending); the row table and the fan-out copies come from the ``plan_rows`` op."""
         K, a = self.cfg.rollouts, self.lead
         p = plan_rows_impl(self.depth, self.goal, self.seq, self.tokens, self.last, self.base,
                            self.slot0, K, a, self.backend)
@@ -152,10 +127,9 @@ class Evaluator:
             return None
         if len(p.fan_src):                         # depth 1 is shared: copy it to the other rollouts
             self.pool.copy_slots(p.fan_src, p.fan_dst, a + 1)
-        limit = None if self.row_limit is None else self.row_limit[p.row_candidate]
-        return _Rows(p.seq, p.slot, p.fill, p.tokens, p.positions, limit, p.first, p.deep)
+        return p
 
-    def absorb(self, rows: _Rows, logits: torch.Tensor) -> None:
+    def absorb(self, rows, logits: torch.Tensor) -> None:
         """File the model's outputs for ``rows``: entropies, keyed rollout tokens, depth-1 logits."""
         K = self.cfg.rollouts
         first, deep = rows.first, rows.deep
@@ -181,27 +155,35 @@ class Evaluator:
 
     def results(self, idx: torch.Tensor):
         """``(depth, partial RB sum)`` of candidates ``idx``."""
-        return self.depth[idx].clone(), _partial_sums(self.table[idx], self.depth[idx])
+        return self.depth[idx].clone(), partial_sums(self.table[idx], self.depth[idx])
 
     @torch.no_grad()
-    def run(self, idx: torch.Tensor, target: torch.Tensor):
-        """Advance candidates ``idx`` to depths ``target``, one model call per depth (a prefetcher's
-        rows ride along); return their ``(depth, partial RB sum)``."""
+    def call(self, ride=None) -> bool:
+        """One model call advancing every pending candidate by one depth, with ``ride``'s rows
+        (if any) in the same call. False when nothing was pending (no call made)."""
+        rows = self.plan()
+        if rows is None:
+            return False
+        extra = ride.plan() if ride is not None else None
+        inputs = [rows.seq, rows.slot, rows.fill, rows.tokens, rows.positions]
+        if extra:
+            inputs = [torch.cat([x] + [getattr(e, f) for e in extra]) for x, f in
+                      zip(inputs, ("seq", "slot", "fill", "tokens", "positions"))]
+        limit = None if self.row_limit is None else self.row_limit[rows.row_candidate]
+        logits = self._forward(*inputs, limit)
+        n = len(rows.seq)
+        self.absorb(rows, logits[:n])
+        if extra:
+            ride.absorb(logits[n:])
+        return True
+
+    @torch.no_grad()
+    def run(self, idx: torch.Tensor, target: torch.Tensor, ride=None):
+        """Advance candidates ``idx`` to depths ``target``, one model call per depth; return their
+        ``(depth, partial RB sum)``."""
         self.want(idx, target)
-        while True:
-            rows = self.plan()
-            if rows is None:
-                break
-            extra = self.prefetch.plan() if self.prefetch is not None else None
-            inputs = [rows.seq, rows.slot, rows.fill, rows.tokens, rows.positions]
-            if extra:
-                inputs = [torch.cat([x] + [getattr(e, f) for e in extra]) for x, f in
-                          zip(inputs, ("seq", "slot", "fill", "tokens", "positions"))]
-            logits = self._forward(*inputs, rows.limit)
-            n = len(rows.seq)
-            self.absorb(rows, logits[:n])
-            if extra:
-                self.prefetch.absorb(logits[n:])
+        while self.call(ride):
+            pass
         return self.results(idx)
 
     def scores(self, idx, partial, z, alpha):
@@ -215,4 +197,4 @@ class Evaluator:
         return ([k[slots, :, self.lead] for k in self.pool.keys], [v[slots, :, self.lead] for v in self.pool.values])
 
 
-__all__ = ["Evaluator", "topk_policy"]
+__all__ = ["Evaluator"]

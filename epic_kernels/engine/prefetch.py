@@ -34,8 +34,11 @@ from dataclasses import dataclass
 
 import torch
 
+import weakref
+
+from ..core import admissible_bound
 from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
-from ..reference import entropy_bound
+from .search import Search
 
 MAX_GUESSES = 2        # bets per sequence per step
 DEFAULT_BUDGET = 64    # largest next-step survivor set bet on (rows wasted if the bet loses)
@@ -68,14 +71,26 @@ class _Entry:
             return False
         return ids is None or torch.equal(self.ids, ids)
 
+    def load_into(self, ev, lo: int) -> None:
+        """Give evaluator ``ev``, whose candidates ``lo, lo + 1, ...`` are ``self.ids``, these evaluations."""
+        for n, keys_values in self.kv.items():
+            ev.adopt(lo + n, int(self.depth[n]), self.table[n], self.last[n], self.next_logits[n], *keys_values)
+
 
 class Prefetched:
-    """What a step hands to the next one: at most one ``_Entry`` per sequence (None: nothing)."""
+    """What a step hands to the next one: at most one ``_Entry`` per sequence (None: nothing), made
+    for one state of one cache (``cache``, an ``EpicCache``: its identity and ``version``), and the
+    step's slot pool for the next step to reuse (None: not kept)."""
 
-    def __init__(self, entries: list):
+    def __init__(self, entries: list, cache, pool=None):
         self.entries = entries
-        self.owner = None            # sample_step: a weak reference to the cache it was made for
-        self.pool = None             # sample_step: the step's slot pool, for the next step to reuse
+        self._owner = weakref.ref(cache)
+        self._version = cache.version
+        self.pool = pool
+
+    def made_for(self, cache) -> bool:
+        """Was this made for ``cache`` exactly as it is now (same object, not modified since)?"""
+        return self._owner() is cache and getattr(cache, "version", None) == self._version
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -83,16 +98,10 @@ class Prefetched:
     def hits(self) -> int:
         return sum(e is not None for e in self.entries)
 
-    def select(self, rows: torch.Tensor) -> "Prefetched":
-        """Keep sequences ``rows`` (as when finished sequences leave a batch)."""
-        return Prefetched([self.entries[r] for r in rows.tolist()])
-
-
-
-def _adopt_entry(ev, lo: int, e: _Entry) -> None:
-    """Load entry ``e`` into evaluator ``ev``, whose candidates ``lo, lo + 1, ...`` are ``e.ids``."""
-    for n, keys_values in e.kv.items():
-        ev.adopt(lo + n, int(e.depth[n]), e.table[n], e.last[n], e.next_logits[n], *keys_values)
+    def select(self, rows: torch.Tensor, cache) -> "Prefetched":
+        """Keep sequences ``rows``, for ``cache`` after the same selection (finished sequences
+        leaving a batch: ``cache.batch_select_indices(rows)``)."""
+        return Prefetched([self.entries[r] for r in rows.tolist()], cache, self.pool)
 
 
 class _Bet:
@@ -118,12 +127,12 @@ class _Bet:
         source = torch.full((n * K,), src.slot0 + m * K, dtype=torch.int64)
         src.pool.copy_slots(source, self.ev.slot0 + torch.arange(n * K), lead)  # the lead tokens
         if carried is not None:        # a previous step already evaluated part of this one
-            _adopt_entry(self.ev, 0, carried)
-        bound = entropy_bound(logits.shape[-1], cfg.rollout_top_k)
-        self.z = npr.scores
-        self.mgr = make_manager(npr.offsets, npr.ids, npr.scores, cfg.alpha, cfg.horizon, bound, cfg.block_size)
-        self.asked = None              # candidates of the manager's outstanding request
-        self.done = False
+            carried.load_into(self.ev, 0)
+        bound = admissible_bound(logits.shape[-1], cfg.rollout_top_k)
+        mgr = make_manager(npr.offsets, npr.ids, npr.scores, cfg.alpha, cfg.horizon, bound, cfg.block_size,
+                           src.backend)
+        self.search = Search(mgr, self.ev, npr.scores, cfg.alpha)
+        self.done = False              # decided, and the winner's own forward asked for
         self.rows_left = budget_rows
         self.rows_fed = 0
         self.child = None              # level 2: the bet on this bet's own winner
@@ -133,29 +142,18 @@ class _Bet:
         """This speculative step's winner once decided and evaluated at depth 1, else -1."""
         if not self.done:
             return -1
-        w = int(self.mgr.winners()[0])
+        w = int(self.search.winners()[0])
         return w if self.ev.depth[w] >= 1 else -1
 
     def plan(self):
         """This bet's rows for the next call (None: nothing to do)."""
         ev = self.ev
-        if self.done and not ev.pending():
-            return None
         if self.rows_left <= 0:
             return None
-        if not ev.pending():
-            if self.asked is not None:                     # the manager's request is complete
-                known, partial = ev.results(self.asked)
-                self.mgr.update(self.asked, known, partial, ev.scores(self.asked, partial, self.z, ev.cfg.alpha))
-                self.asked = None
-            idx, depth = self.mgr.next_requests()
-            if len(idx):
-                ev.want(idx, depth)
-                self.asked = idx
-            else:                                          # decided: the winner's forward, as advance does
-                win = self.mgr.winners()
-                ev.want(win, torch.ones_like(win))
-                self.done = True
+        if not self.done and not self.search.advance():    # decided: the winner's forward, as advance does
+            win = self.search.winners()
+            ev.want(win, torch.ones_like(win))
+            self.done = True
         rows = ev.plan()
         if rows is not None:
             self.rows_left -= len(rows.seq)
@@ -236,8 +234,7 @@ class Prefetcher:
             if count > self.budget:
                 out.append(None)
                 continue
-            lo, hi = int(npr.offsets[n]), int(npr.offsets[n + 1])
-            one = _one_row(npr, n, lo, hi)
+            one = npr.row(n)
             if carried is not None and not carried.matches(nxt[n], int(positions[n]), int(ev.prefix.seeds[b]), one.ids):
                 carried = None
             bet = _Bet(src, b, m, nxt[n], one, int(positions[n]), count * (1 + K * (k - 1)) + 1, toks, carried)
@@ -302,7 +299,8 @@ class Prefetcher:
             n += len(rows.seq)
         self.in_flight = []
 
-    def hand_over(self, winners: torch.Tensor) -> Prefetched:
+    def hand_over(self, winners: torch.Tensor) -> list:
+        """Per sequence, the next step's evaluations if the bet on ``winners`` won (else None)."""
         entries = []
         for b, m in enumerate(winners.tolist()):
             bet = self.live.get(b)
@@ -315,16 +313,7 @@ class Prefetcher:
                 self.carried_used += 1
             else:
                 entries.append(None)
-        return Prefetched(entries)
-
-
-def _one_row(npr, n, lo, hi):
-    """Row ``n`` of a batched prune result, as a one-sequence result."""
-    from ..reference import PruneResult
-
-    return PruneResult(npr.ids[lo:hi], npr.scores[lo:hi], npr.counts[n:n + 1],
-                       torch.tensor([0, hi - lo], dtype=torch.int64), npr.front_ids[n:n + 1],
-                       npr.front_scores[n:n + 1], npr.topk_ids[n:n + 1], npr.topk_scores[n:n + 1], npr.lse[n:n + 1])
+        return entries
 
 
 __all__ = ["Prefetched", "Prefetcher", "MAX_GUESSES", "DEFAULT_BUDGET", "LEVELS"]

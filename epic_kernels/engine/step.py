@@ -1,41 +1,42 @@
-"""The fast EPIC step: fused prune kernel, candidate-block manager, fork-attention rollouts, and
-reuse of the winner's forward. Returns the reference lazy sampler's tokens."""
+"""The fast EPIC step: fused prune kernel, the best-first search (``search.py``) over a
+fork-attention evaluator, and reuse of the winner's forward. Returns the reference lazy sampler's
+tokens for the same seeds."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
+from ..core import Prefix, StepStats, admissible_bound, window
 from ..ops._dispatch import choose
 from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
-from ..reference import SampleStats, entropy_bound
 from .evaluator import Evaluator
 from .manager import make_manager
-from .prefetch import DEFAULT_BUDGET, LEVELS, Prefetched, Prefetcher, _adopt_entry
+from .prefetch import DEFAULT_BUDGET, LEVELS, Prefetcher
+from .search import Search
+
+# a step's slot pool is handed to the next step for reuse unless it grew beyond this many slots
+# (one slot holds horizon + 2 tokens of every layer's keys and values)
+POOL_KEEP_SLOTS = 512
 
 
 @dataclass
 class FastStep:
     tokens: torch.Tensor             # int64 [B]
-    stats: SampleStats
+    stats: StepStats
     entropy: torch.Tensor            # [B] winner's lookahead-entropy estimate (NaN if not evaluated)
-    next_logits: torch.Tensor        # [B, V] logits after appending each winner
-    next_keys: list                  # per layer [B, kv_heads, head_dim]: the winners' own KV
-    next_values: list
-    prefetched: Prefetched | None = None   # the next step's evaluations made in this one
-    pool: object | None = None             # the slot pool, for the next step to reuse (None: too big)
-
-# a step's slot pool is handed to the next step for reuse unless it grew beyond this many slots
-# (one slot is horizon + 2 tokens of every layer's keys and values: ~0.28 MB for SmolLM2-135M,
-# so at most ~140 MB are kept)
-POOL_KEEP_SLOTS = 512
+    next_logits: torch.Tensor | None = None   # [B, V] logits after appending each winner (advance)
+    next_keys: list | None = None    # per layer [B, kv_heads, head_dim]: the winners' own KV (advance)
+    next_values: list | None = None
+    prefetched: list | None = None   # per sequence, the next step's evaluations made in this one
+    pool: object | None = None       # the slot pool, for the next step to reuse (None: too big)
 
 
 @torch.no_grad()
-def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = None,
-                advance: bool = True, prefetched: Prefetched | None = None, transform=None,
+def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str | None = None,
+                advance: bool = True, prefetched: list | None = None, transform=None,
                 prefetch_budget: int = DEFAULT_BUDGET, pool=None) -> FastStep:
-    """One EPIC step for every sequence of ``prefix`` (a ``PrefixView``).
+    """One EPIC step for every sequence of ``prefix``.
 
     With ``advance`` the step also produces each sequence's next logits and the KV of its winner:
     from the winner's own depth-1 evaluation when it had one (a forward saved), otherwise from one
@@ -54,8 +55,7 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
     B, V = logits.shape
     which = choose(logits.device, backend)
     k = cfg.horizon
-    bound = entropy_bound(V, cfg.rollout_top_k)
-    width = abs(cfg.alpha) * k * (bound * (1 + 1e-6) + 1e-6)
+    width = window(cfg.alpha, k, V, cfg.rollout_top_k)
     pr = gumbel_topk_prune_impl(logits, prefix.seeds, prefix.positions, width, 1, which)
     seq = torch.repeat_interleave(torch.arange(B), pr.counts)
     prefetch = advance and transform is not None and prefetch_budget > 0
@@ -63,52 +63,45 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
         pool.reset()
     ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch * LEVELS,
                    pool=pool)
-    mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, bound, cfg.block_size)
+    mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, admissible_bound(V, cfg.rollout_top_k),
+                       cfg.block_size, which)
+    search = Search(mgr, ev, pr.scores, cfg.alpha)
     carried = _adopt(ev, pr, logits, prefix, prefetched) if prefetched is not None else None
-    if prefetch:
-        ev.prefetch = Prefetcher(ev, pr, transform, width, which, mgr.winners, prefetch_budget, carried)
-    while True:
-        idx, depth = mgr.next_requests()
-        if len(idx) == 0:
-            break
-        known, partial = ev.run(idx, depth)
-        mgr.update(idx, known, partial, ev.scores(idx, partial, pr.scores, cfg.alpha))
-    win = mgr.winners()
+    ride = (Prefetcher(ev, pr, transform, width, which, search.winners, prefetch_budget, carried)
+            if prefetch else None)
+    while search.advance():
+        ev.call(ride)
+    win = search.winners()
     depth1, deeper = mgr.stats()
     evaluated = ev.depth[win] >= 1
-    stats = SampleStats(pr.counts.clone(), depth1, deeper, ev.calls, ev.forward_tokens)
-    stats.extra["forwards_saved"] = int(evaluated.sum()) if advance else 0
-    stats.extra["adopted"] = ev.adopted
-    stats.extra["adopted_rows"] = ev.adopted_rows
-    # the algorithmic minimum: one token per depth-1 evaluation, K per deeper depth reached
-    stats.extra["depth_reached"] = ev.depth.clone()
-    stats.extra["min_forward_tokens"] = int((ev.depth >= 1).sum() + cfg.rollouts * (ev.depth - 1).clamp(min=0).sum())
+    stats = StepStats(pr.counts.clone(), depth1, deeper, ev.calls, ev.forward_tokens,
+                      forwards_saved=int(evaluated.sum()) if advance else 0,
+                      adopted=ev.adopted, adopted_rows=ev.adopted_rows, depth_reached=ev.depth.clone(),
+                      min_forward_tokens=int((ev.depth >= 1).sum() + cfg.rollouts * (ev.depth - 1).clamp(min=0).sum()))
     entropy = torch.full((B,), float("nan"), dtype=pr.scores.dtype)
     if evaluated.any():
         entropy[evaluated] = torch.stack([ev.table[m, : int(ev.depth[m])].mean(-1).sum()
                                           for m in win[evaluated].tolist()]).to(entropy.dtype)
-    next_logits = next_keys = next_values = None
+    out = FastStep(pr.ids[win], stats, entropy)
     if advance:
         missing = win[~evaluated]
         if len(missing):                           # the forward a plain loop would have made
             calls, toks = ev.calls, ev.forward_tokens
-            ev.run(missing, torch.ones_like(missing))
-            stats.extra["finish_calls"], stats.extra["finish_tokens"] = ev.calls - calls, ev.forward_tokens - toks
-            ev.calls, ev.forward_tokens = calls, toks
-        next_logits = torch.stack([ev.next_logits[m] for m in win.tolist()])
-        next_keys, next_values = ev.winner_kv(win)
-    handed = None
-    if ev.prefetch is not None:
-        handed = ev.prefetch.hand_over(win)
-        stats.extra["prefetch_rows"] = ev.prefetch.rows_fed          # fed for the next step
-        stats.extra["prefetch_rows_won"] = ev.prefetch.rows_won      # ... on bets that won
-        stats.extra["prefetch_hits"] = handed.hits()
-        stats.extra["prefetch_carried"] = ev.prefetch.carried_used   # two-steps-ahead entries used
-    keep = ev.pool if ev.pool.slots <= POOL_KEEP_SLOTS else None
-    return FastStep(pr.ids[win], stats, entropy, next_logits, next_keys, next_values, handed, keep)
+            ev.run(missing, torch.ones_like(missing), ride)
+            stats.finish_calls, stats.finish_tokens = ev.calls - calls, ev.forward_tokens - toks
+        out.next_logits = torch.stack([ev.next_logits[m] for m in win.tolist()])
+        out.next_keys, out.next_values = ev.winner_kv(win)
+    if ride is not None:
+        out.prefetched = ride.hand_over(win)
+        stats.prefetch_rows = ride.rows_fed           # fed for the next step
+        stats.prefetch_rows_won = ride.rows_won       # ... on bets that won
+        stats.prefetch_hits = sum(e is not None for e in out.prefetched)
+        stats.prefetch_carried = ride.carried_used    # two-steps-ahead entries used
+    out.pool = ev.pool if ev.pool.slots <= POOL_KEEP_SLOTS else None
+    return out
 
 
-def _adopt(ev, pr, logits, prefix, prefetched: Prefetched) -> list:
+def _adopt(ev, pr, logits, prefix, prefetched: list) -> list:
     """Give the evaluator what earlier steps evaluated for this one, for each sequence whose
     position, seed, logits and survivors are exactly the predicted ones; returns, per sequence,
     what they evaluated of the step after (None where nothing)."""
@@ -118,9 +111,12 @@ def _adopt(ev, pr, logits, prefix, prefetched: Prefetched) -> list:
         return carried
     for b in range(B):
         lo, hi = int(pr.offsets[b]), int(pr.offsets[b + 1])
-        e = prefetched.entries[b]
+        e = prefetched[b]
         if e is None or not e.matches(logits[b], int(prefix.positions[b]), int(prefix.seeds[b]), pr.ids[lo:hi]):
             continue
-        _adopt_entry(ev, lo, e)
+        e.load_into(ev, lo)
         carried[b] = e.nested
     return carried
+
+
+__all__ = ["FastStep", "fast_sample", "POOL_KEEP_SLOTS"]

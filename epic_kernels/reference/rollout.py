@@ -4,38 +4,14 @@ This is the simple, copying implementation the reference samplers use: the prefi
 candidate row is gathered into a fresh ``DynamicCache`` (a copy), then the candidate and its rollout
 tokens are fed one depth at a time, every request of every sequence in the same model call.
 The fast engine (``epic_kernels.engine``) produces the same numbers without the copies.
+``prefix`` is a ``core.Prefix`` (its ``layers`` are the cache's ``(keys, values)``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .validate import check_prefix
-
-
-@dataclass
-class Prefix:
-    """The B prefixes a step samples after: their KV cache, padding mask, positions and seeds.
-
-    ``mask [B, L]`` is 1 on real tokens and 0 on (left) padding of the cache; ``positions [B]`` is each
-    sequence's own length, the position of the token being sampled; ``seeds [B]`` the per-sequence keys.
-    """
-
-    kv: object
-    mask: torch.Tensor
-    positions: torch.Tensor
-    seeds: torch.Tensor
-
-    @property
-    def batch(self) -> int:
-        return self.mask.shape[0]
-
-    @classmethod
-    def build(cls, kv, seeds, batch: int, attention_mask=None, model=None) -> "Prefix":
-        """Validate and assemble; ``seeds`` is an int (row b gets ``seed + b``) or a sequence of B ints."""
-        mask, seeds = check_prefix(kv, seeds, batch, attention_mask, model)
-        return cls(kv, mask, mask.sum(-1), seeds)
+from ..core import EpicConfig, Prefix
+from .primitives import gumbel_argmax, policy_logits, softmax_entropy
 
 
 def cache_layers(kv) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -51,7 +27,7 @@ def select_rows(layers, index: torch.Tensor):
 
 
 @torch.no_grad()
-def rollout_entropies(model, prefix: Prefix, rows, cands, depths, cfg):
+def rollout_entropies(model, prefix: Prefix, rows, cands, depths, cfg: EpicConfig):
     """Per-depth entropies of the rollout policy after ``prefix[rows] + cands``.
 
     Parameters
@@ -68,11 +44,8 @@ def rollout_entropies(model, prefix: Prefix, rows, cands, depths, cfg):
     log_probs : ``[N, horizon, K]``, ``log pi(y^(r)_j | ...)`` of each sampled rollout token.
     calls, tokens : model calls made and tokens fed.
     """
-    from .reference import gumbel_argmax, policy_logits, softmax_entropy
-
     n_req, k, K = len(rows), cfg.horizon, cfg.rollouts
-    layers = cache_layers(prefix.kv)
-    cache = select_rows(layers, rows)
+    cache = select_rows(prefix.layers, rows)
     req = torch.arange(n_req)                     # which request each model row serves
     roll = torch.zeros(n_req, dtype=torch.int64)  # which rollout it follows (depth >= 2)
     mask, pos, seeds = prefix.mask[rows], prefix.positions[rows], prefix.seeds[rows]
@@ -109,4 +82,4 @@ def rollout_entropies(model, prefix: Prefix, rows, cands, depths, cfg):
     return table, log_probs, calls, tokens
 
 
-__all__ = ["Prefix", "rollout_entropies", "cache_layers", "select_rows"]
+__all__ = ["rollout_entropies", "cache_layers", "select_rows"]
