@@ -70,3 +70,44 @@ def chat_prompt_ids(tokenizer, text: str, use_template: bool = True):
     else:
         ids = tokenizer(text, return_tensors="pt")["input_ids"]
     return ids
+
+
+# The embedded model as a Hugging Face safetensors folder, for engines that cannot read GGUF (vLLM).
+HF_CACHE_ENV = "EPIC_KERNELS_CACHE"
+HF_FOLDER = "smollm2-135m-instruct-hf"
+
+
+def cache_dir() -> Path:
+    """``$EPIC_KERNELS_CACHE``, else ``~/.cache/epic_kernels``: where converted models live (never in
+    the repository)."""
+    return Path(os.environ.get(HF_CACHE_ENV) or Path.home() / ".cache" / "epic_kernels")
+
+
+def embedded_hf_dir(convert: bool = True) -> Path:
+    """The embedded SmolLM2 as a Hugging Face folder (float32 safetensors + tokenizer), converted
+    once from the GGUF into ``cache_dir()``; a stamp file marks a finished conversion, so an
+    interrupted one is redone rather than used. ``convert=False``: raise if it is not there yet."""
+    out = cache_dir() / HF_FOLDER
+    stamp = out / ".converted"
+    gguf = embedded_model_path()
+    if stamp.is_file() and stamp.read_text().strip() == str(gguf):
+        return out
+    if not convert:
+        raise FileNotFoundError(f"{out} is not converted yet (call embedded_hf_dir() or `make .venv-vllm/.stamp`)")
+    model, tokenizer = load_model(gguf)
+    tmp = out.with_name(out.name + ".partial")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.generation_config.eos_token_id = eos_ids(model, tokenizer) or None
+    # the weights are dequantized float32 already; drop the GGUF marker so they save as plain tensors
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    (out / ".converted").write_text(str(gguf) + "\n")
+    return out
