@@ -37,6 +37,25 @@ def tiny_llama(vocab: int = 32, *, seed: int = 0, dtype: torch.dtype = torch.flo
     return model.to(dtype).eval()
 
 
+def tiny_tokenizer(vocab: int = 32):
+    """A character-level tokenizer for the tiny models: token ``i`` is the ``i``-th character of
+    ``TINY_CHARS`` (0 doubles as padding and beginning of sequence, 1 as end of sequence), so texts,
+    streamers and ``stop_strings`` can be tested without a downloaded tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if not 2 <= vocab <= len(TINY_CHARS):
+        raise ValueError(f"vocab must be in [2, {len(TINY_CHARS)}], got {vocab}")
+    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(TINY_CHARS[:vocab])}, unk_token=TINY_CHARS[0]))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    c = TINY_CHARS
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=c[0], eos_token=c[1], pad_token=c[0], unk_token=c[0])
+
+
+TINY_CHARS = "^$abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
 @torch.no_grad()
 def next_log_probs(model, ids: torch.Tensor, rollout_top_k: int | None = None) -> torch.Tensor:
     """Rollout-policy log-probabilities ``[N, V]`` after each full (unpadded) prefix ``ids [N, T]``."""

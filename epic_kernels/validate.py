@@ -77,6 +77,57 @@ def check_seeds(seeds, batch: int) -> torch.Tensor:
     return values
 
 
+def model_vocab(model) -> int | None:
+    """The number of token ids ``model`` accepts (its input embedding's rows), or None if unknown."""
+    emb = getattr(model, "get_input_embeddings", None)
+    emb = emb() if callable(emb) else None
+    rows = getattr(emb, "num_embeddings", None)
+    if rows is None:
+        rows = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(rows) if rows is not None else None
+
+
+def check_input_ids(input_ids, vocab: int | None, name: str = "input_ids") -> None:
+    """A non-empty integer tensor ``[batch, length]`` with ids in ``[0, vocab)``."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"{name} must be an integer tensor [batch, length], got {shape}")
+    if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise ValueError(f"{name} must be an integer tensor, got {input_ids.dtype}")
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"{name} must hold at least one sequence of at least one token, got {tuple(input_ids.shape)}")
+    if int(input_ids.min()) < 0 or (vocab is not None and int(input_ids.max()) >= vocab):
+        raise ValueError(f"{name} must lie in [0, {vocab}) (the model's vocabulary), got values in "
+                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+
+
+def check_token_ids(value, name: str, vocab: int | None = None, allow_none: bool = True) -> list[int]:
+    """An id, or several: an int, a numpy integer, a 0-d / 1-d integer tensor, or a sequence of
+    ints, each in ``[0, vocab)``; returned as a list (None -> [] when ``allow_none``)."""
+    if value is None:
+        if allow_none:
+            return []
+        raise ValueError(f"{name} must be a token id, got None")
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype == torch.bool or value.dim() > 1:
+            raise ValueError(f"{name} must be integer token ids, got a {value.dtype} tensor of shape {tuple(value.shape)}")
+        items = value.reshape(-1).tolist()
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        items = [int(value)]
+    elif isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a token id or a list of token ids, got {value!r}")
+    else:
+        items = list(value)
+    out = []
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"{name} must hold integer token ids, got {v!r}")
+        if v < 0 or (vocab is not None and v >= vocab):
+            raise ValueError(f"{name} {int(v)} is not a token id of this model (vocabulary {vocab})")
+        out.append(int(v))
+    return out
+
+
 def check_prefix(kv, seeds, batch: int, attention_mask, model):
     """Check a cache, its mask and seeds against the batch and the model; return (mask, seeds)."""
     layers = getattr(kv, "layers", None)
