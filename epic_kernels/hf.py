@@ -205,6 +205,7 @@ class EpicLogitsProcessor:
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         from .api import sample_step
+        from .cache import EpicCache
 
         B, T = input_ids.shape
         if self.prompt_mask is None:
@@ -213,7 +214,8 @@ class EpicLogitsProcessor:
             grown = T - self.prompt_mask.shape[1]
             mask = torch.cat([self.prompt_mask.to(torch.int64), torch.ones(B, grown, dtype=torch.int64)], 1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=EpicCache(), use_cache=True)
         # Hugging Face hands processors float32 scores from its own cached forward. When the processors
         # before this one only removed tokens (the kept scores are the logits), use the model's logits
         # from our forward at full precision, as epic_kernels.generate does.

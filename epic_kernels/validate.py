@@ -128,14 +128,52 @@ def check_token_ids(value, name: str, vocab: int | None = None, allow_none: bool
     return out
 
 
+PREFILL_HINT = ("prefill with a cache that keeps every token, e.g. "
+                "model(..., past_key_values=epic_kernels.EpicCache(), use_cache=True)")
+
+
+def cache_layers(kv) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(keys, values)`` ``[B, kv_heads, L, head_dim]`` of every layer of a transformers cache, read
+    correctly or refused with a ``ValueError`` naming the cache and layer type.
+
+    Read: ``DynamicCache`` / ``EpicCache`` layers as they are; ``StaticCache`` layers up to their
+    filled length (their empty slots are not tokens). Refused: sliding-window layers (they keep only
+    the last tokens of the window, so the prefix is incomplete and its positions unknown), quantized
+    layers, linear-attention (recurrent state) layers, offloaded caches, anything else.
+    """
+    from transformers.cache_utils import DynamicLayer, StaticLayer
+
+    layers = getattr(kv, "layers", None)
+    kind = type(kv).__name__
+    if layers is None or not layers:
+        raise ValueError(f"kv must be a transformers Cache with per-layer keys/values, got {kind}")
+    if getattr(kv, "offloading", False):
+        raise ValueError(f"kv is an offloaded {kind}: epic_kernels reads every layer at every model call, "
+                         "which offloading would move back and forth; pass a cache without offloading")
+    out = []
+    for i, layer in enumerate(layers):
+        lk = type(layer).__name__
+        if getattr(layer, "is_sliding", False):
+            raise ValueError(f"layer {i} of this {kind} is a {lk}: it keeps only the last tokens of its "
+                             f"sliding window, so the prefix is incomplete; {PREFILL_HINT}")
+        if type(layer) is StaticLayer:
+            n = int(layer.get_seq_length())
+            keys, values = (layer.keys[:, :, :n], layer.values[:, :, :n]) if layer.is_initialized else (None, None)
+        elif isinstance(layer, DynamicLayer) and (type(layer) is DynamicLayer or type(layer).__name__ == "EpicLayer"):
+            keys, values = layer.keys, layer.values
+        else:
+            raise ValueError(f"layer {i} of this {kind} is a {lk}, which epic_kernels cannot read exactly "
+                             f"(supported: DynamicLayer, StaticLayer, EpicLayer); {PREFILL_HINT}")
+        if keys is None or keys.dim() != 4 or keys.shape[2] == 0:
+            raise ValueError("kv holds no cached keys: run the prefix through the model first")
+        out.append((keys, values))
+    return out
+
+
 def check_prefix(kv, seeds, batch: int, attention_mask, model):
     """Check a cache, its mask and seeds against the batch and the model; return (mask, seeds)."""
-    layers = getattr(kv, "layers", None)
-    if layers is None or not layers or not all(hasattr(layer, "keys") for layer in layers):
-        raise ValueError(f"kv must be a transformers Cache with per-layer keys/values, got {type(kv).__name__}")
-    keys = layers[0].keys
-    if keys is None or keys.dim() != 4:
-        raise ValueError("kv holds no cached keys: run the prefix through the model first")
+    layers = cache_layers(kv)
+    keys = layers[0][0]
     if keys.shape[0] != batch:
         raise ValueError(f"kv has batch size {keys.shape[0]} but logits have {batch}")
     if model is not None:
@@ -149,6 +187,9 @@ def check_prefix(kv, seeds, batch: int, attention_mask, model):
             raise ValueError(f"kv has {keys.shape[1]} key/value heads but the model has {n_kv}: "
                              "it does not belong to this model")
     length = keys.shape[2]
+    if any(k.shape[2] != length for k, _ in layers):
+        raise ValueError(f"the layers of kv hold different numbers of tokens "
+                         f"({sorted({k.shape[2] for k, _ in layers})}); {PREFILL_HINT}")
     if attention_mask is None:
         mask = torch.ones(batch, length, dtype=torch.int64)
     else:
