@@ -16,7 +16,7 @@ from .. import philox
 from ..ops.softmax_entropy import softmax_entropy_impl
 from ..reference import _partial_sums, score
 from .attention import ForkBatch, SlotPool, fork_mode
-from .rows import plan_rows_impl
+from ..ops.plan_rows import plan_rows_impl
 
 
 def topk_policy(logits: torch.Tensor, k: int):

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 import torch
 
 from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
-from ..reference import entropy_bound
 
 MAX_GUESSES = 2        # bets per sequence per step
 DEFAULT_BUDGET = 64    # largest next-step survivor set bet on (rows wasted if the bet loses)
@@ -105,7 +104,8 @@ class _Bet:
     def __init__(self, src, b: int, m: int, logits, npr, position: int, budget_rows: int, tokens,
                  carried: _Entry | None = None):
         from .evaluator import Evaluator
-        from .manager import make_manager
+        from ..core import admissible_bound
+        from ..ops.candidate_manager import make_manager
 
         cfg = src.cfg
         self.b, self.m, self.logits, self.ids, self.position = b, m, logits, npr.ids, position
@@ -119,9 +119,10 @@ class _Bet:
         src.pool.copy_slots(source, self.ev.slot0 + torch.arange(n * K), lead)  # the lead tokens
         if carried is not None:        # a previous step already evaluated part of this one
             _adopt_entry(self.ev, 0, carried)
-        bound = entropy_bound(logits.shape[-1], cfg.rollout_top_k)
+        bound = admissible_bound(logits.shape[-1], cfg.rollout_top_k)
         self.z = npr.scores
-        self.mgr = make_manager(npr.offsets, npr.ids, npr.scores, cfg.alpha, cfg.horizon, bound, cfg.block_size)
+        self.mgr = make_manager(npr.offsets, npr.ids, npr.scores, cfg.alpha, cfg.horizon, bound, cfg.block_size,
+                                src.backend)
         self.asked = None              # candidates of the manager's outstanding request
         self.done = False
         self.rows_left = budget_rows

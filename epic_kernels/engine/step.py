@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops._dispatch import choose
+from ..core import admissible_bound
+from ..ops.candidate_manager import make_manager
+from ..ops.dispatch import choose
 from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
 from ..reference import SampleStats, entropy_bound
 from .evaluator import Evaluator
-from .manager import make_manager
 from .prefetch import DEFAULT_BUDGET, LEVELS, Prefetched, Prefetcher, _adopt_entry
 
 
@@ -63,7 +64,8 @@ def fast_sample(logits: torch.Tensor, prefix, model, cfg, backend: str | None = 
         pool.reset()
     ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch * LEVELS,
                    pool=pool)
-    mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, bound, cfg.block_size)
+    mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, admissible_bound(V, cfg.rollout_top_k),
+                       cfg.block_size, which)
     carried = _adopt(ev, pr, logits, prefix, prefetched) if prefetched is not None else None
     if prefetch:
         ev.prefetch = Prefetcher(ev, pr, transform, width, which, mgr.winners, prefetch_budget, carried)
