@@ -11,7 +11,7 @@ For each prefix length L and rollout count R (one sequence forked into R rows):
   (HF: R copies of the prefix; engine: ``pool.nbytes()``).
 * **attention of one layer for those R rows** at depth 2 (each row: the shared prefix + 2 own tokens).
   HF: ``scaled_dot_product_attention`` over the R copies (GQA); engine, two implementations of
-  ``fork_attention``: the torch path (``_fork_attention_torch``: one matmul per sequence over the
+  ``fork_attention``: the torch path (``ops.fork_attention.fork_attention_reference``: one matmul per sequence over the
   prefix + a tiny per-row suffix part, merged by log-sum-exp, ~25 small ops) and the fused C++ op
   (``torch.ops.epic_kernels.fork_attention``, what the engine runs on CPU tensors).
 
@@ -87,9 +87,10 @@ def fork_callables(K0, V0, q, k_new, v_new, pool, seq, slot, fill):
     is missing when the extension is not built or EPIC_KERNELS_BACKEND=reference)."""
     mask = torch.ones(K0.shape[0], K0.shape[2], dtype=torch.int64)
     view = Prefix([(K0, V0)], mask, mask.sum(-1), torch.zeros(K0.shape[0], dtype=torch.int64))
+    fns = {"torch": _fork_call(A.ForkBatch.build(view, pool, seq, slot, fill, torch.float32, backend="reference"),
+                               A.fork_attention, q, k_new, v_new)}
     fb = A.ForkBatch.build(view, pool, seq, slot, fill, torch.float32)
-    fns = {"torch": _fork_call(fb, A._fork_attention_torch, q, k_new, v_new)}
-    if fb.kernel is not None:
+    if fb.backend == "cpp":
         fns["cpp"] = _fork_call(fb, A.fork_attention, q, k_new, v_new)
     return fns
 

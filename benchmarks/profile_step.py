@@ -290,7 +290,7 @@ def main(argv=None):
                    help="run fork attention's torch path instead of the C++ op (before / after comparisons)")
     args = p.parse_args(argv)
     if args.torch_fork_attention:                     # in this process only
-        A.cpu_kernel = lambda device: None
+        A.fork_attention_backend = lambda device, dtype, backend=None: "reference"
     if args.quick:
         args.steps, args.top_ops = 3, 8
     if args.block_size is None:

@@ -12,16 +12,20 @@ from .philox import MAX_POSITION, MAX_ROLLOUTS, MAX_SEED
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_logits(logits, batch: int | None = None, name: str = "logits") -> None:
-    """``logits`` must be a floating tensor ``[B, V]`` with no NaN or +inf and a finite entry per row."""
+def check_logits(logits, batch: int | None = None, name: str = "logits", *, empty_batch: bool = False) -> None:
+    """``logits`` must be a floating tensor ``[B, V]`` with no NaN or +inf and a finite entry per row.
+
+    ``empty_batch``: accept ``B = 0`` (the ops do, on every backend, and return empty outputs; the
+    samplers do not)."""
     if not isinstance(logits, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2:
         raise ValueError(f"{name} must have shape [batch, vocab], got {tuple(logits.shape)}")
     if logits.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, got {logits.dtype}")
-    if logits.shape[0] == 0 or logits.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one row and one column, got {tuple(logits.shape)}")
+    if logits.shape[1] == 0 or (logits.shape[0] == 0 and not empty_batch):
+        what = "one column" if empty_batch else "one row and one column"
+        raise ValueError(f"{name} must have at least {what}, got {tuple(logits.shape)}")
     if batch is not None and logits.shape[0] != batch:
         raise ValueError(f"{name} has batch size {logits.shape[0]} but the cache / seeds have {batch}")
     if torch.isnan(logits).any():
@@ -33,6 +37,17 @@ def check_logits(logits, batch: int | None = None, name: str = "logits") -> None
     if dead.any():
         raise ValueError(f"{name} rows {dead.nonzero().flatten().tolist()[:8]} have no finite entry "
                          "(truncation removed every token)")
+
+
+def check_row_keys(rows: int, **keys) -> None:
+    """Each of ``keys`` (e.g. ``seeds=``, ``positions=``) must be a 1-D integer tensor of ``rows``
+    entries (the per-row noise keys of the row ops)."""
+    for name, t in keys.items():
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype.is_floating_point \
+                or t.dtype.is_complex or t.dtype == torch.bool:
+            raise ValueError(f"{name} must be a 1-D integer tensor")
+        if len(t) != rows:
+            raise ValueError(f"{name} has {len(t)} entries for {rows} rows of logits")
 
 
 def check_int(value, name: str, low: int, high: int | None = None) -> int:

@@ -1,5 +1,7 @@
-"""The C++ rollout-row bookkeeping ops (``plan_rows``, ``fork_layout``; csrc/cpu/rows_cpu.cpp) against
-their specification (``epic_kernels/engine/rows.py``), and the specification against what the
+"""The rollout-row bookkeeping ops ``plan_rows`` and ``fork_layout``, both backends side by side: the
+C++ ops (csrc/cpu/plan_rows.cpp, csrc/cpu/fork_layout.cpp) against their specification
+(``plan_rows_reference`` in epic_kernels/ops/plan_rows.py, ``fork_layout_reference`` in
+epic_kernels/ops/fork_layout.py), and the specification against what the
 engine computed before it called them (the code of ``Evaluator.plan`` and ``ForkBatch.build``) on real tiny-model steps.
 
 A missing extension is an error (``make test`` builds it); the specification itself runs in the
@@ -7,14 +9,16 @@ engine tests with ``EPIC_KERNELS_BACKEND=reference``. Build: ``pip install --no-
 """
 from __future__ import annotations
 
+import importlib
 import random
+import types
 
 import pytest
 import torch
 
 import epic_kernels
 from epic_kernels import _ext
-from epic_kernels.engine import rows as R
+from epic_kernels.ops.dispatch import choose
 from epic_kernels.engine.attention import ForkBatch, SlotPool
 from epic_kernels.engine.evaluator import Evaluator
 from epic_kernels.testing import random_prompts, require_extension
@@ -22,6 +26,13 @@ from epic_kernels.testing import random_prompts, require_extension
 require_extension("plan_rows", "fork_layout")
 
 OPS = _ext.ops()
+# Host-only ops: their tensors stay on the CPU whatever EPIC_TEST_DEVICE says (the engine keeps its
+# bookkeeping on the host).
+PR = importlib.import_module("epic_kernels.ops.plan_rows")
+FL = importlib.import_module("epic_kernels.ops.fork_layout")
+R = types.SimpleNamespace(PlannedRows=PR.PlannedRows, ForkLayout=FL.ForkLayout,
+                          plan_rows=PR.plan_rows_reference, fork_layout=FL.fork_layout_reference,
+                          plan_rows_impl=PR.plan_rows_impl, fork_layout_impl=FL.fork_layout_impl)
 
 
 def _equal(got, want, what=""):
@@ -63,7 +74,7 @@ def test_plan_rows_equals_spec_on_random_states(K, lead):
         state = random_state(rng, M, K, rng.randint(1, 6), mix)
         slot0 = rng.choice([0, 7, 512])
         want = R.plan_rows(*state, slot0, K, lead)
-        _equal(R.PlannedRows(*_ext.plan_rows(*state, slot0, K, lead)), want, (K, lead, trial))
+        _equal(R.PlannedRows(*OPS.plan_rows(*state, slot0, K, lead)), want, (K, lead, trial))
         _equal(R.plan_rows_impl(*state, slot0, K, lead, "cpu"), want)
         _equal(R.plan_rows_impl(*state, slot0, K, lead, "reference"), want)
         assert len(want.row_candidate) == len(want.first) + K * len(want.deep)
@@ -101,7 +112,7 @@ def test_plan_rows_empty_and_strided():
     big = [torch.stack([t, t + 1], -1)[..., 0] for t in state]       # same values, non-contiguous
     big[4] = state[4].t().contiguous().t()                             # last [M, K] column-major
     assert not any(t.is_contiguous() for t in big)
-    _equal(R.PlannedRows(*_ext.plan_rows(*big, 2, 3, 1)), R.plan_rows(*state, 2, 3, 1))
+    _equal(R.PlannedRows(*OPS.plan_rows(*big, 2, 3, 1)), R.plan_rows(*state, 2, 3, 1))
 
 
 def test_fork_layout_equals_spec():
@@ -112,7 +123,7 @@ def test_fork_layout_equals_spec():
         used = rng.sample(range(B), rng.randint(1, B))              # some sequences have no rows
         seq = torch.tensor([rng.choice(used) for _ in range(N)], dtype=torch.int64)
         want = R.fork_layout(seq, B)
-        _equal(R.ForkLayout(*_ext.fork_layout(seq, B)), want, trial)
+        _equal(R.ForkLayout(*OPS.fork_layout(seq, B)), want, trial)
         _equal(R.fork_layout_impl(seq, B, "cpu"), want)
         counts = torch.bincount(seq, minlength=B)
         assert want.pad_index.shape == (B, max(int(counts.max()) if N else 0, 1))
@@ -127,17 +138,46 @@ def test_fork_layout_equals_spec():
     assert pad.tolist() == [[1, 5, 6], [4, 6, 6], [0, 2, 3], [6, 6, 6]]
 
 
-def test_other_backends_run_the_spec(monkeypatch):
-    """Only ``cpu`` runs the op; ``reference`` / ``triton`` (CUDA tensors) run the specification."""
+def test_backends_and_their_resolution(monkeypatch):
+    """``reference`` runs the specification; ``cpp`` (alias ``cpu``) the op; a backend without these
+    ops (``triton``, e.g. the step's backend on a GPU) resolves to the op's own choice (``cpp``)."""
     calls = []
-    monkeypatch.setattr(R, "plan_rows", lambda *a: calls.append("plan") or "spec")
-    monkeypatch.setattr(R, "fork_layout", lambda *a: calls.append("layout") or "spec")
+    monkeypatch.setattr(PR, "plan_rows_reference", lambda *a: calls.append("plan") or "spec")
+    monkeypatch.setattr(FL, "fork_layout_reference", lambda *a: calls.append("layout") or "spec")
+    monkeypatch.delenv("EPIC_KERNELS_BACKEND", raising=False)
     state = random_state(random.Random(1), 4, 2, 2)
-    for backend in ("reference", "triton"):
-        assert R.plan_rows_impl(*state, 0, 2, 0, backend) == "spec"
-        assert R.fork_layout_impl(state[2], 2, backend) == "spec"
-    assert calls == ["plan", "layout"] * 2
-    assert isinstance(R.plan_rows_impl(*state, 0, 2, 0, "cpu"), R.PlannedRows)
+    assert R.plan_rows_impl(*state, 0, 2, 0, "reference") == "spec"
+    assert R.fork_layout_impl(state[2], 2, "reference") == "spec"
+    assert calls == ["plan", "layout"]
+    for backend in ("cpp", "cpu", "triton"):
+        assert isinstance(R.plan_rows_impl(*state, 0, 2, 0, backend), R.PlannedRows)
+        assert isinstance(R.fork_layout_impl(state[2], 2, backend), R.ForkLayout)
+    assert calls == ["plan", "layout"]
+    for op in ("plan_rows", "fork_layout"):
+        assert choose("cpu", None, op) == "cpp" and choose("cpu", "triton", op) == "cpp"
+        assert choose("cpu", "reference", op) == "reference"
+        monkeypatch.setenv("EPIC_KERNELS_BACKEND", "reference")
+        assert choose("cpu", None, op) == "reference"
+        monkeypatch.delenv("EPIC_KERNELS_BACKEND")
+
+
+def test_validated_functions():
+    """``ops.plan_rows`` / ``ops.fork_layout`` validate (ValueError) and agree on every backend."""
+    state = random_state(random.Random(5), 7, 3, 2)
+    want = R.plan_rows(*state, 1, 3, 2)
+    for backend in ("reference", "cpp"):
+        _equal(PR.plan_rows(*state, 1, 3, 2, backend=backend), want)
+        _equal(FL.fork_layout(state[2], 2, backend=backend), R.fork_layout(state[2], 2))
+    with pytest.raises(ValueError, match="int64 CPU tensor"):
+        PR.plan_rows(state[0].int(), *state[1:], 1, 3, 2)
+    with pytest.raises(ValueError, match=r"last must have shape \(7, 2\)"):
+        PR.plan_rows(*state, 1, 2, 2)
+    with pytest.raises(ValueError, match="K >= 1"):
+        PR.plan_rows(*state, 1, 0, 2)
+    with pytest.raises(ValueError, match=r"seq values must lie in \[0, 1\)"):
+        FL.fork_layout(torch.tensor([0, 1]), 1)
+    with pytest.raises(ValueError, match="B must be an int >= 0"):
+        FL.fork_layout(torch.tensor([0]), -1)
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -165,7 +205,7 @@ def test_plan_rows_errors():
         if i is not None:
             args[i] = value
         with pytest.raises(RuntimeError, match=match):
-            _ext.plan_rows(*args, slot0, K, lead)
+            OPS.plan_rows(*args, slot0, K, lead)
 
     for i, name in enumerate(names):
         bad(f"plan_rows: {name} must be an int64 tensor, got Int", i, state[i].int())
@@ -190,7 +230,7 @@ def test_fork_layout_errors():
                         ((seq - 1, 2), r"fork_layout: seq\[0\] = -1 is outside \[0, 2\)"),
                         ((seq, -1), "fork_layout: B must be >= 0, got -1")]:
         with pytest.raises(RuntimeError, match=match):
-            _ext.fork_layout(*args)
+            OPS.fork_layout(*args)
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -241,11 +281,13 @@ class _Recorder:
                 rec.ks.add(K)
             return rows
 
-        def build_spy(cls, prefix, pool, seq, slot, fill, dtype, row_limit=None):
-            fb = build(cls, prefix, pool, seq, slot, fill, dtype, row_limit)
+        def build_spy(cls, prefix, pool, seq, slot, fill, dtype, row_limit=None, backend=None):
+            fb = build(cls, prefix, pool, seq, slot, fill, dtype, row_limit, backend)
             want = R.fork_layout(seq, prefix.batch)
-            assert torch.equal(fb.row_j, want.row_j) and torch.equal(fb.pad_index, want.pad_index)
+            if fb.aux is not None:            # the reference fork attention's layout
+                assert torch.equal(fb.aux.row_j, want.row_j) and torch.equal(fb.aux.pad_index, want.pad_index)
             _equal(R.fork_layout_impl(seq, prefix.batch, "cpu"), want)
+            _equal(R.fork_layout_impl(seq, prefix.batch, "cpp"), want)
             rec.layouts += 1
             return fb
 
@@ -289,6 +331,6 @@ def test_import_loads_no_extension():
     import subprocess
     import sys
 
-    code = ("import sys, epic_kernels, epic_kernels.engine.rows; "
+    code = ("import sys, epic_kernels, epic_kernels.ops.plan_rows, epic_kernels.ops.fork_layout; "
             "assert 'epic_kernels._C' not in sys.modules, 'loaded'")
     subprocess.run([sys.executable, "-c", code], check=True)

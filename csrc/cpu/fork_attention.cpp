@@ -1,8 +1,8 @@
 // CPU glue of fork_attention, the engine's cascade attention for one layer call (the readable
-// specification is epic_kernels/engine/attention.py, _fork_attention_torch). Validate, write each
+// specification is epic_kernels/ops/fork_attention.py, fork_attention_reference). Validate, write each
 // row's new key / value into its slot (serially, before any read: the same order as the Python
 // code), group the rows by sequence, then run tasks of (sequence, kv head, a few of its rows) with
-// at::parallel_for (csrc/kernels/cpu_attention.h). A row's result does not depend on which rows
+// at::parallel_for (csrc/include/cpu_attention.h). A row's result does not depend on which rows
 // share its task, so results do not depend on the number of threads. The prefix is read where it
 // lies (any strides except a contiguous head_dim): never copied.
 #include <ATen/core/Tensor.h>

@@ -1,8 +1,10 @@
-"""The fused C++ fork attention (``torch.ops.epic_kernels.fork_attention``) against the torch path
-(``engine.attention._fork_attention_torch``, the specification) and a dense float64 reference.
+"""fork_attention, both backends side by side: the fused C++ op (``torch.ops.epic_kernels.fork_attention``)
+against the reference (``ops.fork_attention.fork_attention_reference``, the specification) and a
+dense float64 attention; the engine's glue (``engine.attention.ForkBatch`` / ``fork_attention``) on
+both backends.
 
-Skipped only when the extension is not built, and never under CI (``CI`` set), which always builds
-it (the convention of ``test_ext_ops.py``). Build: ``pip install --no-build-isolation -e .``
+A missing extension is an error (``make test`` builds it). The C++ kernel is CPU-only: the cases
+run on CPU tensors; ``test_reference_on_device`` runs the reference on ``EPIC_TEST_DEVICE``.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import torch
 
 from epic_kernels import _ext
 from epic_kernels.engine import attention as A
-from epic_kernels.engine.cache import PrefixView
+from epic_kernels.core import Prefix
+from epic_kernels.ops import fork_attention as fork_attention_op
 from epic_kernels.testing import require_extension
 
 require_extension("fork_attention")
@@ -75,7 +78,7 @@ class Case:
         self.scale = D ** -0.5
 
     def view(self):
-        return PrefixView([(self.K, self.V)], self.mask, self.mask.sum(-1), torch.zeros(len(self.mask), dtype=torch.int64))
+        return Prefix([(self.K, self.V)], self.mask, self.mask.sum(-1), torch.zeros(len(self.mask), dtype=torch.int64))
 
     def pool(self):
         pool = A.SlotPool(1, self.Hkv, self.D, self.pool_k0.shape[2], self.dtype)
@@ -83,13 +86,15 @@ class Case:
         pool.values[0] = self.pool_v0.clone()
         return pool
 
-    def run(self, fn):
-        """``fn`` (fork_attention or _fork_attention_torch) on a fresh pool: ``(out, pool)``."""
+    def run(self, backend=None):
+        """The engine's glue (``ForkBatch.build`` + the attention-interface function) on a fresh
+        pool, on ``backend`` (None: the policy's choice): ``(out, pool, fork_batch)``."""
         pool = self.pool()
-        fb = A.ForkBatch.build(self.view(), pool, self.seq, self.slot, self.fill, self.dtype, self.limit)
+        fb = A.ForkBatch.build(self.view(), pool, self.seq, self.slot, self.fill, self.dtype, self.limit, backend)
         A._local.batch = fb
         try:
-            out, _ = fn(types.SimpleNamespace(layer_idx=0), self.q, self.k, self.v, scaling=self.scale)
+            out, _ = A.fork_attention(types.SimpleNamespace(layer_idx=0), self.q, self.k, self.v,
+                                      scaling=self.scale)
         finally:
             A._local.batch = None
         return out, pool, fb
@@ -143,9 +148,10 @@ ROWS = [[1], [8], [3, 1, 5], [2, 7, 1, 4]]
 def test_matches_torch_path(dtype, heads, rows, limit):
     H, Hkv = heads
     case = Case(rows, H=H, Hkv=Hkv, dtype=dtype, limit=limit, seed=len(rows) * 10 + H)
-    got, pool, fb = case.run(A.fork_attention)
-    assert fb.kernel is not None, "the C++ op should run on CPU tensors"
-    want, pool_t, _ = case.run(A._fork_attention_torch)
+    got, pool, fb = case.run()
+    assert fb.backend == "cpp", "the C++ op should run on CPU tensors"
+    want, pool_t, fb_t = case.run("reference")
+    assert fb_t.backend == "reference" and fb_t.aux is not None
     assert got.shape == want.shape == (sum(rows), 1, H, case.D) and got.dtype == dtype
     close(got, want, dtype)
     close(got, case.dense(), dtype)
@@ -183,7 +189,7 @@ def test_rows_that_see_no_prefix(dtype):
     case = Case([3, 2], limit=True, empty_prefix=True, dtype=dtype, seed=5)
     got = case.op()[0]
     close(got, case.dense(), dtype)
-    close(case.run(A._fork_attention_torch)[0], case.dense(), dtype)
+    close(case.run("reference")[0], case.dense(), dtype)
 
 
 def test_other_prefix_layouts():
@@ -213,19 +219,67 @@ def test_results_do_not_depend_on_threads():
 def test_reference_backend_selects_the_torch_path(monkeypatch):
     case = Case([2, 1])
     monkeypatch.setenv("EPIC_KERNELS_BACKEND", "reference")
-    out, _, fb = case.run(A.fork_attention)
-    assert fb.kernel is None
+    out, _, fb = case.run()
+    assert fb.backend == "reference"
     close(out, case.dense(), torch.float32)
-    monkeypatch.setenv("EPIC_KERNELS_BACKEND", "cpu")
-    assert case.run(A.fork_attention)[2].kernel is not None
+    for name in ("cpu", "cpp", "triton"):       # triton has no fork attention: the op's own choice
+        monkeypatch.setenv("EPIC_KERNELS_BACKEND", name)
+        assert case.run()[2].backend == "cpp"
+
+
+def test_dtype_without_kernel_runs_the_reference(monkeypatch):
+    """The C++ kernel takes float32 / float64: bfloat16 runs the reference (one warning), and a
+    forced ``cpp`` is an error naming the dtype."""
+    from epic_kernels.ops.fork_attention import fork_attention_backend
+    monkeypatch.delenv("EPIC_KERNELS_BACKEND", raising=False)
+    with pytest.warns(RuntimeWarning, match="float32 / float64"):
+        assert fork_attention_backend(torch.device("cpu"), torch.bfloat16) == "reference"
+    with pytest.raises(RuntimeError, match="backend 'cpp' was requested for fork_attention"):
+        fork_attention_backend(torch.device("cpu"), torch.bfloat16, "cpp")
+    assert fork_attention_backend(torch.device("cpu"), torch.float32) == "cpp"
 
 
 def test_typed_wrapper():
+    """``ops.fork_attention`` (validated, explicit arguments) on both backends."""
     case = Case([2, 2])
-    pk, pv = case.pool_k0.clone(), case.pool_v0.clone()
-    out = _ext.fork_attention(case.q, case.k, case.v, pk, pv, case.K, case.V, case.mask, case.seq, case.slot,
-                              case.fill)
-    assert torch.equal(out, case.op()[0])
+    for backend, same in (("cpp", True), ("reference", False), (None, True)):
+        pk, pv = case.pool_k0.clone(), case.pool_v0.clone()
+        out = fork_attention_op(case.q, case.k, case.v, pk, pv, case.K, case.V, case.mask, case.seq, case.slot,
+                                case.fill, backend=backend)
+        if same:
+            assert torch.equal(out, case.op()[0])
+        close(out, case.dense(), torch.float32)
+        assert torch.equal(pk, case.op()[1])
+
+
+def test_validator_errors():
+    """The op's validator: ValueError naming the argument, whatever the backend."""
+    c = Case([2, 3], L=20)
+    base = dict(query=c.q, key=c.k, value=c.v, pool_k=c.pool_k0.clone(), pool_v=c.pool_v0.clone(),
+                prefix_k=c.K, prefix_v=c.V, prefix_valid=c.mask, seq=c.seq, slot=c.slot, fill=c.fill)
+    for override, match in [(dict(key=c.k.double()), "key must have query's dtype"),
+                            (dict(query=c.q[:, :, 0]), "query must be a 4-D floating tensor"),
+                            (dict(key=c.k[:-1]), "key must have shape"),
+                            (dict(prefix_k=c.K.transpose(2, 3).contiguous().transpose(2, 3)), "contiguous head_dim"),
+                            (dict(prefix_valid=c.mask.float()), "prefix_valid must be a bool or integer"),
+                            (dict(seq=torch.full((5,), 7)), r"seq values must lie in \[0, 2\)"),
+                            (dict(fill=torch.full((5,), 5)), r"fill values must lie in \[0, 5\)")]:
+        for backend in ("reference", "cpp"):
+            with pytest.raises(ValueError, match=match):
+                fork_attention_op(**{**base, **override}, backend=backend)
+
+
+def test_reference_on_device(device):
+    """The reference (the path for CUDA tensors) on ``EPIC_TEST_DEVICE``, against the dense attention;
+    the rows' bookkeeping (seq, slot, fill) may stay on the host."""
+    case = Case([3, 1, 2], limit=True, holes=True, seed=21)
+    pk, pv = case.pool_k0.clone().to(device), case.pool_v0.clone().to(device)
+    out = fork_attention_op(*(t.to(device) for t in (case.q, case.k, case.v)), pk, pv, case.K.to(device),
+                            case.V.to(device), case.mask.to(device), case.seq, case.slot, case.fill, case.limit,
+                            backend="reference")
+    assert out.device.type == device.type
+    close(out.cpu(), case.dense(), torch.float32)
+    assert torch.equal(pk.cpu(), case.op()[1])
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -283,3 +337,8 @@ def test_empty_call():
     e = torch.empty(0, dtype=torch.int64)
     out, pk, _ = c.op(query=c.q[:0], key=c.k[:0], value=c.v[:0], seq=e, slot=e, fill=e)
     assert out.shape == (0, 1, c.H, c.D) and torch.equal(pk, c.pool_k0)
+    for backend in ("cpp", "reference"):       # the validated op: empty output on both backends
+        pk = c.pool_k0.clone()
+        out = fork_attention_op(c.q[:0], c.k[:0], c.v[:0], pk, c.pool_v0.clone(), c.K, c.V, c.mask, e, e, e,
+                                backend=backend)
+        assert out.shape == (0, 1, c.H, c.D) and torch.equal(pk, c.pool_k0)

@@ -25,8 +25,8 @@
 #include <tuple>
 
 #include "../glue.h"
-#include "../kernels/online_softmax.h"
-#include "../kernels/philox.h"
+#include "../include/online_softmax.h"
+#include "../include/philox.h"
 #include "cuda_common.cuh"
 
 namespace epic {

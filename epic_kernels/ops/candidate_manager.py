@@ -1,22 +1,29 @@
 """The candidate-block manager: bounds, pruning, the stopping rule, blocks and the adaptive horizon,
-for every sequence of a batch at once.
+for every sequence of a batch at once (docs/algorithm.md).
 
-The C++ class ``torch.classes.epic_kernels.CandidateManager`` (csrc/cpu/candidate_manager.cpp) is
-the implementation the engine uses; ``PyCandidateManager`` below is the same logic in Python, used
-when the extension is not built and as the readable specification the C++ code is tested against.
+Two implementations of one protocol: ``PyCandidateManager`` below (the readable specification) and
+the C++ class ``torch.classes.epic_kernels.CandidateManager`` (csrc/cpu/candidate_manager.cpp), the
+same logic decision for decision. ``make_manager`` builds the one ``ops.dispatch`` picks (op
+``"candidate_manager"``: ``cpp`` when the extension is built, for tensors of any device, since the
+manager copies its inputs to the host; else the specification, with one warning).
 
 Protocol, once per step::
 
-    mgr = CandidateManager(offsets, ids, z, alpha, horizon, bound, block_size)
+    mgr = make_manager(offsets, ids, z, alpha, horizon, bound, block_size)
     while True:
         idx, depth = mgr.next_requests()      # evaluate candidate idx[n] through depth[n]
         if len(idx) == 0: break
         mgr.update(idx, known_depth, partial_sum, exact_score)
     mgr.winners()                             # [B] candidate index of each sequence's winner
+    mgr.stats()                               # ([B] depth-1 evaluations, [B] deeper evaluations)
 
 Candidates are the survivors of the first prune, grouped by sequence (CSR ``offsets``). ``z`` are
-their perturbed scores; ``partial_sum`` the RB estimate through ``known_depth``; ``exact_score`` the
-score computed exactly like the reference's (NaN until ``known_depth == horizon``).
+their perturbed scores; ``bound`` is the admissible per-depth entropy bound ``U`` **already
+inflated** by the float slack (``core.admissible_bound(vocab, top_k)``); ``partial_sum`` the RB
+estimate through ``known_depth``; ``exact_score`` the score computed exactly like the reference's
+(NaN until ``known_depth == horizon``). The bounds widen by ``core.ENTROPY_SLACK`` and
+``core.SCORE_SLACK``, which both implementations take from ``core`` (the C++ class as constructor
+arguments), so every slack value lives in core.py.
 """
 from __future__ import annotations
 
@@ -24,21 +31,22 @@ import math
 
 import torch
 
-from .. import _ext
+from ..core import ENTROPY_SLACK, SCORE_SLACK
 from ..reference import rollout_horizon
+from .dispatch import choose
 
-BOUND_REL_SLACK = 1e-6      # U is inflated by this much (relative) plus 1e-6 absolute
-ENTROPY_SLACK = 1e-5        # a partial estimate's interval widens by this * (1 + |partial|)
-SCORE_SLACK = 1e-6          # bounds widen by this * (1 + |z| + |alpha| (|partial| + k U))
+OP = "candidate_manager"
 
 
 class PyCandidateManager:
+    """The specification: the C++ class makes the same decisions, request for request."""
+
     def __init__(self, offsets, ids, z, alpha: float, horizon: int, bound: float, block_size: int):
         self.offsets = offsets.tolist()
         self.ids = ids.tolist()
         self.z = z.double().tolist()
         self.alpha, self.k, self.block = float(alpha), int(horizon), int(block_size)
-        self.U = bound * (1 + BOUND_REL_SLACK) + 1e-6
+        self.U = float(bound)          # already admissible: core.admissible_bound
         M, B = len(self.ids), len(self.offsets) - 1
         self.depth = [0] * M
         self.partial = [0.0] * M
@@ -107,20 +115,42 @@ class PyCandidateManager:
                 torch.tensor(self.evaluated_deeper, dtype=torch.int64))
 
 
-def make_manager(offsets, ids, z, alpha, horizon, bound, block_size, prefer_cpp: bool = True):
-    """The C++ manager when the extension provides it, else the Python one (same protocol)."""
-    if prefer_cpp and _cpp_manager_available():
+def check_manager(offsets, ids, z, alpha, horizon, bound, block_size) -> None:
+    """The validator (``ValueError``): CSR offsets over M candidates, finite alpha and bound >= 0,
+    horizon and block_size >= 1."""
+    for name, t in (("offsets", offsets), ("ids", ids), ("z", z)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1:
+            raise ValueError(f"{name} must be a 1-D tensor")
+    if len(offsets) < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != len(ids) or len(ids) != len(z):
+        raise ValueError("offsets, ids and z disagree on the number of candidates (offsets must run "
+                         "from 0 to len(ids) = len(z))")
+    if len(offsets) > 1 and bool((offsets[1:] < offsets[:-1]).any()):
+        raise ValueError("offsets must be non-decreasing")
+    if not math.isfinite(alpha) or not math.isfinite(bound) or bound < 0:
+        raise ValueError(f"alpha must be finite and bound finite and >= 0, got {alpha}, {bound}")
+    if int(horizon) < 1 or int(block_size) < 1:
+        raise ValueError("horizon and block_size must be >= 1")
+
+
+def make_manager_impl(offsets, ids, z, alpha, horizon, bound, block_size, backend: str = "reference"):
+    """No validation (the C++ constructor checks its inputs, RuntimeError). ``backend`` from
+    ``dispatch.choose(device, backend, "candidate_manager")``; ``"triton"`` resolves to the op's
+    own choice."""
+    if backend not in ("cpp", "reference"):
+        backend = choose("cpu", backend, OP)
+    if backend == "cpp":
         return torch.classes.epic_kernels.CandidateManager(
             offsets.to(torch.int64), ids.to(torch.int64), z.to(torch.float64), float(alpha), int(horizon),
-            float(bound), int(block_size))
+            float(bound), int(block_size), ENTROPY_SLACK, SCORE_SLACK)
     return PyCandidateManager(offsets, ids, z, alpha, horizon, bound, block_size)
 
 
-def _cpp_manager_available() -> bool:
-    if not _ext.available():
-        return False
-    try:
-        torch.classes.epic_kernels.CandidateManager
-    except (RuntimeError, AttributeError):
-        return False
-    return True
+def make_manager(offsets, ids, z, alpha, horizon, bound, block_size, backend: str | None = None):
+    """The manager ``dispatch.choose`` picks (``backend`` or ``$EPIC_KERNELS_BACKEND`` forces one):
+    the C++ class or ``PyCandidateManager``, same protocol. ``bound`` is the admissible bound
+    ``core.admissible_bound(vocab, top_k)``."""
+    check_manager(offsets, ids, z, float(alpha), horizon, float(bound), block_size)
+    return make_manager_impl(offsets, ids, z, alpha, horizon, bound, block_size, choose("cpu", backend, OP))
+
+
+__all__ = ["PyCandidateManager", "make_manager", "make_manager_impl", "check_manager"]

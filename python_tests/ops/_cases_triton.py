@@ -1,4 +1,6 @@
-"""Triton kernels vs the pure-PyTorch reference.
+"""Shared cases and helpers of the Triton op tests (moved from python_tests/test_triton_ops.py).
+
+Triton kernels vs the pure-PyTorch reference.
 
 Without CUDA the kernels run under the Triton interpreter on CPU tensors: triton reads
 ``TRITON_INTERPRET`` when a kernel is *decorated*, i.e. when ``epic_kernels.triton_kernels`` is first
@@ -6,7 +8,6 @@ imported, so the variable is set here before that import (and the modules are re
 test imported them earlier in compiled mode). With CUDA the same tests run compiled on ``cuda``.
 """
 from __future__ import annotations
-
 import importlib
 import importlib.util
 import math
@@ -15,22 +16,28 @@ import subprocess
 import sys
 import textwrap
 import warnings
-
 import torch
+import pytest  # noqa: E402
+import epic_kernels  # noqa: E402
+from epic_kernels import philox, reference as R  # noqa: E402
+
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-
-import epic_kernels  # noqa: E402
-from epic_kernels import philox, reference as R  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(epic_kernels.__file__)))
 
+
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 DEVICES = (["cuda"] if torch.cuda.is_available() else []) + (["cpu"] if INTERPRET else [])
+
+
 if not HAS_TRITON or not DEVICES:       # triton is a pinned dependency; conftest turns the interpreter on
     raise RuntimeError("these tests need triton and either CUDA or TRITON_INTERPRET=1 (the CPU interpreter)")
 
@@ -45,12 +52,11 @@ def _ops():
     return tk
 
 
-@pytest.fixture(autouse=True)
-def _seed():
+@pytest.fixture
+def triton_env():
     torch.manual_seed(1234)
 
 
-# (dtype, atol, rtol) for entropy / lse, and the relative tolerance for near-ties of z
 TOLS = [(torch.float32, 2e-5, 2e-6), (torch.float16, 2e-5, 2e-6), (torch.bfloat16, 2e-5, 2e-6),
         (torch.float64, 1e-11, 1e-12)]
 
@@ -97,29 +103,6 @@ def keys(B: int):
     return (torch.randint(0, 2**32, (B,), dtype=torch.int64), torch.randint(0, 2**31, (B,), dtype=torch.int64))
 
 
-# ------------------------------------------------------------------------------------------------ #
-# Philox                                                                                           #
-# ------------------------------------------------------------------------------------------------ #
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_philox_words_and_noise_match_reference(device):
-    from epic_kernels.triton_kernels._philox import philox_noise_triton
-    _ops()
-    k = torch.tensor([0, 1, 2**32 - 1, (5 << 32) | 12345, ((2**31 - 1) << 32) | (2**32 - 1)])
-    off = torch.randint(0, 2**62, (k.numel(), 300), dtype=torch.int64)
-    off[:, :4] = torch.tensor([0, 2**32 - 1, 2**32, ((2**31 - 1) << 32) | (2**32 - 1)])
-    words, noise = philox_noise_triton(k.to(device), off.to(device))
-    want = philox.randint(k[:, None], off)
-    assert not (msg := mismatches("words", words, want)), msg
-    assert not (msg := mismatches("gumbel", noise, philox.gumbel(want))), msg
-
-
-# ------------------------------------------------------------------------------------------------ #
-# softmax entropy (+ same-pass Gumbel-max)                                                         #
-# ------------------------------------------------------------------------------------------------ #
-
-
 def exact_entropy(x: torch.Tensor):
     """The reference's entropy and lse, computed in float64 on row-max-shifted logits.
 
@@ -148,48 +131,6 @@ def _check_entropy(device, B, V, dtype, atol, rtol, num_chunks, kind="mixed"):
     if B * V <= 4000:     # the same statistics without the sample (the interpreter is slow)
         ent2, lse2, tok2 = tk.softmax_entropy_triton(x.to(device), num_chunks=num_chunks)
         assert tok2 is None and torch.equal(ent2, ent) and torch.equal(lse2, lse)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("B", [1, 3, 33])
-@pytest.mark.parametrize("V", [1, 17, 111, 4097])
-@pytest.mark.parametrize("num_chunks", [1, 3], ids=["single", "split"])
-def test_softmax_entropy_float32(device, B, V, num_chunks):
-    if B * V > 100_000 and num_chunks > 1:
-        V = 1025          # the split path at 33 x 4097 is too slow in the interpreter; same logic, smaller V
-    _check_entropy(device, B, V, torch.float32, 2e-5, 2e-6, num_chunks)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype, atol, rtol", TOLS)
-@pytest.mark.parametrize("B, V", [(3, 111), (33, 17), (1, 4097)])
-@pytest.mark.parametrize("num_chunks", [1, 5], ids=["single", "split"])
-def test_softmax_entropy_dtypes(device, dtype, atol, rtol, B, V, num_chunks):
-    _check_entropy(device, B, V, dtype, atol, rtol, num_chunks)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype, atol, rtol", [TOLS[0], TOLS[2]])
-def test_softmax_entropy_vocab_32000_heuristic(device, dtype, atol, rtol):
-    _check_entropy(device, 2, 32000, dtype, atol, rtol, None, kind="plain")
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype, atol, rtol", TOLS)
-def test_softmax_entropy_vs_reference_directly(device, dtype, atol, rtol):
-    """Ordinary logits: the reference itself (no float64 oracle) within the dtype's tolerance."""
-    tk = _ops()
-    x = make_logits(5, 300, dtype, kind="plain")
-    x[0, 1:] = float("-inf")
-    ent, lse, _ = tk.softmax_entropy_triton(x.to(device), num_chunks=2)
-    ent_ref, lse_ref = R.softmax_entropy(x)
-    assert not (msg := mismatches("lse", lse, lse_ref, atol, rtol)), msg
-    assert not (msg := mismatches("entropy", ent, ent_ref, 4 * atol, rtol)), msg
-
-
-# ------------------------------------------------------------------------------------------------ #
-# Gumbel prune                                                                                     #
-# ------------------------------------------------------------------------------------------------ #
 
 
 def reference_prune_with_lse(logits, seeds, positions, width, top_k, lse) -> R.PruneResult:
@@ -259,103 +200,6 @@ def _check_prune(device, B, V, dtype, width, top_k, num_chunks, capacity=512, ki
     return got
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("B", [1, 3, 33])
-@pytest.mark.parametrize("V", [1, 17, 111, 4097])
-@pytest.mark.parametrize("num_chunks, capacity", [(1, 512), (3, 4)], ids=["single", "split-overflow"])
-def test_prune_float32(device, B, V, num_chunks, capacity):
-    if B * V > 100_000 and num_chunks > 1:
-        V = 1025          # the split path at 33 x 4097 is too slow in the interpreter; same logic, smaller V
-    width = torch.rand(B, dtype=torch.float64) * 4
-    _check_prune(device, B, V, torch.float32, width, 4, num_chunks, capacity)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [TOLS[1][0], TOLS[2][0], TOLS[3][0]])
-@pytest.mark.parametrize("B, V", [(3, 111), (33, 17), (1, 4097)])
-@pytest.mark.parametrize("num_chunks", [1, 4], ids=["single", "split"])
-def test_prune_dtypes(device, dtype, B, V, num_chunks):
-    _check_prune(device, B, V, dtype, 2.5, 3, num_chunks)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("width, top_k", [(0.0, 1), (0.0, 7), (1e-3, 2), (math.inf, 5), (50.0, 200), (3.0, 1)])
-def test_prune_windows_and_topk(device, width, top_k):
-    """width 0 (one survivor) with top_k > survivors takes the dense path; inf keeps every finite
-    token; top_k > V pads with -1 / -inf."""
-    got = _check_prune(device, 6, 111, torch.float32, width, top_k, None)
-    if width == 0.0:
-        assert got.counts.tolist() == [1] * 6
-    if math.isinf(width):
-        assert got.counts.tolist() == torch.isfinite(make_logits(6, 111, torch.float32)).sum(-1).tolist()
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_prune_vocab_32000_heuristic(device, dtype):
-    _check_prune(device, 2, 32000, dtype, 3.0, 8, None, kind="plain")
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_prune_dense_path_forced(device):
-    """capacity 1 overflows every chunk with more than one candidate: the exact dense path."""
-    _check_prune(device, 3, 4097, torch.float32, 5.0, 6, 2, capacity=1)
-
-
-# ------------------------------------------------------------------------------------------------ #
-# Launch plan, validation, import without triton, GPU compilation                                  #
-# ------------------------------------------------------------------------------------------------ #
-
-
-def test_plan_chunks_splits_small_batches_only():
-    from epic_kernels.triton_kernels.softmax_entropy import plan_chunks
-    cpu = torch.device("cpu")
-    assert plan_chunks(1, 128256, cpu, False)[0] > 1
-    assert plan_chunks(64, 128256, cpu, False)[0] == 1
-    assert plan_chunks(1, 17, cpu, False)[0] == 1
-    C, chunk, block = plan_chunks(1, 4097, cpu, True, num_chunks=3)
-    assert C == 3 and chunk % block == 0 and C * chunk >= 4097 > (C - 1) * chunk
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_validation_errors(device):
-    tk = _ops()
-    x = torch.randn(2, 5, device=device)
-    s, p = (torch.zeros(2, dtype=torch.int64, device=device) for _ in range(2))
-    with pytest.raises(ValueError, match="logits"):
-        tk.softmax_entropy_triton(torch.randn(5, device=device))
-    with pytest.raises(ValueError, match="float16"):
-        tk.softmax_entropy_triton(torch.zeros(2, 5, dtype=torch.int32, device=device))
-    with pytest.raises(ValueError, match="positions"):
-        tk.softmax_entropy_triton(x, s)
-    with pytest.raises(ValueError, match="seeds"):
-        tk.gumbel_topk_prune_triton(x, torch.full((2,), 2**32, device=device), p, 1.0, 1)
-    with pytest.raises(ValueError, match="shape"):
-        tk.gumbel_topk_prune_triton(x, s[:1], p, 1.0, 1)
-    with pytest.raises(ValueError, match="width"):
-        tk.gumbel_topk_prune_triton(x, s, p, -1.0, 1)
-    with pytest.raises(ValueError, match="top_k"):
-        tk.gumbel_topk_prune_triton(x, s, p, 1.0, 0)
-
-
-def test_import_without_triton_raises_only_when_called():
-    code = textwrap.dedent("""
-        import sys, torch
-        sys.modules["triton"] = None
-        import epic_kernels.triton_kernels as tk
-        assert not tk.HAS_TRITON
-        try:
-            tk.softmax_entropy_triton(torch.zeros(1, 3))
-        except RuntimeError as e:
-            assert "triton" in str(e)
-        else:
-            raise AssertionError("no error")
-    """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, *sys.path]))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-
-
 COMPILE = """
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
@@ -383,10 +227,3 @@ for dt, acc, tacc in [("bf16", "fp32", tl.float32), ("fp64", "fp64", tl.float64)
 print("compiled")
 """
 
-
-def test_kernels_compile_for_a_cuda_target():
-    """The interpreter accepts things the compiler rejects: compile every kernel to PTX for sm_80 (no
-    GPU needed) in a process where the interpreter is off."""
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join([ROOT, *sys.path]))
-    out = subprocess.run([sys.executable, "-c", COMPILE], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]

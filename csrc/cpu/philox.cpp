@@ -1,4 +1,4 @@
-// CPU glue of the testing helpers _philox_randint and _gumbel_noise (csrc/kernels/philox.h).
+// CPU glue of the testing helpers _philox_randint and _gumbel_noise (csrc/include/philox.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -6,7 +6,7 @@
 #include <torch/library.h>
 
 #include "../glue.h"
-#include "../kernels/philox.h"
+#include "../include/philox.h"
 #include "cpu_kernels.h"
 
 #include <algorithm>
