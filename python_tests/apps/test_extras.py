@@ -2,6 +2,7 @@
 naming the extra that installs it, and setup.py asks for torch and transformers only."""
 import ast
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ def test_importing_the_library_and_its_tools_pulls_no_optional_dependency():
     code = ("import sys, epic_kernels, epic_kernels.models, epic_kernels.hf, epic_kernels.cli.generate, "
             "epic_kernels.cli.calibrate\n"
             f"print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
+                          env=env)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 

@@ -2,13 +2,17 @@
 tokens), and its argument errors: each a one-line message with exit code 2, before the model loads."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import epic_kernels.models as models
 from epic_kernels.cli.generate import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generate_end_to_end_with_baseline_and_plot(tmp_path, capsys):
@@ -98,7 +102,9 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
      "folder '/missing/dir' does not exist"),
 ])
 def test_errors_are_messages_not_tracebacks(module, argv, message):
-    proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300,
+                          env=env)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and "loaded" not in proc.stderr
