@@ -116,3 +116,18 @@ def require_extension(*ops: str) -> None:
     if not _ext.available() or missing:
         what = f"without {', '.join(missing)}" if missing else f"not built ({_ext.error()})"
         raise RuntimeError(f"the C++ extension is {what}; {_ext.BUILD_HINT} (`make test` does this)")
+
+
+class CharTokenizer:
+    """Character ``chr(65 + i)`` is token ``i`` (modulo ``vocab``): the part of a Hugging Face
+    tokenizer that calibration and the command-line tools use, for tests on ``tiny_llama(vocab)``."""
+
+    chat_template = None
+    eos_token_id = 1
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+
+    def __call__(self, text, add_special_tokens=True, return_tensors=None):
+        ids = [(ord(c) - 65) % self.vocab for c in text]
+        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}

@@ -17,7 +17,7 @@ import torch
 
 from epic_kernels.calibration import (CalibrationData, CalibrationError, calibrate_alpha, collect_entropies,
                                       sample_tokens, solve_alpha)
-from epic_kernels.testing import tiny_llama
+from epic_kernels.testing import CharTokenizer, tiny_llama
 
 V = 16
 
@@ -249,7 +249,7 @@ def test_limits_contexts_and_strings(q):
     plain = collect_entropies(q, [[2, 3, 4, 5, 6]], horizon=1, samples=2, progress=False)
     assert with_ctx.tokens == 3                                        # only the text's own tokens
     torch.testing.assert_close(with_ctx.h_data, plain.h_data[1:], rtol=0, atol=1e-12)
-    tok = FakeTokenizer()
+    tok = CharTokenizer(V)
     s = collect_entropies(q, ["bcde"], tokenizer=tok, horizon=1, samples=2, progress=False)
     i = collect_entropies(q, [tok("bcde")["input_ids"]], horizon=1, samples=2, progress=False)
     torch.testing.assert_close(s.h_data, i.h_data, rtol=0, atol=0)

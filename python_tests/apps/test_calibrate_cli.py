@@ -12,7 +12,7 @@ import torch
 import epic_kernels.models as models
 from epic_kernels.calibration import calibrate_alpha
 from epic_kernels.cli.calibrate import main
-from epic_kernels.testing import tiny_llama
+from epic_kernels.testing import CharTokenizer, tiny_llama
 
 V = 16
 
@@ -20,17 +20,6 @@ V = 16
 @pytest.fixture(scope="module")
 def q():
     return tiny_llama(V, seed=1)
-
-
-class FakeTokenizer:
-    """Character ``chr(65 + i)`` is token ``i``; enough of the tokenizer interface for the CLI."""
-
-    chat_template = None
-    eos_token_id = 1
-
-    def __call__(self, text, add_special_tokens=True, return_tensors=None):
-        ids = [(ord(c) - 65) % V for c in text]
-        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
 
 
 @torch.no_grad()
@@ -98,7 +87,7 @@ def test_out_that_is_a_folder_is_refused(tmp_path, capsys, monkeypatch):
 
 
 def test_writes_alpha(tmp_path, capsys, monkeypatch, q):
-    monkeypatch.setattr(models, "load_model", lambda path=None: (q, FakeTokenizer()))
+    monkeypatch.setattr(models, "load_model", lambda path=None: (q, CharTokenizer(V)))
     texts = sample_texts(q, 16, 12, seed=9)
     letters = ["".join(chr(65 + t) for t in tx) for tx in texts]
     path = _write(tmp_path, [json.dumps({"text": s, "prompt": "CD"}) for s in letters])
