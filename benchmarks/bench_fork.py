@@ -25,12 +25,12 @@ path against the C++ op (medians of ``--engine-repeats`` interleaved calls).
 from __future__ import annotations
 
 import copy
+import sys
 import types
+from pathlib import Path
 
-try:
-    from . import _common as C
-except ImportError:                                   # run as a script
-    import _common as C  # type: ignore
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: no PYTHONPATH needed
+from experiments import common as C  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
 
 import torch  # noqa: E402
 
@@ -171,7 +171,7 @@ def main(argv=None):
     torch.set_grad_enabled(False)
     cases = [(int(L), int(R)) for L in args.lengths.split(",") for R in args.rollouts.split(",")]
     results, rows = [], []
-    for L, R in C.progress(cases, args.no_progress, desc="fork cases"):
+    for L, R in C.progress_bar(cases, args.no_progress, desc="fork cases"):
         cache = random_cache(L)
         prefix_bytes = cache_bytes(cache)
         hf_bytes = R * prefix_bytes
@@ -199,7 +199,7 @@ def main(argv=None):
         del cache
     engine = []
     shapes = [(int(N), int(L)) for L in args.engine_lengths.split(",") for N in args.engine_rows.split(",")]
-    for N, L in C.progress(shapes, args.no_progress, desc="engine shapes"):
+    for N, L in C.progress_bar(shapes, args.no_progress, desc="engine shapes"):
         fns, err = engine_shape_fns(N, L)
         t = interleaved(fns, args.engine_repeats)
         engine.append(dict(N=N, L=L, torch_ms=t["torch"] * 1e3, cpp_ms=t.get("cpp", float("nan")) * 1e3,

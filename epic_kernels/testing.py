@@ -38,9 +38,10 @@ def tiny_llama(vocab: int = 32, *, seed: int = 0, dtype: torch.dtype = torch.flo
 
 
 def tiny_tokenizer(vocab: int = 32):
-    """A character-level tokenizer for the tiny models: token ``i`` is the ``i``-th character of
-    ``TINY_CHARS`` (0 doubles as padding and beginning of sequence, 1 as end of sequence), so texts,
-    streamers and ``stop_strings`` can be tested without a downloaded tokenizer."""
+    """A character-level Hugging Face tokenizer for the tiny models: token ``i`` is the character
+    ``chr(65 + i)`` (``"A"`` is 0, also padding and beginning of sequence; ``"B"`` is 1, the end of
+    sequence), so calibration on strings, the command-line tools, streamers and ``stop_strings`` can be
+    tested without a downloaded tokenizer. Characters outside the vocabulary map to 0."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -53,7 +54,7 @@ def tiny_tokenizer(vocab: int = 32):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=c[0], eos_token=c[1], pad_token=c[0], unk_token=c[0])
 
 
-TINY_CHARS = "^$abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+TINY_CHARS = "".join(chr(65 + i) for i in range(64))
 
 
 @torch.no_grad()
@@ -121,10 +122,6 @@ def prefill(model, prompts: list[list[int]]):
     return out.logits[:, -1, :], out.past_key_values, mask
 
 
-__all__ = ["tiny_llama", "prefill", "next_log_probs", "exact_lookahead_entropy",
-           "exact_lookahead_entropies", "random_prompts"]
-
-
 def require_extension(*ops: str) -> None:
     """Raise unless the C++ extension is built (with ``ops``, if named). The test suite's command,
     ``make test``, always builds it, so a test module of the compiled ops fails rather than skips
@@ -135,3 +132,7 @@ def require_extension(*ops: str) -> None:
     if not _ext.available() or missing:
         what = f"without {', '.join(missing)}" if missing else f"not built ({_ext.error()})"
         raise RuntimeError(f"the C++ extension is {what}; {_ext.BUILD_HINT} (`make test` does this)")
+
+
+__all__ = ["tiny_llama", "tiny_tokenizer", "TINY_CHARS", "prefill", "next_log_probs", "exact_lookahead_entropy",
+           "exact_lookahead_entropies", "random_prompts", "require_extension"]

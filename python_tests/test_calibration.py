@@ -9,19 +9,15 @@ H(p, q_alpha) on the held-out prefixes) is also computed exactly and compared wi
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
-
-import re
 
 import pytest
 import torch
 
 from epic_kernels.calibration import (CalibrationData, CalibrationError, calibrate_alpha, collect_entropies,
                                       sample_tokens, solve_alpha)
-from epic_kernels.calibration_cli import calibrate_main
-from epic_kernels.testing import tiny_llama
+from epic_kernels.testing import tiny_llama, tiny_tokenizer
 
 V = 16
 
@@ -253,7 +249,7 @@ def test_limits_contexts_and_strings(q):
     plain = collect_entropies(q, [[2, 3, 4, 5, 6]], horizon=1, samples=2, progress=False)
     assert with_ctx.tokens == 3                                        # only the text's own tokens
     torch.testing.assert_close(with_ctx.h_data, plain.h_data[1:], rtol=0, atol=1e-12)
-    tok = FakeTokenizer()
+    tok = tiny_tokenizer(V)
     s = collect_entropies(q, ["bcde"], tokenizer=tok, horizon=1, samples=2, progress=False)
     i = collect_entropies(q, [tok("bcde")["input_ids"]], horizon=1, samples=2, progress=False)
     torch.testing.assert_close(s.h_data, i.h_data, rtol=0, atol=0)
@@ -314,69 +310,3 @@ def test_bad_inputs(q, kwargs, match):
     texts = args.pop("texts")
     with pytest.raises(ValueError, match=match):
         calibrate_alpha(q, texts, **args)
-
-
-# ---------------------------------------------------------------------------------------------- #
-# the command line
-# ---------------------------------------------------------------------------------------------- #
-class FakeTokenizer:
-    """Character ``chr(65 + i)`` is token ``i``; enough of the tokenizer interface for the CLI and tests."""
-
-    chat_template = None
-    eos_token_id = 1
-
-    def __call__(self, text, add_special_tokens=True, return_tensors=None):
-        ids = [(ord(c) - 65) % V for c in text]
-        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
-
-
-def _write(tmp_path, lines):
-    path = tmp_path / "data.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
-
-
-@pytest.mark.parametrize("lines, extra, match", [
-    (None, [], "not found"),
-    (['{"text": "abcd"}', '{"other": "x"}'], [], "data.jsonl:2: no field 'text' \\(fields: other\\)"),
-    (['{"text": "abcd"', ], [], "not valid JSON"),
-    (['{"text": 3}'], [], "not a string"),
-    ([""], [], "no records"),
-    (['{"text": "abcd"}'], ["--samples", "0"], "--samples must be >= 1"),
-    (['{"text": "abcd"}'], ["--bracket", "1", "0"], "LO < HI"),
-    (['{"text": "abcd"}'], ["--context-field", "q"], "no field 'q'"),
-    (['{"text": "abcd"}'], ["--strip", "(("], "--strip is not a valid regular expression"),
-])
-def test_cli_bad_input_exits_2(tmp_path, capsys, lines, extra, match):
-    path = str(tmp_path / "missing.jsonl") if lines is None else _write(tmp_path, lines)
-    code = calibrate_main(["--data", path, "--field", "text", *extra])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "Traceback" not in err
-    assert re.search(match, err), err
-
-
-def test_cli_writes_alpha(tmp_path, capsys, monkeypatch, q):
-    import epic_kernels.models as models
-
-    monkeypatch.setattr(models, "load_model", lambda path=None: (q, FakeTokenizer()))
-    texts = sample_texts(q, 16, 12, tilt=1.0, seed=9)
-    letters = ["".join(chr(65 + t) for t in tx) for tx in texts]
-    path = _write(tmp_path, [json.dumps({"text": s, "prompt": "CD"}) for s in letters])
-    out = tmp_path / "alpha.json"
-    argv = ["--data", path, "--field", "text", "--horizon", "1", "--rollouts", "1", "--samples", "8",
-            "--top-k", "0", "--rollout-top-k", "0", "--tol", "1e-4", "--no-progress", "--out", str(out)]
-    assert calibrate_main(argv) == 0
-    assert "alpha* =" in capsys.readouterr().out
-    rec = json.loads(out.read_text())
-    direct = calibrate_alpha(q, texts, horizon=1, rollouts=1, samples=8, tol=1e-4, progress=False)
-    assert rec["alpha"] == direct.alpha and rec["tokens"] == direct.tokens == 16 * 11
-    assert rec["settings"]["horizon"] == 1 and rec["settings"]["top_k"] is None
-    for key in ("bracket", "mu_p", "mu_alpha", "ess_mean", "ess_fraction", "texts", "samples", "alpha_stderr"):
-        assert key in rec
-    # with a context field each text is the reply to its prompt, only the reply is scored (+ EOS)
-    assert calibrate_main(argv + ["--context-field", "prompt", "--max-texts", "3"]) == 0
-    assert json.loads(out.read_text())["tokens"] == 3 * (12 + 1)
-    assert calibrate_main(argv + ["--max-texts", "3", "--strip", "[A-D]"]) == 0      # drops tokens 0-3
-    kept = [[t for t in tx if t > 3] for tx in texts[:3]]
-    assert json.loads(out.read_text())["tokens"] == sum(len(k) - 1 for k in kept)

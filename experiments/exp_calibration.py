@@ -19,19 +19,17 @@
    matching targets (mu_p is the lookahead entropy after the data's own tokens).
 5. EPIC runs at alpha* and at the --epic-alphas operating points, to show the knob.
 
-    python benchmarks/exp_calibration.py --json out/calibration.json --plot docs/img/calibration.png
+    python experiments/exp_calibration.py --json out/calibration.json --plot docs/img/calibration.png
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")         # before torch: shared 2-core machines
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: no PYTHONPATH needed
 
-from epic_kernels import evidence as ev  # noqa: E402
+from experiments import common as ev  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
 
 EVAL_START = 500
 FULL = [("top-p", 0.8), ("top-p", 0.9), ("top-p", 0.95), ("top-k", 10), ("top-k", 50), ("min-p", 0.05),
@@ -130,26 +128,18 @@ def label(r, alpha) -> str:
     return r["method"] + (" (alpha*)" if r.get("calibrated") else "")
 
 
-def stderr(xs) -> float:
-    xs = [x for x in xs if x == x]
-    if len(xs) < 2:
-        return float("nan")
-    m = sum(xs) / len(xs)
-    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5
-
-
 def table(out) -> str:
     ref = out["reference"]
-    rows = [["(the model on the human answers)", ref["entropy_rate"], stderr(ref["entropy_rate_per_prompt"]),
+    rows = [["(the model on the human answers)", ref["entropy_rate"], ev.std_error(ref["entropy_rate_per_prompt"]),
              ref["cross_entropy"],
              abs(ref["entropy_rate"] - ref["cross_entropy"]), float("nan"), 0.0]]
     for r in sorted(out["results"], key=lambda r: r["calibration_error"]):
-        rows.append([label(r, out["alpha"]), r["entropy_rate"], stderr(r["entropy_rate_per_prompt"]), r["nll"],
+        rows.append([label(r, out["alpha"]), r["entropy_rate"], ev.std_error(r["entropy_rate_per_prompt"]), r["nll"],
                      r["calibration_error"], r["per_prompt_error"], r["typicality_gap"]])
     return ev.md_table(["method", "entropy rate ER = mean H(q) [nats/tok]", "ER std. error (over prompts)",
                         "mean -log q [nats/tok]",
                         "calibration error abs(ER - CE)", "per-prompt mean abs(ER_i - CE_i)",
-                        "typicality gap abs(ER - H_ref)"], rows)
+                        "typicality gap abs(ER - H_ref)"], rows, 3)
 
 
 def plot(out, path) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
 from pathlib import Path
+
+from .. import defaults
+from . import args as types
 
 PROG = "epic-calibrate"
 
@@ -29,28 +31,45 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--field", required=True, metavar="NAME", help="the record field holding the text to score")
     p.add_argument("--context-field", default=None, metavar="NAME",
                    help="optional field holding each text's prompt (not scored; chat-template wrapped)")
-    p.add_argument("--strip", default=None, metavar="REGEX",
+    p.add_argument("--strip", default=None, metavar="REGEX", type=types.regex,
                    help="remove every match of this regular expression from the texts first "
                         "(e.g. GSM8K's calculator annotations: '<<[^>]*>>')")
-    p.add_argument("--model", default=None, help="HF model directory or .gguf file (default: embedded SmolLM2)")
-    p.add_argument("--max-texts", type=int, default=None, metavar="N", help="use at most N texts")
-    p.add_argument("--max-tokens", type=int, default=2000, metavar="N",
+    p.add_argument("--model", default=None, type=types.existing_path,
+                   help="HF model directory or .gguf file (default: embedded SmolLM2)")
+    p.add_argument("--max-texts", type=types.int_in(1), default=None, metavar="N", help="use at most N texts")
+    p.add_argument("--max-tokens", type=types.int_in(0), default=2000, metavar="N",
                    help="score at most N held-out tokens (0 = all)")
-    p.add_argument("--horizon", type=int, default=4, help="lookahead depth k (decode with the same)")
-    p.add_argument("--rollouts", type=int, default=2, help="rollouts K of the RB estimator")
-    p.add_argument("--samples", type=int, default=8, help="model samples per prefix for importance sampling")
-    p.add_argument("--top-k", type=int, default=50,
+    p.add_argument("--horizon", type=types.int_in(1), default=defaults.HORIZON,
+                   help="lookahead depth k (decode with the same)")
+    p.add_argument("--rollouts", type=types.int_in(1), default=defaults.ROLLOUTS,
+                   help="rollouts K of the RB estimator")
+    p.add_argument("--samples", type=types.int_in(1), default=8, help="model samples per prefix for importance sampling")
+    p.add_argument("--top-k", type=types.int_in(0), default=defaults.TOP_K,
                    help="candidate truncation of q before sampling, as decoded with (0 = none)")
-    p.add_argument("--rollout-top-k", type=int, default=50, help="rollout policy truncation (0 = none)")
-    p.add_argument("--tol", type=float, default=1e-3, help="bisection stops at this bracket width")
-    p.add_argument("--bracket", type=float, nargs=2, default=(-2.0, 2.0), metavar=("LO", "HI"),
+    p.add_argument("--rollout-top-k", type=types.int_in(0), default=defaults.ROLLOUT_TOP_K,
+                   help="rollout policy truncation (0 = none)")
+    p.add_argument("--tol", type=types.positive_float, default=1e-3, help="bisection stops at this bracket width")
+    p.add_argument("--bracket", type=types.finite_float, nargs=2, default=(-2.0, 2.0), metavar=("LO", "HI"),
                    help="initial bisection bracket (widened with a warning if needed)")
-    p.add_argument("--seed", type=int, default=0, help="keys all randomness (text i uses seed + i)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--seed", type=types.seed, default=0, help="keys all randomness (text i uses seed + i)")
+    p.add_argument("--threads", type=types.int_in(1), default=None, help="torch intra-op threads")
     p.add_argument("--no-chat-template", action="store_true", help="with --context-field: plain concatenation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", default=None, metavar="FILE.json", help="write the calibration record here")
+    p.add_argument("--out", default=None, metavar="FILE.json", type=types.output_file(),
+                   help="write the calibration record here")
     return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check every argument: a bad one exits with code 2 and a one-line message, before the
+    data is read and the model loads."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.bracket[0] < args.bracket[1]:
+        parser.error(f"--bracket must have LO < HI, got {args.bracket[0]} {args.bracket[1]}")
+    types.check_epic_settings(parser, horizon=args.horizon, rollouts=args.rollouts,
+                              rollout_top_k=args.rollout_top_k or None)
+    return args
 
 
 class InputError(ValueError):
@@ -91,25 +110,6 @@ def read_jsonl(path: str, field: str, context_field: str | None = None, limit: i
     return texts, (contexts if context_field is not None else None)
 
 
-def _check_args(args) -> None:
-    for name, low in (("max_texts", 1), ("max_tokens", 0), ("horizon", 1), ("rollouts", 1), ("samples", 1),
-                      ("top_k", 0), ("rollout_top_k", 0), ("threads", 1)):
-        value = getattr(args, name)
-        if value is not None and value < low:
-            raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-    if not args.tol > 0:
-        raise InputError(f"--tol must be > 0, got {args.tol}")
-    if not args.bracket[0] < args.bracket[1]:
-        raise InputError(f"--bracket must have LO < HI, got {args.bracket[0]} {args.bracket[1]}")
-    if not 0 <= args.seed < 2**32:
-        raise InputError(f"--seed must be in [0, 2**32), got {args.seed}")
-    if args.strip is not None:
-        try:
-            re.compile(args.strip)
-        except re.error as err:
-            raise InputError(f"--strip is not a valid regular expression: {err}") from None
-
-
 def _finite(obj):
     """JSON has no inf/NaN: write them as null."""
     if isinstance(obj, float):
@@ -121,30 +121,29 @@ def _finite(obj):
     return obj
 
 
-def calibrate_main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv=None) -> int:
+    args = parse_args(argv)
     try:
-        _check_args(args)
         texts, contexts = read_jsonl(args.data, args.field, args.context_field, args.max_texts)
         if args.strip is not None:
             texts = [re.sub(args.strip, "", t) for t in texts]
     except InputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch loads: shared CPUs (see benchmarks)
     import warnings
 
     import torch
 
-    from . import models
-    from .calibration import CalibrationError, calibrate_alpha, chat_pairs
+    from .. import models
+    from ..calibration import CalibrationError, calibrate_alpha, chat_pairs
+    from ..extras import MissingDependency
 
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     try:
         model, tokenizer = models.load_model(args.model)
-    except (FileNotFoundError, OSError, ValueError) as err:
+    except (OSError, ValueError, MissingDependency) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     load_seconds = time.perf_counter() - started
@@ -196,4 +195,4 @@ def calibrate_main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(calibrate_main())
+    sys.exit(main())

@@ -8,19 +8,17 @@ prompt's generations, averaged over prompts). The entropy rate H(q) of the gener
 forced, as in exp_calibration.py) is reported alongside, because diversity means little without it:
 high temperature is "diverse" by producing gibberish.
 
-    python benchmarks/exp_diversity.py --calibration out/calibration.json --plot docs/img/diversity.png
+    python experiments/exp_diversity.py --calibration out/calibration.json --plot docs/img/diversity.png
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")         # before torch: shared 2-core machines
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: no PYTHONPATH needed
 
-from epic_kernels import evidence as ev  # noqa: E402
+from experiments import common as ev  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
 
 START = 500
 BASELINES = [("temperature", 1.0), ("temperature", 0.7), ("top-p", 0.9), ("top-p", 0.95), ("top-k", 50), ("min-p", 0.1),
@@ -77,16 +75,9 @@ def per_prompt_self_bleu(r, samples) -> list[float]:
     return [ev.self_bleu(r["texts"][i:i + samples]) for i in range(0, len(r["texts"]), samples)]
 
 
-def stderr(xs) -> float:
-    if len(xs) < 2:
-        return float("nan")
-    m = sum(xs) / len(xs)
-    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5
-
-
 def table(out) -> str:
     S = out["settings"]["samples"]
-    rows = [[r["method"], r["generations"], r["self_bleu"], stderr(per_prompt_self_bleu(r, S)), *r["distinct"],
+    rows = [[r["method"], r["generations"], r["self_bleu"], ev.std_error(per_prompt_self_bleu(r, S)), *r["distinct"],
              r["distinct_all"][1], r["entropy_rate"], r["mean_length"]] for r in out["rows"]]
     return ev.md_table(["method", "generations", "Self-BLEU (lower = more diverse)",
                         "Self-BLEU std. error (over prompts)",
@@ -100,7 +91,7 @@ def plot(out, path) -> None:
     S = out["settings"]["samples"]
     names = [r["method"] for r in rows]
     colors = ["black" if r["family"] == "EPIC" else "tab:blue" for r in rows]
-    errs = [stderr(per_prompt_self_bleu(r, S)) for r in rows]
+    errs = [ev.std_error(per_prompt_self_bleu(r, S)) for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.4))
     a.barh(names, [r["self_bleu"] for r in rows], xerr=errs, color=colors, capsize=3)
     a.invert_yaxis()

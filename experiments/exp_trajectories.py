@@ -8,19 +8,17 @@ held-out human GSM8K answers (lines [0, --band-texts)); a decoder "stays typical
 entropy stays inside it. Decoders: a human reference answer, low temperature, plain sampling
 (temperature 1, no truncation), high temperature, and EPIC (alpha*, top_k 50, horizon 4, rollouts 2).
 
-    python benchmarks/exp_trajectories.py --calibration out/calibration.json --plot docs/img/trajectories.png
+    python experiments/exp_trajectories.py --calibration out/calibration.json --plot docs/img/trajectories.png
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")         # before torch: shared 2-core machines
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: no PYTHONPATH needed
 
-from epic_kernels import evidence as ev  # noqa: E402
+from experiments import common as ev  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
 
 PROMPT_LINE = 500
 

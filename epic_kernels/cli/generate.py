@@ -1,9 +1,7 @@
-"""Command-line tools.
-
-``epic-generate``: EPIC decoding of a prompt with the embedded SmolLM2-135M-Instruct (or any Hugging
+"""``epic-generate``: EPIC decoding of a prompt with the embedded SmolLM2-135M-Instruct (or any Hugging
 Face directory / GGUF file): chat template, streamed text, a per-step table and a summary; optionally
-the same prompt decoded with plain top-p sampling, and a plot of the per-step entropy trajectories.
-``epic-calibrate``: find alpha on held-out text (see ``epic_kernels.calibration_cli``).
+the same prompt decoded with plain top-p sampling, and a plot of the per-step entropy trajectories
+(``--plot`` needs matplotlib: ``pip install epic_kernels[plot]``).
 """
 from __future__ import annotations
 
@@ -12,95 +10,122 @@ import json
 import sys
 import time
 
-from . import defaults
+from .. import defaults
+from ..extras import MissingDependency, require
+from . import args as types
+from .calibrate import InputError, read_jsonl
 
 DEFAULT_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
-DEFAULTS = dict(alpha=defaults.ALPHA, horizon=defaults.HORIZON, rollouts=defaults.ROLLOUTS, top_k=defaults.TOP_K,
-                rollout_top_k=defaults.ROLLOUT_TOP_K, block_size=defaults.BLOCK_SIZE)
 
 
-def _generate_parser() -> argparse.ArgumentParser:
+def _alpha(text: str):
+    """``--alpha``: a finite number, or ``auto``."""
+    return "auto" if text == "auto" else types.finite_float(text)
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="epic-generate", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="user message (wrapped in the chat template)")
-    p.add_argument("--model", default=None, help="HF model directory or .gguf file (default: embedded SmolLM2)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--alpha", default=str(DEFAULTS["alpha"]),
+    p.add_argument("--model", default=None, type=types.existing_path,
+                   help="HF model directory or .gguf file (default: embedded SmolLM2)")
+    p.add_argument("--max-new-tokens", type=types.int_in(0), default=48)
+    p.add_argument("--alpha", type=_alpha, default=defaults.ALPHA,
                    help="entropy weight (0 = plain sampling), or 'auto' to read it from --calibration")
-    p.add_argument("--calibration", default=None, help="JSON record written by epic-calibrate (for --alpha auto)")
-    p.add_argument("--horizon", type=int, default=DEFAULTS["horizon"], help="lookahead depth k")
-    p.add_argument("--rollouts", type=int, default=DEFAULTS["rollouts"], help="rollouts K of the RB estimator")
-    p.add_argument("--top-k", type=int, default=DEFAULTS["top_k"], help="candidate truncation before EPIC (0 = none)")
-    p.add_argument("--rollout-top-k", type=int, default=DEFAULTS["rollout_top_k"],
+    p.add_argument("--calibration", default=None, type=types.existing_file,
+                   help="JSON record written by epic-calibrate (for --alpha auto)")
+    p.add_argument("--horizon", type=types.int_in(1), default=defaults.HORIZON, help="lookahead depth k")
+    p.add_argument("--rollouts", type=types.int_in(1), default=defaults.ROLLOUTS,
+                   help="rollouts K of the RB estimator")
+    p.add_argument("--top-k", type=types.int_in(0), default=defaults.TOP_K,
+                   help="candidate truncation before EPIC (0 = none)")
+    p.add_argument("--rollout-top-k", type=types.int_in(0), default=defaults.ROLLOUT_TOP_K,
                    help="rollout policy truncation (0 = none)")
-    p.add_argument("--block-size", type=int, default=DEFAULTS["block_size"],
+    p.add_argument("--block-size", type=types.int_in(1), default=defaults.BLOCK_SIZE,
                    help="candidates refined per sequence per round of the best-first search")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=types.seed, default=0, help="sequence seed, in [0, 2**32)")
     p.add_argument("--baseline", choices=["top-p"], default=None,
                    help="also decode the prompt with plain top-p sampling (p=0.9), for comparison")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="plot the per-step entropy trajectories")
-    p.add_argument("--band-data", default=None, metavar="FILE.jsonl",
+    p.add_argument("--plot", default=None, type=types.output_file(".png"), metavar="FILE.png",
+                   help="plot the per-step entropy trajectories (needs matplotlib)")
+    p.add_argument("--band-data", default=None, type=types.existing_file, metavar="FILE.jsonl",
                    help="held-out text for the plot's typical-entropy band (mean ± sd of the model's entropy)")
     p.add_argument("--band-field", default="question", help="JSON field of --band-data holding the text")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--threads", type=types.int_in(1), default=None, help="torch intra-op threads")
     p.add_argument("--no-chat-template", action="store_true")
     p.add_argument("--quiet-steps", action="store_true", help="do not print the per-step table")
     return p
 
 
-def _alpha(args) -> float:
-    if args.alpha != "auto":
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check every argument (``--alpha auto`` reads its calibration record here): a bad one
+    exits with code 2 and a one-line message before the model loads."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.alpha == "auto":
         try:
-            return float(args.alpha)
-        except ValueError:
-            raise ValueError(f"--alpha must be a number or 'auto', got {args.alpha!r}") from None
+            args.alpha = _calibrated_alpha(args)
+        except ValueError as err:
+            parser.error(str(err))
+    if args.band_data and not args.plot:
+        parser.error("--band-data sets the band of --plot's figure: give --plot FILE.png too")
+    args.band_texts = None
+    if args.band_data:
+        try:
+            texts, _ = read_jsonl(args.band_data, args.band_field, limit=BAND_TEXTS)
+        except InputError as err:
+            parser.error(str(err))
+        args.band_texts = [t for t in texts if t.strip()]
+        if not args.band_texts:
+            parser.error(f"--band-data {args.band_data!r}: field {args.band_field!r} holds only empty texts")
+    types.check_epic_settings(parser, alpha=args.alpha, horizon=args.horizon, rollouts=args.rollouts,
+                              rollout_top_k=args.rollout_top_k or None, block_size=args.block_size)
+    types.check_plotting(parser, args.plot)
+    return args
+
+
+def _calibrated_alpha(args) -> float:
+    """alpha from ``--calibration``; warns when it was calibrated with other settings."""
     if not args.calibration:
         raise ValueError("--alpha auto needs --calibration FILE (written by epic-calibrate)")
     try:
         with open(args.calibration) as f:
             record = json.load(f)
-        alpha = float(record["alpha"])
+        alpha = types.finite_float(str(record["alpha"]))
         settings = record.get("settings") or {}
-        for key in ("horizon", "rollouts", "top_k", "rollout_top_k"):
-            ours = getattr(args, key) or None
-            if key in settings and (settings[key] or None) != ours:
-                print(f"epic-generate: warning: alpha was calibrated with {key}={settings[key]}, decoding uses "
-                      f"{key}={ours}; the calibrated value holds for the calibration's settings", file=sys.stderr)
-        return alpha
-    except FileNotFoundError:
-        raise FileNotFoundError(f"calibration file {args.calibration!r} does not exist") from None
-    except (KeyError, ValueError, TypeError, json.JSONDecodeError):
-        raise ValueError(f"{args.calibration!r} is not a calibration record (no numeric 'alpha')") from None
+    except (KeyError, ValueError, TypeError, AttributeError, argparse.ArgumentTypeError):
+        raise ValueError(f"{args.calibration!r} is not a calibration record (no finite numeric 'alpha')") from None
+    for key in ("horizon", "rollouts", "top_k", "rollout_top_k"):
+        ours = getattr(args, key) or None
+        if key in settings and (settings[key] or None) != ours:
+            print(f"epic-generate: warning: alpha was calibrated with {key}={settings[key]}, decoding uses "
+                  f"{key}={ours}; the calibrated value holds for the calibration's settings", file=sys.stderr)
+    return alpha
 
 
-def _band(model, tokenizer, path, field, limit=20):
+BAND_TEXTS = 20       # held-out texts of the band (the first 256 tokens of each)
+
+
+def _band(model, tokenizer, texts):
     """Mean and sd of the model's next-token entropy over held-out texts (the typical band)."""
     import torch
 
-    from .reference import softmax_entropy
+    from ..reference import softmax_entropy
 
     values = []
-    with open(path) as f:
-        for line in f:
-            if len(values) >= 4000 or limit == 0:
-                break
-            text = json.loads(line).get(field)
-            if not text:
-                continue
-            limit -= 1
-            ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :256]
-            with torch.no_grad():
-                h, _ = softmax_entropy(model(input_ids=ids).logits[0])
-            values += h.tolist()
-    if not values:
-        raise ValueError(f"no text under field {field!r} in {path!r}")
+    for text in texts:
+        if len(values) >= 4000:
+            break
+        ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :256]
+        with torch.no_grad():
+            h, _ = softmax_entropy(model(input_ids=ids).logits[0])
+        values += h.tolist()
     t = torch.tensor(values)
     return float(t.mean()), float(t.std())
 
 
 def _plot(path, runs, band):
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plot", "--plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -127,11 +152,11 @@ def _plot(path, runs, band):
     plt.close(fig)
 
 
-def generate_main(argv=None) -> int:
-    args = _generate_parser().parse_args(argv)
+def main(argv=None) -> int:
+    args = parse_args(argv)
     try:
         return _generate(args)
-    except (ValueError, FileNotFoundError, OSError) as err:
+    except (ValueError, OSError, MissingDependency) as err:
         print(f"epic-generate: error: {err}", file=sys.stderr)
         return 2
 
@@ -139,17 +164,12 @@ def generate_main(argv=None) -> int:
 def _generate(args) -> int:
     import torch
 
-    from .generation import generate
-    from .models import chat_prompt_ids, eos_ids, load_model
+    from ..generation import generate
+    from ..models import chat_prompt_ids, eos_ids, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    for name in ("max_new_tokens", "horizon", "rollouts", "top_k", "rollout_top_k", "block_size"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    alpha = _alpha(args)
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise ValueError(f"--plot writes a PNG file; got {args.plot!r}")
+    alpha = args.alpha
     started = time.perf_counter()
     model, tokenizer = load_model(args.model)
     print(f"[epic-generate] loaded {args.model or 'embedded SmolLM2-135M-Instruct'} in "
@@ -169,7 +189,7 @@ def _generate(args) -> int:
     out = generate(model, ids, max_new_tokens=args.max_new_tokens, alpha=alpha, horizon=args.horizon,
                    rollouts=args.rollouts, seed=args.seed, eos_token_id=eos_ids(model, tokenizer),
                    top_k=args.top_k or None, rollout_top_k=args.rollout_top_k or None,
-                   block_size=args.block_size or 1, on_step=stream)
+                   block_size=args.block_size, on_step=stream)
     print()
     if not args.quiet_steps:
         print("\nstep  token           H(q)  survivors  depth1  deeper  calls  fwd_tokens  saved    ms")
@@ -189,7 +209,7 @@ def _generate(args) -> int:
     if args.baseline:
         runs.append(("top-p 0.9", _top_p(model, tokenizer, ids, args)))
     if args.plot:
-        band = _band(model, tokenizer, args.band_data, args.band_field) if args.band_data else None
+        band = _band(model, tokenizer, args.band_texts) if args.band_texts else None
         _plot(args.plot, runs, band)
         print(f"[plot] wrote {args.plot}")
     return 0
@@ -199,8 +219,8 @@ def _top_p(model, tokenizer, ids, args):
     """Decode the same prompt with Hugging Face top-p sampling; print it and return its entropies."""
     import torch
 
-    from .models import eos_ids
-    from .reference import softmax_entropy
+    from ..models import eos_ids
+    from ..reference import softmax_entropy
 
     torch.manual_seed(args.seed)
     start = time.perf_counter()
@@ -215,11 +235,5 @@ def _top_p(model, tokenizer, ids, args):
     return [float(softmax_entropy(step)[0][0]) for step in out.logits]
 
 
-def calibrate_main(argv=None) -> int:
-    from .calibration_cli import calibrate_main as main
-
-    return main(argv)
-
-
 if __name__ == "__main__":
-    sys.exit(generate_main())
+    sys.exit(main())
