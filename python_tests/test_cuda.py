@@ -176,32 +176,38 @@ def test_gumbel_topk_prune_on_device(backend, B, V, dtype):
         close(name, getattr(got, name), getattr(want, name), atol, rtol)
 
 
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="the C++ CUDA kernels run only on CUDA tensors")
-def test_cpp_cuda_kernels_directly():
-    """``torch.ops.epic_kernels`` on CUDA tensors, bypassing the dispatcher (a built kernel is tested
-    even while dispatch does not reach it)."""
-    if not _cuda_kernel("softmax_entropy"):
-        pytest.skip("the C++ extension was not built with CUDA kernels")
-    O = _ext.ops()
+def _kernel_on_device(op: str) -> bool:
+    key = "CUDA" if DEVICE.type == "cuda" else "CPU"
+    return _ext.available() and torch._C._dispatch_has_kernel_for_dispatch_key(f"epic_kernels::{op}", key)
+
+
+def test_cpp_kernels_directly_on_device():
+    """The C++ kernels of DEVICE through ``epic_kernels._ext`` (``torch.ops.epic_kernels``), bypassing
+    the dispatcher: a built CUDA kernel is tested even while dispatch does not reach it."""
+    if DEVICE.type == "cpu":
+        assert _ext.available(), f"the C++ extension is not built: {_ext.error()}"
+    if not _kernel_on_device("softmax_entropy"):
+        pytest.skip(f"the C++ extension was not built with {DEVICE.type} kernels")
     for B, V in SHAPES:
         for dtype in DTYPES:
             x = make_logits(B, V, dtype)
             seeds, positions, streams = keys(B, V)
             atol, rtol = TOLS[dtype]
             h_want, lse_want = reference_entropy(x)
-            h, lse = O.softmax_entropy(x.cuda())
+            h, lse = _ext.softmax_entropy(x.to(DEVICE))
             close(f"entropy {B}x{V} {dtype}", h, h_want, atol, rtol)
             close(f"lse {B}x{V} {dtype}", lse, lse_want, atol, rtol)
-            if _cuda_kernel("softmax_entropy_sample"):
-                _, _, tok = O.softmax_entropy_sample(x.cuda(), seeds.cuda(), streams.cuda(), positions.cuda())
+            if _kernel_on_device("softmax_entropy_sample"):
+                _, _, tok = _ext.softmax_entropy_sample(x.to(DEVICE), seeds.to(DEVICE), streams.to(DEVICE),
+                                                        positions.to(DEVICE))
                 equal(f"tokens {B}x{V} {dtype}", tok, R.gumbel_argmax(x, seeds, streams, positions))
-            if _cuda_kernel("gumbel_topk_prune") and dtype != torch.float16:
-                got = R.PruneResult(*O.gumbel_topk_prune(
-                    x.cuda(), seeds.cuda(), positions.cuda(),
-                    torch.full((B,), 2.5, dtype=torch.float64, device="cuda"), 4))
+            if _kernel_on_device("gumbel_topk_prune"):
+                got = _ext.gumbel_topk_prune(x.to(DEVICE), seeds.to(DEVICE), positions.to(DEVICE), 2.5, 4)
                 want = R.gumbel_topk_prune(x, seeds, positions, 2.5, 4)
                 for name in ("ids", "counts", "offsets", "front_ids", "topk_ids"):
                     equal(f"prune {name} {B}x{V} {dtype}", getattr(got, name), getattr(want, name))
+                for name in ("scores", "front_scores", "topk_scores", "lse"):
+                    close(f"prune {name} {B}x{V} {dtype}", getattr(got, name), getattr(want, name), atol, rtol)
 
 
 # ------------------------------------------------------------------------------------------------ #

@@ -184,14 +184,20 @@ class Run:
             f.write(f"$ {' '.join(cmd)}\n")
             f.flush()
             try:
-                proc = subprocess.run(cmd, cwd=ROOT, env=env or self.child_env(), stdout=f,
-                                      stderr=subprocess.STDOUT, timeout=timeout)
-                rc, timed_out = proc.returncode, False
-            except subprocess.TimeoutExpired:
-                rc, timed_out = None, True
+                # own session: on a timeout the whole group goes (pytest's and the build's children too)
+                proc = subprocess.Popen(cmd, cwd=ROOT, env=env or self.child_env(), stdout=f,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
             except OSError as exc:
                 f.write(f"\ncould not start: {exc}\n")
-                rc, timed_out = None, False
+                proc = None
+            rc, timed_out = None, False
+            if proc is not None:
+                try:
+                    rc = proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    _kill_group(proc)
+                    f.write(f"\n[gpu_check: killed after {timeout:.0f} s]\n")
         return dict(command=" ".join(cmd), rc=rc, timed_out=timed_out, timeout_s=round(timeout),
                     seconds=round(time.monotonic() - start, 1), log=os.path.relpath(log, self.out))
 
@@ -301,10 +307,12 @@ class Run:
         if self.mode == "cpu" and self.args.quick:
             return files                                          # the device test alone (seconds)
         if os.path.isdir(os.path.join(ROOT, "python_tests", "ops")):
-            ops = ["python_tests/ops"]
+            ops = sorted(os.path.relpath(p, ROOT) for p in
+                         glob.glob(os.path.join(ROOT, "python_tests", "ops", "**", "test_*.py"), recursive=True))
         else:
             ops = [p for p in OP_TEST_FILES if os.path.exists(os.path.join(ROOT, p))]
-        return ops + [f for f in files if not any(f.startswith(o.rstrip("/") + "/") for o in ops)]
+        # the device test first: if the op tests run out of time, the contract has still been checked
+        return files + [p for p in ops if p not in files]
 
     def step_tests(self):
         t = time.monotonic()
@@ -346,8 +354,8 @@ class Run:
         ok = res["rc"] == 0 and self.bench is not None
         rows = self.bench["rows"] if self.bench else []
         measured = sum("median_us" in r for r in rows)
-        detail = (f"{measured} timings, {len(self.bench['not_run']) if self.bench else '?'} configurations "
-                  f"not run (budget)")
+        detail = (f"{measured} timings, {len(self.bench['not_run'])} configurations not run (time budget)"
+                  if self.bench else "no results")
         if not ok:
             detail = _why(res, "the benchmark failed") + "; " + detail
         return self.record("bench", "pass" if ok else "fail", detail, t, **res)
@@ -368,6 +376,20 @@ class Run:
         with open(os.path.join(self.out, "report.md"), "w") as f:
             f.write(md)
         return rep
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _why(res: dict, what: str) -> str:
