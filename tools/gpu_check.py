@@ -198,7 +198,7 @@ class Run:
                     timed_out = True
                     _kill_group(proc)
                     f.write(f"\n[gpu_check: killed after {timeout:.0f} s]\n")
-        return dict(command=" ".join(cmd), rc=rc, timed_out=timed_out, timeout_s=round(timeout),
+        return dict(command=" ".join(cmd), rc=rc, timed_out=timed_out, timeout_s=round(timeout), out_dir=self.out,
                     seconds=round(time.monotonic() - start, 1), log=os.path.relpath(log, self.out))
 
     def record(self, name: str, status: str, detail: str, started: float, **fields):
@@ -264,9 +264,9 @@ class Run:
             with open(os.path.join(self.out, "build.log")) as f:
                 if res["rc"] == 0 and "epic_kernels" not in f.read():
                     problems.append("`setup.py --name` did not print epic_kernels")
-            if not self.env.get("ninja"):
+            if self.env and not self.env.get("ninja"):
                 problems.append("ninja not found")
-            if str(self.env.get("setuptools", "ERROR")).startswith("ERROR"):
+            if self.env and str(self.env.get("setuptools", "ERROR")).startswith("ERROR"):
                 problems.append("setuptools does not import")
             return self.record("build", "fail" if problems else "dry-run",
                                "; ".join(problems) if problems else f"not built (--cpu); would run: {shown}",
@@ -274,7 +274,6 @@ class Run:
         if not extra["TORCH_CUDA_ARCH_LIST"]:
             return self.record("build", "fail", "no GPU capability known (environment step failed); not built", t,
                                would_run=shown)
-        self.build_started = time.time()
         res = self.execute("build", cmd, env=self.child_env(**extra))
         ok = res["rc"] == 0
         return self.record("build", "pass" if ok else "fail", shown if ok else _why(res, "build failed"), t, **res)
@@ -293,12 +292,17 @@ class Run:
             problems.append(f"no {key} kernel of epic_kernels::softmax_entropy (built without CUDA?)")
         elif data.get("smoke_max_err") is None or data["smoke_max_err"] > 1e-4:
             problems.append(f"softmax_entropy on {self.mode} is wrong: max error {data.get('smoke_max_err')}")
-        if data.get("module_mtime") and getattr(self, "build_started", None) and data["module_mtime"] < self.build_started:
-            problems.append(f"{data['module_file']} is older than this run's build (a stale extension)")
+        newest, note = _newest_source(), ""
+        if data.get("module_mtime") and newest and data["module_mtime"] < newest[0]:
+            stale = f"{os.path.basename(data['module_file'])} is older than {newest[1]} (a stale build)"
+            if self.mode == "cuda":
+                problems.append(stale)
+            else:
+                note = f"; warning: {stale}"                     # --cpu builds nothing: only say so
         detail = "; ".join(problems) if problems else (
             f"{os.path.basename(data['module_file'] or '?')}; {key} kernels of " +
             ", ".join(op for op, ks in data["kernels"].items() if key in ks) +
-            f"; smoke error {data['smoke_max_err']:.1e}")
+            f"; smoke error {data['smoke_max_err']:.1e}{note}")
         return self.record("extension", "fail" if problems else "pass", detail, t, **res)
 
     def test_files(self) -> list[str]:
@@ -378,6 +382,15 @@ class Run:
         return rep
 
 
+def _newest_source() -> tuple[float, str] | None:
+    """(mtime, path) of the newest file the extension is built from (setup.py, csrc/)."""
+    paths = [os.path.join(ROOT, "setup.py")] + [
+        p for p in glob.glob(os.path.join(ROOT, "csrc", "**", "*"), recursive=True)
+        if p.endswith((".cpp", ".h", ".cu", ".cuh")) and os.sep + "tests" + os.sep not in p]
+    found = [(os.path.getmtime(p), os.path.relpath(p, ROOT)) for p in paths if os.path.isfile(p)]
+    return max(found) if found else None
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     import signal
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -397,7 +410,19 @@ def _why(res: dict, what: str) -> str:
         return f"{what}: timed out after {res['timeout_s']} s (see {res['log']})"
     if res.get("rc") is None:
         return f"{what}: could not start (see {res['log']})"
-    return f"{what}: exit code {res['rc']} (see {res['log']})"
+    return f"{what}: exit code {res['rc']} (see {res['log']}{_last_error(res)})"
+
+
+def _last_error(res: dict) -> str:
+    """': <the last line that looks like an error>' of a step's log, or ''."""
+    path = os.path.join(res.get("out_dir", ""), res["log"])
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f.read().splitlines()[-200:] if ln.strip()]
+    except OSError:
+        return ""
+    hits = [ln for ln in lines if re.search(r"Error|error:|FAILED|Exception", ln)]
+    return f": {hits[-1][:200]}" if hits else ""
 
 
 def _junit_counts(path: str) -> dict | None:
