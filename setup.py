@@ -64,6 +64,14 @@ def _cmdclass():
     return {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
+# `pip install epic_kernels` pulls torch and transformers (tqdm, for calibrate_alpha's progress bar,
+# is one of transformers' own requirements, so listing it adds nothing to the install). The rest is
+# optional; epic_kernels.extras names the extra when a missing one is needed.
+PLOT = ["matplotlib"]                              # epic-generate --plot
+GGUF = ["gguf>=0.10", "accelerate>=1.1"]           # .gguf models (the embedded SmolLM2): transformers
+                                                   # reads them with gguf and refuses without accelerate
+EXPERIMENTS = PLOT + GGUF + ["sacrebleu"]          # experiments/ and benchmarks/: plots, Self-BLEU
+
 setup(
     name="epic_kernels",
     version="0.1.0",
@@ -73,19 +81,19 @@ setup(
     install_requires=[
         "torch>=2.4",            # torch.library.register_fake / opcheck / get_ctx
         "transformers>=4.56",    # per-layer caches (cache.layers[i].keys), from_pretrained(dtype=)
-        "gguf",
-        "accelerate",
-        "tqdm",
-        "matplotlib",
-        "sacrebleu",
+        "tqdm",                  # calibrate_alpha's progress bar (already a requirement of transformers)
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "triton; sys_platform == 'linux'"],
+        "plot": PLOT,
+        "gguf": GGUF,
+        "experiments": EXPERIMENTS,
+        # the suite runs the embedded GGUF model, the CLI's plot and the experiments' quick runs
+        "test": ["pytest", "pytest-benchmark", "triton; sys_platform == 'linux'"] + EXPERIMENTS,
     },
     entry_points={
         "console_scripts": [
-            "epic-generate = epic_kernels.cli:generate_main",
-            "epic-calibrate = epic_kernels.cli:calibrate_main",
+            "epic-generate = epic_kernels.cli.generate:main",
+            "epic-calibrate = epic_kernels.cli.calibrate:main",
         ],
     },
     ext_modules=_extensions(),

@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
-try:
-    from . import _common as C
-    from .naive_baseline import naive_sample
-except ImportError:                                   # run as a script
-    import _common as C  # type: ignore
-    from naive_baseline import naive_sample  # type: ignore
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: no PYTHONPATH needed
+from experiments import common as C  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
+from benchmarks.naive_baseline import naive_sample  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -80,7 +78,7 @@ def run_setting(model, prompts_ids, key, args, hf_times):
         logits, kv = out.logits[:, -1, :], out.past_key_values
         prefetched = None
         seed = args.seed + p
-        bar = C.progress(range(args.steps), args.no_progress, desc=f"{name} prompt {p}")
+        bar = C.progress_bar(range(args.steps), args.no_progress, desc=f"{name} prompt {p}")
         for t in bar:
             with_ref = t < args.reference_steps
             names = ["fast", "naive"] + (["fast_noadv", "reference"] if with_ref else [])
@@ -187,7 +185,7 @@ def main(argv=None):
         args.block_size = C.library_block_size()
     C.setup_torch(args.threads)
     model, tok, load_s = C.load(args.model)
-    prompts_ids = [C.chat_ids(tok, q) for q in C.load_prompts(args.data, args.prompts)]
+    prompts_ids = C.chat_prompts(tok, args.data, args.prompts)
     hf_times = {"t1": [], "tn": []}
     per_setting = {}
     for key in args.settings.split(","):

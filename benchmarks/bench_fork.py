@@ -11,7 +11,7 @@ For each prefix length L and rollout count R (one sequence forked into R rows):
   (HF: R copies of the prefix; engine: ``pool.nbytes()``).
 * **attention of one layer for those R rows** at depth 2 (each row: the shared prefix + 2 own tokens).
   HF: ``scaled_dot_product_attention`` over the R copies (GQA); engine, two implementations of
-  ``fork_attention``: the torch path (``_fork_attention_torch``: one matmul per sequence over the
+  ``fork_attention``: the torch path (``ops.fork_attention.fork_attention_reference``: one matmul per sequence over the
   prefix + a tiny per-row suffix part, merged by log-sum-exp, ~25 small ops) and the fused C++ op
   (``torch.ops.epic_kernels.fork_attention``, what the engine runs on CPU tensors).
 
@@ -25,12 +25,12 @@ path against the C++ op (medians of ``--engine-repeats`` interleaved calls).
 from __future__ import annotations
 
 import copy
+import sys
 import types
+from pathlib import Path
 
-try:
-    from . import _common as C
-except ImportError:                                   # run as a script
-    import _common as C  # type: ignore
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: no PYTHONPATH needed
+from experiments import common as C  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
 
 import torch  # noqa: E402
 
@@ -87,9 +87,10 @@ def fork_callables(K0, V0, q, k_new, v_new, pool, seq, slot, fill):
     is missing when the extension is not built or EPIC_KERNELS_BACKEND=reference)."""
     mask = torch.ones(K0.shape[0], K0.shape[2], dtype=torch.int64)
     view = Prefix([(K0, V0)], mask, mask.sum(-1), torch.zeros(K0.shape[0], dtype=torch.int64))
+    fns = {"torch": _fork_call(A.ForkBatch.build(view, pool, seq, slot, fill, torch.float32, backend="reference"),
+                               A.fork_attention, q, k_new, v_new)}
     fb = A.ForkBatch.build(view, pool, seq, slot, fill, torch.float32)
-    fns = {"torch": _fork_call(fb, A._fork_attention_torch, q, k_new, v_new)}
-    if fb.kernel is not None:
+    if fb.backend == "cpp":
         fns["cpp"] = _fork_call(fb, A.fork_attention, q, k_new, v_new)
     return fns
 
@@ -170,7 +171,7 @@ def main(argv=None):
     torch.set_grad_enabled(False)
     cases = [(int(L), int(R)) for L in args.lengths.split(",") for R in args.rollouts.split(",")]
     results, rows = [], []
-    for L, R in C.progress(cases, args.no_progress, desc="fork cases"):
+    for L, R in C.progress_bar(cases, args.no_progress, desc="fork cases"):
         cache = random_cache(L)
         prefix_bytes = cache_bytes(cache)
         hf_bytes = R * prefix_bytes
@@ -198,7 +199,7 @@ def main(argv=None):
         del cache
     engine = []
     shapes = [(int(N), int(L)) for L in args.engine_lengths.split(",") for N in args.engine_rows.split(",")]
-    for N, L in C.progress(shapes, args.no_progress, desc="engine shapes"):
+    for N, L in C.progress_bar(shapes, args.no_progress, desc="engine shapes"):
         fns, err = engine_shape_fns(N, L)
         t = interleaved(fns, args.engine_repeats)
         engine.append(dict(N=N, L=L, torch_ms=t["torch"] * 1e3, cpp_ms=t.get("cpp", float("nan")) * 1e3,

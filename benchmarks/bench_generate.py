@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import inspect
 import sys
+from pathlib import Path
 
-try:
-    from . import _common as C
-except ImportError:                                   # run as a script
-    import _common as C  # type: ignore
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: no PYTHONPATH needed
+from experiments import common as C  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
 
 import torch  # noqa: E402
 
@@ -70,8 +69,7 @@ def main(argv=None):
     torch.set_grad_enabled(False)
     model, tok, _ = C.load(args.model)
     batches = [int(b) for b in args.batches.split(",")]
-    prompts = C.load_prompts(args.data, max(batches))
-    seqs = [C.chat_ids(tok, q) for q in prompts]
+    seqs = C.chat_prompts(tok, args.data, max(batches))
     inputs = {b: C.left_pad(seqs[:b]) for b in batches}
     defaults = generate_defaults()
     effective = lambda c, h: tuple(sorted(dict(defaults, **case_kwargs(c, h)).items()))
@@ -88,7 +86,7 @@ def main(argv=None):
     C.hf_topp(model, *inputs[batches[0]], 2)                                    # warm-up
     records = {case: dict(hf=[], epic=[], summary=None) for case in cases}
     for r in range(args.repeats):
-        for case in C.progress(cases, args.no_progress, desc=f"repeat {r + 1}/{args.repeats}"):
+        for case in C.progress_bar(cases, args.no_progress, desc=f"repeat {r + 1}/{args.repeats}"):
             h, c, b = case
             ids, mask = inputs[b]
             records[case]["hf"].append(C.hf_topp(model, ids, mask, n, args.seed + r))

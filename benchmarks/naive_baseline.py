@@ -25,12 +25,12 @@ engine does).
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-try:
-    from . import _common as C
-except ImportError:                                 # run as a script
-    import _common as C  # type: ignore
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: no PYTHONPATH needed
+from experiments import common as C  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
 
 import torch  # noqa: E402
 
@@ -172,7 +172,7 @@ def main(argv=None):
     import epic_kernels
 
     model, tok, load_s = C.load(args.model)
-    ids = C.chat_ids(tok, C.load_prompts(args.data, 1)[0])
+    ids = C.chat_prompts(tok, args.data, 1)[0]
     settings = [("top-k 50", 50, 50), ("full vocab", None, None)]
     rows, results = [], []
     for name, top_k, rtop_k in settings:
@@ -182,7 +182,7 @@ def main(argv=None):
         logits, kv = out.logits[:, -1, :], out.past_key_values
         agree_fast = agree_ref = 0
         t_naive, calls, ftoks = [], [], []
-        for _ in C.progress(range(args.steps), args.no_progress, desc=name):
+        for _ in C.progress_bar(range(args.steps), args.no_progress, desc=name):
             nv, dt = C.timed(lambda: naive_sample(logits, kv, model, advance=True, **kw))
             fast = epic_kernels.sample_step(logits, kv, model, engine="fast", advance=True, **kw)
             agree_fast += int(torch.equal(nv.tokens, fast.tokens))

@@ -27,13 +27,13 @@ from __future__ import annotations
 import cProfile
 import io
 import pstats
+import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
-try:
-    from . import _common as C
-except ImportError:                                   # run as a script
-    import _common as C  # type: ignore
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: no PYTHONPATH needed
+from experiments import common as C  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
 
 import torch  # noqa: E402
 
@@ -209,7 +209,7 @@ def profile_setting(model, ids, key, args, T, fast, plain):
         prefetched = pool = None
         transform = None if args.no_prefetch else (lambda x, seq, toks: trunc(x, top_k))
         steps, plains, calls, rows = [], [], 0, 0
-        it = C.progress(range(n), args.no_progress or not bar, desc=name)
+        it = C.progress_bar(range(n), args.no_progress or not bar, desc=name)
         if ctx is not None:
             ctx.__enter__()
         for _ in it:
@@ -290,14 +290,14 @@ def main(argv=None):
                    help="run fork attention's torch path instead of the C++ op (before / after comparisons)")
     args = p.parse_args(argv)
     if args.torch_fork_attention:                     # in this process only
-        A.cpu_kernel = lambda device: None
+        A.fork_attention_backend = lambda device, dtype, backend=None: "reference"
     if args.quick:
         args.steps, args.top_ops = 3, 8
     if args.block_size is None:
         args.block_size = C.library_block_size()
     C.setup_torch(args.threads)
     model, tok, _ = C.load(args.model)
-    seqs = [C.chat_ids(tok, q) for q in C.load_prompts(args.data, args.batch)]
+    seqs = C.chat_prompts(tok, args.data, args.batch)
     ids, mask = C.left_pad(seqs)
     if not bool(mask.all()):                          # keep the profile about the step: equal lengths
         T_min = int(mask.sum(-1).min())

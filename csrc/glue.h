@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
@@ -82,5 +83,19 @@ using acc_type_of =
 inline at::ScalarType acc_type(const at::Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
+
+// The row bookkeeping ops (plan_rows, fork_layout): an int64 CPU tensor of shape `want` (any
+// strides), returned contiguous.
+inline at::Tensor check_long(const at::Tensor& t, const char* op, const char* name,
+                             at::IntArrayRef want, const char* what) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kLong, op, ": ", name, " must be an int64 tensor, got ",
+              t.scalar_type());
+  TORCH_CHECK(t.sizes() == want, op, ": ", name, " must have shape ", what, " = ", want, ", got ",
+              t.sizes());
+  return t.contiguous();
+}
+
+inline at::Tensor longs(int64_t n) { return at::empty({n}, at::TensorOptions().dtype(at::kLong)); }
 
 }  // namespace epic

@@ -1,6 +1,8 @@
 // The one place where the epic_kernels operator schemas are declared. Backends add kernels with
-// TORCH_LIBRARY_IMPL(epic_kernels, CPU | CUDA, m) in their own files (csrc/cpu, csrc/cuda).
-// Python: torch.ops.epic_kernels.<name>; fake (meta) kernels live in epic_kernels/_ext.py.
+// TORCH_LIBRARY_IMPL(epic_kernels, CPU | CUDA, m) in files named after the op (csrc/cpu/<op>.cpp,
+// csrc/cuda/<op>.cu); framework-agnostic kernel code is in csrc/include. Python:
+// torch.ops.epic_kernels.<name>; each op's contract, fake (meta) kernel and dispatch live in
+// epic_kernels/ops/<op>.py (the testing helpers' fakes in epic_kernels/ops/philox.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY(epic_kernels, m) {
@@ -39,8 +41,9 @@ TORCH_LIBRARY(epic_kernels, m) {
   m.def("_philox_randint(Tensor seed, Tensor offset) -> Tensor");
   m.def("_gumbel_noise(Tensor seeds, Tensor streams, Tensor positions, int vocab) -> Tensor");
   m.def("_gumbel_from_words(Tensor words) -> Tensor");
-  // The engine's rollout-row bookkeeping (csrc/cpu/rows_cpu.cpp; specification and dispatch in
-  // epic_kernels/engine/rows.py, fakes in epic_kernels/ops/rows.py). int64 CPU tensors.
+  // The engine's rollout-row bookkeeping (csrc/cpu/plan_rows.cpp, csrc/cpu/fork_layout.cpp;
+  // specification, fake and dispatch in epic_kernels/ops/plan_rows.py, ops/fork_layout.py).
+  // int64 CPU tensors.
   // plan_rows: the rows of one depth advance of candidates with depth[m] < goal[m] (M candidates,
   // path (m, r) in slot slot0 + m K + r): depth-0 candidates first (one row each), then deeper ones
   // (K rows each); the fan-out slot copies of depth-1 candidates. Sizes are data-dependent.

@@ -148,10 +148,13 @@ class EpicCache(Cache):
 
     @classmethod
     def from_cache(cls, cache) -> "EpicCache":
-        """``cache`` itself when it already is an ``EpicCache``, else a copy of its layers."""
+        """``cache`` itself when it already is an ``EpicCache``, else a copy of its layers (any cache
+        ``validate.cache_layers`` reads; others are refused with the reason)."""
+        from .validate import cache_layers
+
         if isinstance(cache, EpicCache):
             return cache
-        return cls.from_layers([(layer.keys, layer.values) for layer in cache.layers])
+        return cls.from_layers(cache_layers(cache))
 
     def fork(self) -> "EpicCache":
         """A new cache over the same storage; appending to it leaves this one unchanged."""

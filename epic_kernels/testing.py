@@ -37,6 +37,26 @@ def tiny_llama(vocab: int = 32, *, seed: int = 0, dtype: torch.dtype = torch.flo
     return model.to(dtype).eval()
 
 
+def tiny_tokenizer(vocab: int = 32):
+    """A character-level Hugging Face tokenizer for the tiny models: token ``i`` is the character
+    ``chr(65 + i)`` (``"A"`` is 0, also padding and beginning of sequence; ``"B"`` is 1, the end of
+    sequence), so calibration on strings, the command-line tools, streamers and ``stop_strings`` can be
+    tested without a downloaded tokenizer. Characters outside the vocabulary map to 0."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if not 2 <= vocab <= len(TINY_CHARS):
+        raise ValueError(f"vocab must be in [2, {len(TINY_CHARS)}], got {vocab}")
+    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(TINY_CHARS[:vocab])}, unk_token=TINY_CHARS[0]))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    c = TINY_CHARS
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=c[0], eos_token=c[1], pad_token=c[0], unk_token=c[0])
+
+
+TINY_CHARS = "".join(chr(65 + i) for i in range(64))
+
+
 @torch.no_grad()
 def next_log_probs(model, ids: torch.Tensor, rollout_top_k: int | None = None) -> torch.Tensor:
     """Rollout-policy log-probabilities ``[N, V]`` after each full (unpadded) prefix ``ids [N, T]``."""
@@ -102,10 +122,6 @@ def prefill(model, prompts: list[list[int]]):
     return out.logits[:, -1, :], out.past_key_values, mask
 
 
-__all__ = ["tiny_llama", "prefill", "next_log_probs", "exact_lookahead_entropy",
-           "exact_lookahead_entropies", "random_prompts"]
-
-
 def require_extension(*ops: str) -> None:
     """Raise unless the C++ extension is built (with ``ops``, if named). The test suite's command,
     ``make test``, always builds it, so a test module of the compiled ops fails rather than skips
@@ -116,3 +132,7 @@ def require_extension(*ops: str) -> None:
     if not _ext.available() or missing:
         what = f"without {', '.join(missing)}" if missing else f"not built ({_ext.error()})"
         raise RuntimeError(f"the C++ extension is {what}; {_ext.BUILD_HINT} (`make test` does this)")
+
+
+__all__ = ["tiny_llama", "tiny_tokenizer", "TINY_CHARS", "prefill", "next_log_probs", "exact_lookahead_entropy",
+           "exact_lookahead_entropies", "random_prompts", "require_extension"]

@@ -12,16 +12,20 @@ from .philox import MAX_POSITION, MAX_ROLLOUTS, MAX_SEED
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_logits(logits, batch: int | None = None, name: str = "logits") -> None:
-    """``logits`` must be a floating tensor ``[B, V]`` with no NaN or +inf and a finite entry per row."""
+def check_logits(logits, batch: int | None = None, name: str = "logits", *, empty_batch: bool = False) -> None:
+    """``logits`` must be a floating tensor ``[B, V]`` with no NaN or +inf and a finite entry per row.
+
+    ``empty_batch``: accept ``B = 0`` (the ops do, on every backend, and return empty outputs; the
+    samplers do not)."""
     if not isinstance(logits, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2:
         raise ValueError(f"{name} must have shape [batch, vocab], got {tuple(logits.shape)}")
     if logits.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, got {logits.dtype}")
-    if logits.shape[0] == 0 or logits.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one row and one column, got {tuple(logits.shape)}")
+    if logits.shape[1] == 0 or (logits.shape[0] == 0 and not empty_batch):
+        what = "one column" if empty_batch else "one row and one column"
+        raise ValueError(f"{name} must have at least {what}, got {tuple(logits.shape)}")
     if batch is not None and logits.shape[0] != batch:
         raise ValueError(f"{name} has batch size {logits.shape[0]} but the cache / seeds have {batch}")
     if torch.isnan(logits).any():
@@ -33,6 +37,17 @@ def check_logits(logits, batch: int | None = None, name: str = "logits") -> None
     if dead.any():
         raise ValueError(f"{name} rows {dead.nonzero().flatten().tolist()[:8]} have no finite entry "
                          "(truncation removed every token)")
+
+
+def check_row_keys(rows: int, **keys) -> None:
+    """Each of ``keys`` (e.g. ``seeds=``, ``positions=``) must be a 1-D integer tensor of ``rows``
+    entries (the per-row noise keys of the row ops)."""
+    for name, t in keys.items():
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype.is_floating_point \
+                or t.dtype.is_complex or t.dtype == torch.bool:
+            raise ValueError(f"{name} must be a 1-D integer tensor")
+        if len(t) != rows:
+            raise ValueError(f"{name} has {len(t)} entries for {rows} rows of logits")
 
 
 def check_int(value, name: str, low: int, high: int | None = None) -> int:
@@ -77,14 +92,103 @@ def check_seeds(seeds, batch: int) -> torch.Tensor:
     return values
 
 
+def model_vocab(model) -> int | None:
+    """The number of token ids ``model`` accepts (its input embedding's rows), or None if unknown."""
+    emb = getattr(model, "get_input_embeddings", None)
+    emb = emb() if callable(emb) else None
+    rows = getattr(emb, "num_embeddings", None)
+    if rows is None:
+        rows = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(rows) if rows is not None else None
+
+
+def check_input_ids(input_ids, vocab: int | None, name: str = "input_ids") -> None:
+    """A non-empty integer tensor ``[batch, length]`` with ids in ``[0, vocab)``."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"{name} must be an integer tensor [batch, length], got {shape}")
+    if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise ValueError(f"{name} must be an integer tensor, got {input_ids.dtype}")
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"{name} must hold at least one sequence of at least one token, got {tuple(input_ids.shape)}")
+    if int(input_ids.min()) < 0 or (vocab is not None and int(input_ids.max()) >= vocab):
+        raise ValueError(f"{name} must lie in [0, {vocab}) (the model's vocabulary), got values in "
+                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+
+
+def check_token_ids(value, name: str, vocab: int | None = None, allow_none: bool = True) -> list[int]:
+    """An id, or several: an int, a numpy integer, a 0-d / 1-d integer tensor, or a sequence of
+    ints, each in ``[0, vocab)``; returned as a list (None -> [] when ``allow_none``)."""
+    if value is None:
+        if allow_none:
+            return []
+        raise ValueError(f"{name} must be a token id, got None")
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype == torch.bool or value.dim() > 1:
+            raise ValueError(f"{name} must be integer token ids, got a {value.dtype} tensor of shape {tuple(value.shape)}")
+        items = value.reshape(-1).tolist()
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        items = [int(value)]
+    elif isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a token id or a list of token ids, got {value!r}")
+    else:
+        items = list(value)
+    out = []
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"{name} must hold integer token ids, got {v!r}")
+        if v < 0 or (vocab is not None and v >= vocab):
+            raise ValueError(f"{name} {int(v)} is not a token id of this model (vocabulary {vocab})")
+        out.append(int(v))
+    return out
+
+
+PREFILL_HINT = ("prefill with a cache that keeps every token, e.g. "
+                "model(..., past_key_values=epic_kernels.EpicCache(), use_cache=True)")
+
+
+def cache_layers(kv) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(keys, values)`` ``[B, kv_heads, L, head_dim]`` of every layer of a transformers cache, read
+    correctly or refused with a ``ValueError`` naming the cache and layer type.
+
+    Read: ``DynamicCache`` / ``EpicCache`` layers as they are; ``StaticCache`` layers up to their
+    filled length (their empty slots are not tokens). Refused: sliding-window layers (they keep only
+    the last tokens of the window, so the prefix is incomplete and its positions unknown), quantized
+    layers, linear-attention (recurrent state) layers, offloaded caches, anything else.
+    """
+    from transformers.cache_utils import DynamicLayer, StaticLayer
+
+    layers = getattr(kv, "layers", None)
+    kind = type(kv).__name__
+    if layers is None or not layers:
+        raise ValueError(f"kv must be a transformers Cache with per-layer keys/values, got {kind}")
+    if getattr(kv, "offloading", False):
+        raise ValueError(f"kv is an offloaded {kind}: epic_kernels reads every layer at every model call, "
+                         "which offloading would move back and forth; pass a cache without offloading")
+    out = []
+    for i, layer in enumerate(layers):
+        lk = type(layer).__name__
+        if getattr(layer, "is_sliding", False):
+            raise ValueError(f"layer {i} of this {kind} is a {lk}: it keeps only the last tokens of its "
+                             f"sliding window, so the prefix is incomplete; {PREFILL_HINT}")
+        if type(layer) is StaticLayer:
+            n = int(layer.get_seq_length())
+            keys, values = (layer.keys[:, :, :n], layer.values[:, :, :n]) if layer.is_initialized else (None, None)
+        elif isinstance(layer, DynamicLayer) and (type(layer) is DynamicLayer or type(layer).__name__ == "EpicLayer"):
+            keys, values = layer.keys, layer.values
+        else:
+            raise ValueError(f"layer {i} of this {kind} is a {lk}, which epic_kernels cannot read exactly "
+                             f"(supported: DynamicLayer, StaticLayer, EpicLayer); {PREFILL_HINT}")
+        if keys is None or keys.dim() != 4 or keys.shape[2] == 0:
+            raise ValueError("kv holds no cached keys: run the prefix through the model first")
+        out.append((keys, values))
+    return out
+
+
 def check_prefix(kv, seeds, batch: int, attention_mask, model):
     """Check a cache, its mask and seeds against the batch and the model; return (mask, seeds)."""
-    layers = getattr(kv, "layers", None)
-    if layers is None or not layers or not all(hasattr(layer, "keys") for layer in layers):
-        raise ValueError(f"kv must be a transformers Cache with per-layer keys/values, got {type(kv).__name__}")
-    keys = layers[0].keys
-    if keys is None or keys.dim() != 4:
-        raise ValueError("kv holds no cached keys: run the prefix through the model first")
+    layers = cache_layers(kv)
+    keys = layers[0][0]
     if keys.shape[0] != batch:
         raise ValueError(f"kv has batch size {keys.shape[0]} but logits have {batch}")
     if model is not None:
@@ -98,6 +202,9 @@ def check_prefix(kv, seeds, batch: int, attention_mask, model):
             raise ValueError(f"kv has {keys.shape[1]} key/value heads but the model has {n_kv}: "
                              "it does not belong to this model")
     length = keys.shape[2]
+    if any(k.shape[2] != length for k, _ in layers):
+        raise ValueError(f"the layers of kv hold different numbers of tokens "
+                         f"({sorted({k.shape[2] for k, _ in layers})}); {PREFILL_HINT}")
     if attention_mask is None:
         mask = torch.ones(batch, length, dtype=torch.int64)
     else:

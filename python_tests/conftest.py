@@ -41,3 +41,12 @@ def batch7(tiny):
     prompts = random_prompts(32, [5, 9, 3, 7, 6, 4, 8], seed=1)
     logits, kv, mask = prefill(tiny, prompts)
     return prompts, logits, kv, mask
+
+
+@pytest.fixture(scope="session")
+def device():
+    """The device the op tests put their tensors on: ``EPIC_TEST_DEVICE`` (default ``cpu``), so
+    ``EPIC_TEST_DEVICE=cuda pytest python_tests/ops`` runs the same tests on a GPU (Triton compiled,
+    the C++ CUDA kernels where they exist). Host-only ops (plan_rows, fork_layout, the candidate
+    manager) keep CPU tensors."""
+    return torch.device(os.environ.get("EPIC_TEST_DEVICE", "cpu"))

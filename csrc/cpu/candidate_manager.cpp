@@ -1,8 +1,11 @@
 // The candidate-block manager of one EPIC step, for every sequence of a batch at once: admissible
 // score bounds, pruning, the exact stopping rule, best-first blocks and the adaptive horizon.
-// Python: torch.classes.epic_kernels.CandidateManager. The specification is
-// epic_kernels/engine/manager.py::PyCandidateManager; this is the same logic, decision for decision
-// (python_tests/test_manager.py feeds both the same updates and compares every request).
+// Python: torch.classes.epic_kernels.CandidateManager, built by
+// epic_kernels/ops/candidate_manager.py::make_manager. The specification is PyCandidateManager in
+// that file; this is the same logic, decision for decision (python_tests/ops/test_candidate_manager.py
+// feeds both the same updates and compares every request). The float slack that keeps the bounds
+// admissible is passed in from Python (epic_kernels/core.py: the bound U arrives already inflated,
+// ENTROPY_SLACK and SCORE_SLACK as arguments), so its values live in one place.
 //
 // Candidates are the survivors of the first prune, grouped by sequence (CSR offsets). The engine
 // evaluates what next_requests() asks for and reports (known depth, partial RB sum, exact score)
@@ -27,10 +30,6 @@
 
 namespace epic {
 namespace {
-
-constexpr double kBoundRelSlack = 1e-6;  // U inflated by this (relative) plus 1e-6 absolute
-constexpr double kEntropySlack = 1e-5;   // partial estimate interval widened by this * (1 + |P|)
-constexpr double kScoreSlack = 1e-6;     // bounds widened by this * (1 + |z| + |alpha| (|P| + k U))
 
 std::vector<int64_t> to_long(const at::Tensor& t) {
   auto c = t.to(at::kLong).contiguous().cpu();
@@ -65,12 +64,19 @@ struct CandidateManager : torch::CustomClassHolder {
   std::vector<char> alive;
   double alpha, U;
   int64_t k, block;
+  double entropy_slack, score_slack;
 
-  // offsets: (B + 1) CSR over candidates; ids, z: (M); horizon k; bound log|supp pi|.
+  // offsets: (B + 1) CSR over candidates; ids, z: (M); horizon k; bound: the admissible per-depth
+  // entropy bound U (log|supp pi| already inflated: core.admissible_bound); entropy_slack: a
+  // partial estimate's interval widens by this * (1 + |P|); score_slack: bounds widen by this *
+  // (1 + |z| + |alpha| (|P| + k U)) (core.ENTROPY_SLACK, core.SCORE_SLACK).
   CandidateManager(at::Tensor offsets_t, at::Tensor ids_t, at::Tensor z_t, double alpha_, int64_t horizon,
-                   double bound, int64_t block_size)
+                   double bound, int64_t block_size, double entropy_slack_, double score_slack_)
       : offsets(to_long(offsets_t)), ids(to_long(ids_t)), z(to_double(z_t)), alpha(alpha_),
-        U(bound * (1 + kBoundRelSlack) + 1e-6), k(horizon), block(block_size) {
+        U(bound), k(horizon), block(block_size), entropy_slack(entropy_slack_),
+        score_slack(score_slack_) {
+    TORCH_CHECK(std::isfinite(bound) && bound >= 0, "bound must be finite and >= 0, got ", bound);
+    TORCH_CHECK(entropy_slack >= 0 && score_slack >= 0, "slacks must be >= 0");
     TORCH_CHECK(!offsets.empty() && offsets.front() == 0, "offsets must start at 0");
     TORCH_CHECK(offsets.back() == static_cast<int64_t>(ids.size()) && ids.size() == z.size(),
                 "offsets, ids and z disagree on the number of candidates");
@@ -103,7 +109,7 @@ struct CandidateManager : torch::CustomClassHolder {
   std::pair<double, double> bounds(int64_t m) const {
     if (depth[m] >= k) return {exact[m], exact[m]};
     const double a = alpha, p = partial[m], zm = z[m];
-    const double h_slack = kEntropySlack * (1 + std::abs(p));
+    const double h_slack = entropy_slack * (1 + std::abs(p));
     const double h_lo = p - h_slack, h_hi = p + (k - depth[m]) * U + h_slack;
     double lo, hi;
     if (a >= 0) {
@@ -113,7 +119,7 @@ struct CandidateManager : torch::CustomClassHolder {
       lo = zm - a * h_lo;
       hi = zm - a * h_hi;
     }
-    const double s_slack = kScoreSlack * (1 + std::abs(zm) + std::abs(a) * (std::abs(p) + k * U));
+    const double s_slack = score_slack * (1 + std::abs(zm) + std::abs(a) * (std::abs(p) + k * U));
     return {lo - s_slack, hi + s_slack};
   }
 
@@ -181,7 +187,7 @@ struct CandidateManager : torch::CustomClassHolder {
 
 TORCH_LIBRARY_FRAGMENT(epic_kernels, m) {
   m.class_<epic::CandidateManager>("CandidateManager")
-      .def(torch::init<at::Tensor, at::Tensor, at::Tensor, double, int64_t, double, int64_t>())
+      .def(torch::init<at::Tensor, at::Tensor, at::Tensor, double, int64_t, double, int64_t, double, double>())
       .def("update", &epic::CandidateManager::update)
       .def("next_requests", &epic::CandidateManager::next_requests)
       .def("winners", &epic::CandidateManager::winners)

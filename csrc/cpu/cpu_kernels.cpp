@@ -1,4 +1,4 @@
-// Instantiations of the plain-pointer CPU kernels (csrc/kernels/cpu_*.h), one per instruction set.
+// Instantiations of the plain-pointer CPU kernels (csrc/include/cpu_*.h), one per instruction set.
 //
 // On x86-64 Linux with GCC, each entry point is a GCC function-multiversioning set: an AVX-512
 // body (16-float vectors), an AVX2 + FMA body (8-float vectors) and a baseline SSE2 body (4-float

@@ -8,9 +8,9 @@
 
 #include <cstdint>
 
-#include "../kernels/cpu_attention.h"
-#include "../kernels/cpu_prune.h"
-#include "../kernels/cpu_softmax.h"
+#include "../include/cpu_attention.h"
+#include "../include/cpu_prune.h"
+#include "../include/cpu_softmax.h"
 
 namespace epic {
 namespace cpu {
@@ -28,7 +28,7 @@ EPIC_DECLARE_PIECES(c10::BFloat16, float)
 #undef EPIC_DECLARE_PIECES
 
 // Fork attention of one task: a (sequence, kv head) and some of its rows
-// (csrc/kernels/cpu_attention.h); float32 and float64.
+// (csrc/include/cpu_attention.h); float32 and float64.
 void fork_attention_group_cpu(const ForkAttnGroup<float>& task);
 void fork_attention_group_cpu(const ForkAttnGroup<double>& task);
 

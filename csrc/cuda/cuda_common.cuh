@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "../kernels/online_softmax.h"
+#include "../include/online_softmax.h"
 
 namespace epic {
 namespace cuda {

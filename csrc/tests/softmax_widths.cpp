@@ -1,4 +1,4 @@
-// Standalone check of the CPU softmax kernel (csrc/kernels/cpu_softmax.h) in the three bodies that
+// Standalone check of the CPU softmax kernel (csrc/include/cpu_softmax.h) in the three bodies that
 // csrc/cpu/cpu_kernels.cpp builds: 4-float vectors (baseline x86-64), 8 (x86-64-v3: AVX2 + FMA) and
 // 16 (x86-64-v4: AVX-512), each compiled here with the same target attribute, so the bodies that do
 // not run on the test machine's CPU in the extension are still exercised where the CPU allows.
@@ -15,7 +15,7 @@
 #include <random>
 #include <vector>
 
-#include "../kernels/cpu_softmax.h"
+#include "../include/cpu_softmax.h"
 
 using namespace epic;
 using namespace epic::cpu;

@@ -15,7 +15,7 @@ from ..core import Prefix, topk_support
 from ..ops.softmax_entropy import softmax_entropy_impl
 from ..reference.primitives import partial_sums, score
 from .attention import ForkBatch, SlotPool, fork_mode
-from .rows import plan_rows_impl
+from ..ops.plan_rows import plan_rows_impl
 
 
 class Evaluator:

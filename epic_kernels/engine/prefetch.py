@@ -114,7 +114,8 @@ class _Bet:
     def __init__(self, src, b: int, m: int, logits, npr, position: int, budget_rows: int, tokens,
                  carried: _Entry | None = None):
         from .evaluator import Evaluator
-        from .manager import make_manager
+        from ..core import admissible_bound
+        from ..ops.candidate_manager import make_manager
 
         cfg = src.cfg
         self.b, self.m, self.logits, self.ids, self.position = b, m, logits, npr.ids, position

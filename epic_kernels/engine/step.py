@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from ..core import Prefix, StepStats, admissible_bound, window
-from ..ops._dispatch import choose
+from ..ops.candidate_manager import make_manager
+from ..ops.dispatch import choose
 from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
 from .evaluator import Evaluator
-from .manager import make_manager
 from .prefetch import DEFAULT_BUDGET, LEVELS, Prefetcher
 from .search import Search
 

@@ -1,7 +1,15 @@
-"""The fused ops, dispatched by device: Triton for CUDA tensors, C++ for CPU tensors, the pure-PyTorch
-reference when neither is available. One op per file; ``_dispatch`` decides."""
-from ._dispatch import BACKENDS, choose
+"""The compiled ops of epic_kernels, one file per op: its contract, validator, specification
+(reference implementation), fake kernel and dispatch. ``dispatch.choose`` is the one policy that
+picks ``reference`` / ``cpp`` / ``triton`` for every op (docs/kernels.md, "Dispatch").
+
+Importing this package never loads the compiled extension (``_ext.load`` does, on first use)."""
+from .candidate_manager import PyCandidateManager, make_manager
+from .dispatch import BACKENDS, choose
+from .fork_attention import fork_attention
+from .fork_layout import fork_layout
 from .gumbel_topk_prune import gumbel_topk_prune
+from .plan_rows import plan_rows
 from .softmax_entropy import softmax_entropy
 
-__all__ = ["gumbel_topk_prune", "softmax_entropy", "choose", "BACKENDS"]
+__all__ = ["softmax_entropy", "gumbel_topk_prune", "fork_attention", "plan_rows", "fork_layout",
+           "make_manager", "PyCandidateManager", "choose", "BACKENDS"]

@@ -1,38 +1,49 @@
 """``softmax_entropy``: entropy and log-sum-exp of each row's softmax in one pass, optionally with
-a keyed Gumbel-max sample from the same row (the rollout step)."""
+keyed Gumbel-max samples of the same row (the rollout step).
+
+Contract (every backend)::
+
+    softmax_entropy(logits [N, V]) -> (entropy [N], lse [N])
+    softmax_entropy(logits, seeds=[N], streams=int | [N] | [N, S], positions=[N])
+        -> (entropy [N], lse [N], tokens int64 [N] or [N, S])
+
+``logits`` float16 / bfloat16 / float32 / float64, ``-inf`` = removed token, at least one finite
+entry per row, no NaN / +inf; ``N = 0`` is allowed and gives empty outputs on every backend.
+Entropy and lse are in the accumulate dtype (``core.compute_dtype``: float32, float64 for float64
+logits), to the tolerances of docs/kernels.md; ``tokens[n] = argmax_v (logits[n, v] + G_v)`` with
+``G`` keyed ``(seeds[n], streams[n], positions[n], v)`` (``epic_kernels.philox``), ties to the lower
+id, token for token equal to ``reference.gumbel_argmax``. With ``streams [N, S]`` column k equals
+the call with ``streams[:, k]``.
+
+Backends (``ops.dispatch``): ``reference`` (``reference.softmax_entropy`` + ``gumbel_argmax``, one
+pass per stream), ``cpp`` (``torch.ops.epic_kernels.softmax_entropy[_sample]``: csrc/cpu/softmax_entropy.cpp,
+the S streams in one pass; csrc/cuda/softmax_entropy.cu, one launch per stream) and ``triton``
+(``triton_kernels.softmax_entropy_triton``, one launch per stream).
+"""
 from __future__ import annotations
 
 import torch
 
 from .. import _ext, reference
-from ..validate import FLOAT_DTYPES
-from ._dispatch import choose
+from ..core import compute_dtype
+from ..validate import check_logits, check_row_keys
+from .dispatch import choose
+
+OP = "softmax_entropy"
 
 
-def _check(logits, seeds, streams, positions):
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError(f"logits must be a tensor [N, V], got {getattr(logits, 'shape', type(logits))}")
-    if logits.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"logits must be float16, bfloat16, float32 or float64, got {logits.dtype}")
-    if logits.shape[1] == 0:
-        raise ValueError("logits must have at least one column")
-    if torch.isnan(logits).any():
-        raise ValueError("logits contain NaN")
-    if logits.shape[0] and not torch.isfinite(logits).any(-1).all():
-        raise ValueError("a row of logits has no finite entry")
+def check_softmax_entropy(logits, seeds=None, streams=None, positions=None) -> None:
+    """The op's validator: ``ValueError`` naming the problem (see the module docstring)."""
+    check_logits(logits, empty_batch=True)
     if seeds is None:
         if streams is not None or positions is not None:
             raise ValueError("streams and positions need seeds")
         return
-    for name, t in (("seeds", seeds), ("positions", positions)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype.is_floating_point:
-            raise ValueError(f"{name} must be a 1-D integer tensor")
-        if len(t) != logits.shape[0]:
-            raise ValueError(f"{name} has {len(t)} entries for {logits.shape[0]} rows of logits")
+    n = logits.shape[0]
+    check_row_keys(n, seeds=seeds, positions=positions)
     if isinstance(streams, torch.Tensor):
         if streams.dtype.is_floating_point or streams.dtype.is_complex or streams.dtype == torch.bool:
             raise ValueError(f"streams must be an int or an integer tensor, got {streams.dtype}")
-        n = logits.shape[0]
         if streams.dim() == 2:
             if streams.shape[0] != n or streams.shape[1] < 1:
                 raise ValueError(f"streams [N, S] must have shape ({n}, S) with S >= 1, "
@@ -42,40 +53,52 @@ def _check(logits, seeds, streams, positions):
                              f"got shape {tuple(streams.shape)}")
 
 
-def softmax_entropy_impl(logits, seeds=None, streams=0, positions=None, backend: str = "reference"):
-    """No validation; ``backend`` already chosen. Returns ``(entropy, lse, tokens or None)``.
+def _cpp(logits, seeds, streams, positions):
+    """The C++ op (CPU or CUDA kernels, by the tensors' device)."""
+    if seeds is None:
+        return (*_ext.op("softmax_entropy")(logits), None)
+    if not isinstance(streams, torch.Tensor):
+        streams = torch.as_tensor(streams, dtype=torch.int64, device=logits.device)
+    if streams.dim() < 2:          # one stream for every row: an int, a one-element or [N] tensor
+        streams = streams.expand(logits.shape[0])
+    return _ext.op("softmax_entropy_sample")(logits, seeds, streams.contiguous(), positions)
 
-    ``streams`` is an int, ``[N]`` (tokens ``[N]``) or ``[N, S]`` (tokens ``[N, S]``, column k keyed
-    by ``streams[:, k]``). The C++ backend draws the S samples in one softmax pass; Triton and the
-    reference loop over the columns (S passes, same tokens).
-    """
-    if backend == "cpu":
-        if seeds is None:
-            return (*_ext.softmax_entropy(logits), None)
-        return _ext.softmax_entropy_sample(logits, seeds, streams, positions)
-    columns = isinstance(streams, torch.Tensor) and streams.dim() == 2
+
+def _per_column(one, streams):
+    """``streams [N, S]`` by S one-stream calls ``one(streams_k) -> (h, lse, tokens)``."""
+    outs = [one(streams[:, k].contiguous()) for k in range(streams.shape[1])]
+    return outs[0][0], outs[0][1], torch.stack([o[2] for o in outs], 1)
+
+
+def softmax_entropy_reference(logits, seeds=None, streams=0, positions=None):
+    """The specification: ``reference.softmax_entropy`` and one ``gumbel_argmax`` per stream."""
+    h, lse = reference.softmax_entropy(logits)
+    if seeds is None:
+        return h, lse, None
+    streams = torch.as_tensor(streams, dtype=torch.int64, device=logits.device)
+    if streams.dim() == 2:
+        return _per_column(lambda s: (h, lse, reference.gumbel_argmax(logits, seeds, s, positions)), streams)
+    return h, lse, reference.gumbel_argmax(logits, seeds, streams, positions)
+
+
+def softmax_entropy_impl(logits, seeds=None, streams=0, positions=None, backend: str = "reference"):
+    """No validation (the engine's hot loop); ``backend`` from ``dispatch.choose``. Returns
+    ``(entropy, lse, tokens or None)``; ``streams`` an int, ``[N]`` or ``[N, S]``."""
+    if backend in ("cpp", "cpu"):
+        return _cpp(logits, seeds, streams, positions)
     if backend == "triton":
         from ..triton_kernels import softmax_entropy_triton
         if seeds is None:
             return softmax_entropy_triton(logits)
-        if not columns:
-            return softmax_entropy_triton(logits, seeds, streams, positions)
-        outs = [softmax_entropy_triton(logits, seeds, streams[:, k].contiguous(), positions)
-                for k in range(streams.shape[1])]
-        return outs[0][0], outs[0][1], torch.stack([o[2] for o in outs], 1)
-    h, lse = reference.softmax_entropy(logits)
-    if seeds is None:
-        return h, lse, None
-    streams = torch.as_tensor(streams, dtype=torch.int64)
-    if not columns:
-        return h, lse, reference.gumbel_argmax(logits, seeds, streams, positions)
-    return h, lse, torch.stack([reference.gumbel_argmax(logits, seeds, streams[:, k], positions)
-                                for k in range(streams.shape[1])], 1)
+        if isinstance(streams, torch.Tensor) and streams.dim() == 2:
+            return _per_column(lambda s: softmax_entropy_triton(logits, seeds, s, positions), streams)
+        return softmax_entropy_triton(logits, seeds, streams, positions)
+    return softmax_entropy_reference(logits, seeds, streams, positions)
 
 
 def softmax_entropy(logits: torch.Tensor, *, seeds: torch.Tensor | None = None, streams=None,
                     positions: torch.Tensor | None = None, backend: str | None = None):
-    """Entropy and log-sum-exp of ``softmax(logits)`` per row, optionally with a keyed sample.
+    """Entropy and log-sum-exp of ``softmax(logits)`` per row, optionally with keyed samples.
 
     Parameters
     ----------
@@ -85,16 +108,53 @@ def softmax_entropy(logits: torch.Tensor, *, seeds: torch.Tensor | None = None, 
         ``streams`` is an int or integer ``[N]`` (0 = step noise, 1 + r = rollout r), or integer
         ``[N, S]`` with ``S >= 1`` for S samples per row, column k keyed by ``streams[:, k]``
         (e.g. ``1 + arange(K)`` for K rollouts). The C++ CPU backend draws the S samples in one
-        softmax pass (entropy and lse once); Triton and the reference loop over the columns. Either
-        way column k equals the call with ``streams[:, k]`` token for token.
-    backend : ``"reference" | "cpu" | "triton"`` or None (auto; see ``ops._dispatch``).
+        softmax pass (entropy and lse once); Triton, the C++ CUDA kernels and the reference loop
+        over the columns. Either way column k equals the call with ``streams[:, k]`` token for token.
+    backend : ``"reference" | "cpp" | "triton"`` (``"cpu"``: alias of ``"cpp"``) or None (auto;
+        see ``ops.dispatch``).
 
     Returns
     -------
-    ``(entropy [N], lse [N])`` in float32 (float64 for float64 input), plus ``tokens`` int64 when
-    ``seeds`` is given: ``[N]`` for an int or ``[N]`` streams, ``[N, S]`` for ``[N, S]`` streams.
+    ``(entropy [N], lse [N])`` in the accumulate dtype, plus ``tokens`` int64 when ``seeds`` is
+    given: ``[N]`` for an int or ``[N]`` streams, ``[N, S]`` for ``[N, S]`` streams.
     """
-    _check(logits, seeds, streams, positions)
-    which = choose(logits.device, backend)
+    check_softmax_entropy(logits, seeds, streams, positions)
+    which = choose(logits.device, backend, OP)
     h, lse, tokens = softmax_entropy_impl(logits, seeds, 0 if streams is None else streams, positions, which)
     return (h, lse) if seeds is None else (h, lse, tokens)
+
+
+def register_fake() -> None:
+    """Shape/dtype-only kernels of the C++ ops (called by ``_ext.load``)."""
+
+    @torch.library.register_fake("epic_kernels::softmax_entropy")
+    def _softmax_entropy_fake(logits):
+        _check_logits_meta(logits)
+        n, acc = logits.shape[0], compute_dtype(logits.dtype)
+        return logits.new_empty(n, dtype=acc), logits.new_empty(n, dtype=acc)
+
+    @torch.library.register_fake("epic_kernels::softmax_entropy_sample")
+    def _softmax_entropy_sample_fake(logits, seeds, streams, positions):
+        _check_logits_meta(logits)
+        n, acc = logits.shape[0], compute_dtype(logits.dtype)
+        torch._check(streams.dim() in (1, 2) and streams.shape[0] == n,
+                     lambda: f"streams must have shape ({n},) or ({n}, S), got {tuple(streams.shape)}")
+        torch._check(streams.dim() == 1 or streams.shape[1] >= 1,
+                     lambda: f"streams of shape (N, S) needs S >= 1, got {tuple(streams.shape)}")
+        torch._check(not streams.dtype.is_floating_point and not streams.dtype.is_complex
+                     and streams.dtype != torch.bool,
+                     lambda: f"streams must be an integer tensor, got {streams.dtype}")
+        tokens = (n,) if streams.dim() == 1 else (n, streams.shape[1])
+        return (logits.new_empty(n, dtype=acc), logits.new_empty(n, dtype=acc),
+                logits.new_empty(tokens, dtype=torch.int64))
+
+
+def _check_logits_meta(logits: torch.Tensor) -> None:
+    """The shape/dtype part of ``check_logits`` (``csrc/glue.h`` check_logits), for fake tensors."""
+    torch._check(logits.dim() == 2, lambda: f"logits must have shape (N, V), got {tuple(logits.shape)}")
+    torch._check(logits.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+                 lambda: f"logits must be float16, bfloat16, float32 or float64, got {logits.dtype}")
+
+
+__all__ = ["softmax_entropy", "softmax_entropy_impl", "softmax_entropy_reference", "check_softmax_entropy",
+           "register_fake"]

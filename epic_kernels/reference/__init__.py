@@ -10,10 +10,10 @@ It imports only ``core``, ``philox`` and ``validate``: never the ops or the engi
 from ..core import PruneResult, compute_dtype, entropy_bound, rollout_horizon
 from .primitives import (gumbel_argmax, gumbel_topk_prune, mc_estimate, partial_sums, perturbed_scores,
                          policy_log_probs, policy_logits, rb_estimate, score, softmax_entropy)
-from .rollout import cache_layers, rollout_entropies, select_rows
+from .rollout import rollout_entropies, select_rows
 from .samplers import exhaustive_sample, lazy_sample, score_bounds
 
 __all__ = ["PruneResult", "compute_dtype", "entropy_bound", "rollout_horizon", "gumbel_argmax",
            "gumbel_topk_prune", "mc_estimate", "partial_sums", "perturbed_scores", "policy_log_probs",
-           "policy_logits", "rb_estimate", "score", "softmax_entropy", "cache_layers", "rollout_entropies",
+           "policy_logits", "rb_estimate", "score", "softmax_entropy", "rollout_entropies",
            "select_rows", "exhaustive_sample", "lazy_sample", "score_bounds"]

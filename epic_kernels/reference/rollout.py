@@ -11,12 +11,8 @@ from __future__ import annotations
 import torch
 
 from ..core import EpicConfig, Prefix
+from ..validate import cache_layers
 from .primitives import gumbel_argmax, policy_logits, softmax_entropy
-
-
-def cache_layers(kv) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(keys, values)`` of every layer of a transformers cache, each ``[B, heads, L, head_dim]``."""
-    return [(layer.keys, layer.values) for layer in kv.layers]
 
 
 def select_rows(layers, index: torch.Tensor):
@@ -82,4 +78,4 @@ def rollout_entropies(model, prefix: Prefix, rows, cands, depths, cfg: EpicConfi
     return table, log_probs, calls, tokens
 
 
-__all__ = ["rollout_entropies", "cache_layers", "select_rows"]
+__all__ = ["rollout_entropies", "select_rows"]

@@ -5,7 +5,7 @@ here and every kernel module takes ``triton`` / ``tl`` from this file. Without t
 is a stand-in that returns a function raising a clear error, and the wrappers call
 ``require_triton()`` before doing anything.
 
-Noise (identical to ``epic_kernels.philox``; DESIGN.md section 2)::
+Noise (identical to ``epic_kernels.philox``; docs/algorithm.md, "3. Keyed randomness"; docs/kernels.md, "Noise")::
 
     word = tl.randint(key, offset)            key = (stream << 32) | seed,  offset = (position << 32) | v
     u    = ((word >> 9) + 0.5) * 2**-23       word is uint32, so >> is a logical shift; u exact in fp32

@@ -137,6 +137,12 @@ def gumbel_topk_prune_triton(logits: torch.Tensor, seeds: torch.Tensor, position
     check_device(_gumbel_prune_scan_kernel, logits)
     key, base = noise_keys(seeds, 0, positions, B, dev)
     w = _check_width(width, B, acc, dev)
+    if B == 0:                  # empty batch: empty outputs, as on every backend
+        long, none = torch.int64, torch.empty(0, dtype=torch.int64, device=dev)
+        return PruneResult(none, torch.empty(0, dtype=acc, device=dev), none.clone(),
+                           torch.zeros(1, dtype=long, device=dev), none.clone(), torch.empty(0, dtype=acc, device=dev),
+                           torch.empty(0, top_k, dtype=long, device=dev), torch.empty(0, top_k, dtype=acc, device=dev),
+                           torch.empty(0, dtype=acc, device=dev))
     _, lse, _ = softmax_entropy_triton(logits, num_chunks=num_chunks)
     C, chunk, block = plan_chunks(B, V, dev, is_interpreted(_gumbel_prune_scan_kernel), num_chunks)
     cap = triton.next_power_of_2(capacity)

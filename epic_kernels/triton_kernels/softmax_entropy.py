@@ -141,8 +141,8 @@ def _check_logits(logits: torch.Tensor) -> None:
         raise ValueError("logits must be a [N, V] tensor")
     if logits.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise ValueError(f"logits must be float16, bfloat16, float32 or float64, got {logits.dtype}")
-    if logits.shape[0] == 0 or logits.shape[1] == 0:
-        raise ValueError(f"logits must have at least one row and one column, got {tuple(logits.shape)}")
+    if logits.shape[1] == 0:   # N = 0 is fine: empty outputs, as on every backend (ops/softmax_entropy.py)
+        raise ValueError(f"logits must have at least one column, got {tuple(logits.shape)}")
     if logits.shape[1] >= 2**31:
         raise ValueError("vocabulary too large for int32 ids")
 
@@ -180,6 +180,9 @@ def softmax_entropy_triton(logits: torch.Tensor, seeds: torch.Tensor | None = No
         key, base = noise_keys(seeds, streams, positions, N, dev)
     else:
         key = base = torch.zeros(1, dtype=torch.int64, device=dev)
+    if N == 0:
+        empty = torch.empty(0, dtype=acc, device=dev)
+        return empty, empty.clone(), (torch.empty(0, dtype=torch.int64, device=dev) if sample else None)
     C, chunk, block = plan_chunks(N, V, dev, is_interpreted(_softmax_entropy_partial_kernel), num_chunks)
     ent = torch.empty(N, dtype=acc, device=dev)
     lse = torch.empty(N, dtype=acc, device=dev)

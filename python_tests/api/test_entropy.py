@@ -36,11 +36,25 @@ def test_horizon1_exact_and_candidate_matrix(tiny16):
     (dict(positions=torch.tensor([0])), "positions must lie"),
     (dict(positions=torch.tensor([8])), "need positions < T"),
     (dict(candidates=torch.tensor([1, 2])), "candidates must be"),
+    (dict(positions=torch.tensor([1, 2]), candidates=torch.tensor([3, 16])), r"candidates must lie in \[0, 16\)"),
+    (dict(positions=torch.tensor([1, 2]), candidates=torch.tensor([3.0, 4.0])), "integer token ids"),
+    (dict(positions=torch.tensor([1.0])), "positions must be integers"),
     (dict(horizon=0), "horizon"),
 ])
 def test_bad_input(tiny16, kwargs, message):
     with pytest.raises(ValueError, match=message):
         lookahead_entropy(tiny16, torch.tensor(TEXT), **kwargs)
+
+
+@pytest.mark.parametrize("ids,message", [
+    (torch.tensor([TEXT, TEXT]), r"one text, \[T\] or \[1, T\]"),
+    (torch.tensor(TEXT, dtype=torch.float32), "integer tensor"),
+    (torch.tensor([TEXT[:3] + [16]]), r"\[0, 16\) \(the model's vocabulary\)"),
+    (torch.zeros(1, 0, dtype=torch.int64), "at least one"),
+])
+def test_bad_texts(tiny16, ids, message):
+    with pytest.raises(ValueError, match=message):
+        lookahead_entropy(tiny16, ids)
 
 
 def test_keeps_no_vocabulary_sized_logits(tiny16, monkeypatch):

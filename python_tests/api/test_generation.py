@@ -89,9 +89,26 @@ def test_long_generation_has_no_memory_growth(tiny):
     assert marks[999] - marks[200] < kv_bytes + 20 * 2**20, (marks, kv_bytes)
 
 
+def test_eos_as_tensor_or_numpy_int(tiny):
+    """eos_token_id as a 0-d tensor, a numpy integer or a list gives the same decode."""
+    import numpy as np
+
+    ids = torch.tensor([[3, 4, 5], [6, 7, 8]])
+    outs = [epic_kernels.generate(tiny, ids, max_new_tokens=10, eos_token_id=e, **KW).new_tokens
+            for e in (5, torch.tensor(5), np.int64(5), [5], torch.tensor([5]))]
+    assert all(o == outs[0] for o in outs)
+
+
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(input_ids=torch.zeros(2, 0, dtype=torch.int64)), "non-empty"),
+    (dict(input_ids=torch.zeros(2, 0, dtype=torch.int64)), "at least one sequence of at least one token"),
+    (dict(input_ids=torch.zeros(0, 3, dtype=torch.int64)), "at least one sequence"),
     (dict(input_ids=torch.ones(2, 3)), "integer"),
+    (dict(input_ids=torch.tensor([[3, 4, 32], [6, 7, 8]])), r"\[0, 32\) \(the model's vocabulary\)"),
+    (dict(input_ids=torch.tensor([[3, -1, 5], [6, 7, 8]])), "must lie in"),
+    (dict(pad_token_id=None), "pad_token_id must be a token id, got None"),
+    (dict(eos_token_id="</s>"), "eos_token_id must be a token id or a list"),
+    (dict(eos_token_id=[2, 2.5]), "integer token ids"),
+    (dict(eos_token_id=99), "not a token id of this model"),
     (dict(max_new_tokens=-1), "max_new_tokens"),
     (dict(attention_mask=torch.ones(2, 4, dtype=torch.int64)), "shape of input_ids"),
     (dict(attention_mask=torch.tensor([[0, 0, 0], [1, 1, 1]])), "empty"),

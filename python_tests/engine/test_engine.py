@@ -12,7 +12,7 @@ from epic_kernels.engine.evaluator import Evaluator
 from epic_kernels.core import EpicConfig
 from epic_kernels.reference import lazy_sample
 from epic_kernels.core import Prefix
-from epic_kernels.reference import cache_layers
+from epic_kernels.validate import cache_layers
 from epic_kernels.testing import prefill, random_prompts, tiny_llama
 
 GRID = list(itertools.product([-1.0, -0.3, 0.3, 1.0], [1, 2, 3, 4], [1, 2, 4], [None, 8]))

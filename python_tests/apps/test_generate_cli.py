@@ -1,0 +1,110 @@
+"""epic-generate (epic_kernels.cli.generate) end to end on the embedded SmolLM2-135M-Instruct (a few
+tokens), and its argument errors: each a one-line message with exit code 2, before the model loads."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import epic_kernels.models as models
+from epic_kernels.cli.generate import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_generate_end_to_end_with_baseline_and_plot(tmp_path, capsys):
+    band = tmp_path / "band.jsonl"
+    band.write_text("\n".join(json.dumps({"text": t}) for t in
+                              ["The cat sat on the mat and looked at the rain.", "Two plus two is four."]))
+    plot = tmp_path / "traj.png"
+    code = main(["--max-new-tokens", "5", "--baseline", "top-p", "--plot", str(plot),
+                 "--band-data", str(band), "--band-field", "text", "--prompt", "Say hello."])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "--- EPIC ---" in out and "--- top-p 0.9" in out and "[summary]" in out
+    epic_text = out.split("--- EPIC ---")[1].split("step  token")[0].strip()
+    assert len(epic_text) > 0                                   # EPIC really generated text
+    table = [line for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert 1 <= len(table) <= 5                                 # one row per generated token
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"        # a valid PNG
+    assert plot.stat().st_size > 10_000
+
+
+def no_model(*_, **__):
+    raise AssertionError("the model must not load for a bad argument")
+
+
+def _run(argv) -> int:
+    """The exit code of ``main(argv)``, whether it returns or argparse exits."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "/no/such/model"], "argument --model: '/no/such/model' does not exist"),
+    (["--alpha", "auto"], "--alpha auto needs --calibration"),
+    (["--alpha", "auto", "--calibration", "/no/such.json"], "argument --calibration: file '/no/such.json' not found"),
+    (["--alpha", "auto", "--calibration", "{not_a_record}"], "is not a calibration record"),
+    (["--alpha", "hot"], "argument --alpha: expected a number, got 'hot'"),
+    (["--alpha", "nan"], "argument --alpha: must be a finite number, got 'nan'"),
+    (["--alpha", "inf"], "argument --alpha: must be a finite number, got 'inf'"),
+    (["--seed", "-1"], "argument --seed: value must be in [0, 4294967295], got -1"),
+    (["--seed", "4294967296"], "argument --seed: value must be in [0, 4294967295]"),
+    (["--max-new-tokens", "-3"], "argument --max-new-tokens: value must be >= 0, got -3"),
+    (["--horizon", "0"], "argument --horizon: value must be >= 1, got 0"),
+    (["--horizon", "100"], "--horizon must be in [1, 64], got 100"),
+    (["--rollouts", "two"], "argument --rollouts: expected an integer, got 'two'"),
+    (["--block-size", "0"], "argument --block-size: value must be >= 1, got 0"),
+    (["--plot", "out.jpg"], "argument --plot: writes a .png file; got 'out.jpg'"),
+    (["--plot", "/no/such/dir/x.png"], "folder '/no/such/dir' does not exist"),
+    (["--band-data", "{band}"], "--band-data sets the band of --plot's figure"),
+    (["--plot", "{png}", "--band-data", "{band}", "--band-field", "nope"], "no field 'nope' (fields: text)"),
+    (["--plot", "{png}", "--band-data", "/no/band.jsonl"], "argument --band-data: file '/no/band.jsonl' not found"),
+])
+def test_bad_arguments_fail_before_the_model_loads(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.setattr(models, "load_model", no_model)
+    (tmp_path / "rec.json").write_text(json.dumps({"settings": {}}))
+    (tmp_path / "band.jsonl").write_text(json.dumps({"text": "Some held-out text."}) + "\n")
+    paths = {"{not_a_record}": str(tmp_path / "rec.json"), "{band}": str(tmp_path / "band.jsonl"),
+             "{png}": str(tmp_path / "x.png")}
+    code = _run([paths.get(a, a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err, err
+    assert "Traceback" not in err
+
+
+def test_calibrated_alpha_is_read_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    rec = tmp_path / "cal.json"
+    rec.write_text(json.dumps({"alpha": 0.3, "settings": {"horizon": 2}}))
+    monkeypatch.setattr(models, "load_model", no_model)
+    with pytest.raises(AssertionError, match="must not load"):     # the arguments were accepted
+        main(["--alpha", "auto", "--calibration", str(rec)])
+    assert "calibrated with horizon=2, decoding uses horizon=4" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
+    monkeypatch.setattr(models, "load_model", no_model)
+    assert _run(["--plot", str(tmp_path / "x.png")]) == 2
+    assert "--plot needs matplotlib, which is not installed: pip install 'epic_kernels[plot]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module,argv,message", [
+    ("epic_kernels.cli.generate", ["--alpha", "nan"], "must be a finite number"),
+    ("epic_kernels.cli.calibrate", ["--data", "x.jsonl", "--field", "t", "--out", "/missing/dir/x.json"],
+     "folder '/missing/dir' does not exist"),
+])
+def test_errors_are_messages_not_tracebacks(module, argv, message):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr and "loaded" not in proc.stderr

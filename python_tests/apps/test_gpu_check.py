@@ -1,0 +1,92 @@
+"""tools/gpu_check.py (``make gpu-check``) on the CPU: every step runs, the report is complete.
+
+The GPU run itself cannot happen here; ``--cpu --quick`` takes the same steps with CPU tensors
+(the CUDA build as a dry run, the device test, the microbenchmarks at tiny sizes), so the driver,
+the report and the benchmark code are exercised by the normal suite (~20-30 s).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import gpu_check  # noqa: E402
+
+STEPS = ["environment", "build", "extension", "tests", "bench"]
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-check")
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "EPIC_TEST_DEVICE", "EPIC_KERNELS_BACKEND")}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), "--cpu", "--quick",
+                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    return proc, out
+
+
+def test_cpu_mode_runs_every_step_and_writes_the_report(cpu_run):
+    proc, out = cpu_run
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rep = json.loads((out / "report.json").read_text())
+    for key in ("schema", "mode", "ok", "total_s", "env", "steps", "tests", "bench", "extension", "git"):
+        assert key in rep, key
+    assert rep["mode"] == "cpu" and rep["ok"] is True
+    assert [s["name"] for s in rep["steps"]] == STEPS
+    status = {s["name"]: s["status"] for s in rep["steps"]}
+    assert status == dict(environment="pass", build="dry-run", extension="pass", tests="pass", bench="pass")
+    assert "setup.py build_ext --inplace" in rep["steps"][1]["would_run"]
+    assert "MAX_JOBS=" in rep["steps"][1]["would_run"]
+    for s in rep["steps"]:
+        assert s["duration_s"] >= 0 and s["log"] and (out / s["log"]).exists()
+    for key in ("python", "torch", "torch_cuda", "triton", "transformers", "nvcc", "flashinfer", "cpus"):
+        assert key in rep["env"], key
+    assert rep["extension"]["loaded"] and "CPU" in rep["extension"]["kernels"]["softmax_entropy"]
+    t = rep["tests"]
+    assert t["files"] == ["python_tests/test_cuda.py"]
+    assert t["tests"] > 10 and t["passed"] > 10 and t["failures"] == 0 and t["errors"] == 0
+    assert (out / "pytest-junit.xml").exists()
+    b = rep["bench"]
+    assert b["device"] == "cpu" and b["copy_gbps"] > 0
+    timed = {(r["op"], r["impl"]) for r in b["rows"] if r.get("median_us", 0) > 0}
+    for want in [("softmax_entropy", "cpp"), ("softmax_entropy", "torch eager"), ("softmax_entropy", "torch.logsumexp"),
+                 ("gumbel_topk_prune", "cpp"), ("gumbel_topk_prune", "torch eager")]:
+        assert want in timed, want
+    assert all(r.get("check", "ok") == "ok" for r in b["rows"])
+    triton = [r for r in b["rows"] if r["impl"] == "triton"]
+    assert triton and all("skipped" in r and "median_us" not in r for r in triton)   # nothing unmeasured printed
+    md = (out / "report.md").read_text()
+    assert md.startswith("# GPU check: PASSED") and "### softmax_entropy" in md and "| bench | pass |" in md
+    assert md in proc.stdout                                    # printed at the end
+
+
+def test_a_failed_step_fails_the_run_and_is_reported():
+    rep = dict(ok=False, mode="cuda", quick=False, started_at="t", total_s=1.0, git={}, note=None,
+               env={"torch": "x"}, steps=[dict(name="build", status="fail", duration_s=2.0,
+                                               detail="build failed: exit code 1 (see build.log)")],
+               tests=dict(files=["a.py"], tests=3, passed=1, failures=1, errors=1, skipped=0,
+                          failed_tests=["a.py::t1", "a.py::t2"]), bench=None)
+    md = gpu_check.render_markdown(rep)
+    assert md.startswith("# GPU check: FAILED")
+    assert "| build | fail | 2.0 | build failed: exit code 1 (see build.log) |" in md
+    assert "* `a.py::t1`" in md and "* `a.py::t2`" in md
+
+
+def test_test_counts_survive_a_killed_pytest(tmp_path):
+    """Without junit XML (pytest timed out), counts come from the -v log, xdist's format included,
+    and the short summary at the end is not counted twice."""
+    log = tmp_path / "tests.log"
+    log.write_text("python_tests/a.py::t[1] PASSED   [ 10%]\n"
+                   "python_tests/a.py::u FAILED [ 20%]\n"
+                   "[gw1] [ 30%] PASSED python_tests/b.py::v\n"
+                   "[gw0] [ 40%] ERROR python_tests/b.py::w\n"
+                   "python_tests/a.py::s SKIPPED (why) [ 50%]\n"
+                   "FAILED python_tests/a.py::u - assert 0\n")
+    c = gpu_check._log_counts(str(log))
+    assert (c["tests"], c["passed"], c["failures"], c["errors"], c["skipped"]) == (5, 2, 1, 1, 1)
+    assert c["failed_tests"] == ["python_tests/a.py::u", "python_tests/b.py::w"]
