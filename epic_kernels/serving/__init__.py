@@ -13,7 +13,7 @@ from .transport import EngineInfo, Request, Response, Sample, SeedPropertyError,
 
 _LAZY = {"EpicServingDecoder": ".decoder", "ServingOutput": ".decoder", "OfflineTransport": ".offline",
          "ServerTransport": ".server", "Refinement": ".evaluator", "rollout_seed": ".evaluator",
-         "generate": ".api", "check_seed_properties": ".api"}
+         "generate": ".api", "check_seed_properties": ".api", "connect": ".api"}
 
 
 def __getattr__(name):

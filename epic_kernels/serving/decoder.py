@@ -24,9 +24,9 @@ import torch
 
 from .. import defaults
 from ..core import EpicConfig, admissible_bound, window
-from ..engine.manager import make_manager
 from ..engine.search import Search
-from ..ops._dispatch import choose
+from ..ops.candidate_manager import make_manager
+from ..ops.dispatch import choose
 from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
 from ..reference.primitives import rb_estimate, score
 from ..validate import check_config, check_int, check_seeds
@@ -38,7 +38,7 @@ from .transport import EngineInfo, Request, ServingError
 def _manager(ids, z, alpha, horizon, bound, block_size, backend):
     """The library's candidate manager for one sequence's survivors (C++ when built)."""
     offsets = torch.tensor([0, len(ids)], dtype=torch.int64)
-    return make_manager(offsets, ids, z, alpha, horizon, bound, block_size, backend != "reference")
+    return make_manager(offsets, ids, z, alpha, horizon, bound, block_size, backend)
 
 
 class _Exhaustive:

@@ -1,0 +1,106 @@
+"""Entry points: ``generate`` (prompts in; tokens, texts and per-step statistics out) and
+``check_seed_properties`` (the two properties of the engine's seeded sampler exact EPIC relies on,
+verified on the engine itself rather than assumed)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import defaults
+from .evaluator import rollout_seed
+from .transport import Request, SeedPropertyError, ServingError
+
+
+def connect(target, **engine_kwargs):
+    """A transport for ``target``: a transport (as is), a ``vllm.LLM``, an ``http(s)://`` URL of a
+    server, or a model path / name to start an in-process engine on."""
+    if hasattr(target, "generate") and hasattr(target, "info"):
+        return target
+    if isinstance(target, str) and target.startswith(("http://", "https://")):
+        from .server import ServerTransport
+
+        return ServerTransport(target)
+    from .offline import OfflineTransport
+
+    if hasattr(target, "llm_engine"):
+        return OfflineTransport(target)
+    return OfflineTransport.start(target, **engine_kwargs)
+
+
+def generate(target, prompts, *, max_new_tokens: int = 64, alpha: float = defaults.ALPHA,
+             horizon: int = defaults.HORIZON, rollouts: int = defaults.ROLLOUTS, top_k: int | None = defaults.TOP_K,
+             rollout_top_k: int | None = defaults.ROLLOUT_TOP_K, block_size: int = defaults.BLOCK_SIZE,
+             seed=0, eos_token_id="default", refine: str = "eager", trace: bool = False, progress=None):
+    """EPIC-decode ``prompts`` (token-id lists, or strings, encoded with the engine's tokenizer)
+    on ``target`` (see ``connect``). Returns a ``ServingOutput``."""
+    from .decoder import EpicServingDecoder
+
+    transport = connect(target)
+    if isinstance(prompts, (str, list)) and prompts and isinstance(prompts[0] if isinstance(prompts, list) else prompts, str):
+        texts = [prompts] if isinstance(prompts, str) else prompts
+        prompts = [transport.info.tokenizer(t)["input_ids"] for t in texts]
+    dec = EpicServingDecoder(transport, alpha=alpha, horizon=horizon, rollouts=rollouts, top_k=top_k,
+                             rollout_top_k=rollout_top_k, block_size=block_size, refine=refine)
+    return dec.generate(prompts, max_new_tokens=max_new_tokens, seed=seed, eos_token_id=eos_token_id,
+                        trace=trace, progress=progress)
+
+
+@dataclass
+class SeedReport:
+    replay_checked: int          # (candidate, rollout) pairs whose depth-h tokens were compared
+    replay_broken: int
+    shared_same_seed: float      # first-rollout-token agreement of two candidates, same seed
+    shared_other_seed: float     # ... with independent seeds (the baseline)
+
+
+def check_seed_properties(transport, prefix, candidates, *, rollouts: int = 2, rollout_top_k: int = 50,
+                          short: int = 2, long: int = 4, seeds=range(24), raise_on_failure: bool = True) -> SeedReport:
+    """Verify on the engine what the decoder assumes of its seeded sampler:
+
+    1. *replay*: a request through depth ``long`` with the seed of a request through depth ``short``
+       starts with that request's tokens, for every candidate and rollout;
+    2. *shared random numbers*: two candidates at one position with one seed draw their rollouts
+       from the same random numbers: their first rollout tokens agree more often than with
+       independent seeds (a coupling only shared noise produces).
+
+    ``prefix``: token ids; ``candidates``: at least two token ids to append. Raises
+    ``SeedPropertyError`` if either fails (``raise_on_failure``); returns the measurements.
+    """
+    if len(candidates) < 2:
+        raise ServingError("check_seed_properties needs at least two candidates")
+    L = rollout_top_k
+    reqs, keys = [], []
+    for seed in seeds:
+        s = rollout_seed(int(seed), len(prefix))
+        for c in candidates:
+            for depth in (short, long):
+                reqs.append(Request(tuple(prefix) + (int(c),), depth, L, n=rollouts, seed=s, top_k=rollout_top_k))
+                keys.append((seed, c, depth))
+        other = rollout_seed(int(seed) + 10_000, len(prefix))    # independent seed for the second candidate
+        reqs.append(Request(tuple(prefix) + (int(candidates[1]),), 1, L, n=rollouts, seed=other, top_k=rollout_top_k))
+        keys.append((seed, candidates[1], "other"))
+    got = dict(zip(keys, transport.generate(reqs)))
+    checked = broken = same = indep = total = 0
+    for seed in seeds:
+        for c in candidates:
+            a, b = got[(seed, c, short)].samples, got[(seed, c, long)].samples
+            for r in range(rollouts):
+                checked += 1
+                broken += list(a[r].tokens) != list(b[r].tokens[:short])
+        c0, c1 = candidates[0], candidates[1]
+        for r in range(rollouts):
+            total += 1
+            same += got[(seed, c0, long)].samples[r].tokens[0] == got[(seed, c1, long)].samples[r].tokens[0]
+            indep += got[(seed, c0, long)].samples[r].tokens[0] == got[(seed, c1, "other")].samples[r].tokens[0]
+    rep = SeedReport(checked, broken, same / total, indep / total)
+    if raise_on_failure:
+        if broken:
+            raise SeedPropertyError(f"the engine's seeded sampler does not replay rollouts: {broken} of {checked} "
+                                    f"depth-{long} requests did not start with the depth-{short} tokens of the same seed")
+        if rep.shared_same_seed <= rep.shared_other_seed:
+            raise SeedPropertyError(f"candidates with one seed do not share random numbers: first rollout tokens "
+                                    f"agree {rep.shared_same_seed:.0%} with the same seed vs {rep.shared_other_seed:.0%} "
+                                    "with independent seeds")
+    return rep
+
+
+__all__ = ["generate", "connect", "check_seed_properties", "SeedReport"]
