@@ -46,60 +46,61 @@ def generate(target, prompts, *, max_new_tokens: int = 64, alpha: float = defaul
 
 @dataclass
 class SeedReport:
-    replay_checked: int          # (candidate, rollout) pairs whose depth-h tokens were compared
+    replay_checked: int          # (prompt, rollout) pairs whose depth-h tokens were compared
     replay_broken: int
-    shared_same_seed: float      # first-rollout-token agreement of two candidates, same seed
+    shared_same_seed: float      # first-rollout-token agreement of the two prompts, same seed
     shared_other_seed: float     # ... with independent seeds (the baseline)
 
 
-def check_seed_properties(transport, prefix, candidates, *, rollouts: int = 2, rollout_top_k: int = 50,
-                          short: int = 2, long: int = 4, seeds=range(24), raise_on_failure: bool = True) -> SeedReport:
+def check_seed_properties(transport, prompts, *, rollouts: int = 2, rollout_top_k: int = 50, short: int = 2,
+                          long: int = 4, seeds=range(24), raise_on_failure: bool = True) -> SeedReport:
     """Verify on the engine what the decoder assumes of its seeded sampler:
 
     1. *replay*: a request through depth ``long`` with the seed of a request through depth ``short``
-       starts with that request's tokens, for every candidate and rollout;
-    2. *shared random numbers*: two candidates at one position with one seed draw their rollouts
-       from the same random numbers: their first rollout tokens agree more often than with
-       independent seeds (a coupling only shared noise produces).
+       starts with that request's tokens, for every prompt and rollout;
+    2. *shared random numbers*: the seed alone (not the prompt) decides the random numbers, so two
+       prompts whose next-token distributions are alike draw the same first rollout token more often
+       with one seed than with independent seeds (a coupling only shared noise produces). The
+       decoder gives every candidate of a step one seed, so candidates share random numbers.
 
-    ``prefix``: token ids; ``candidates``: at least two token ids to append. Raises
-    ``SeedPropertyError`` if either fails (``raise_on_failure``); returns the measurements.
+    ``prompts``: at least two token-id prompts (a prefix plus a candidate each); sharing is measured
+    between the first two. Raises ``SeedPropertyError`` if either fails (``raise_on_failure``).
     """
-    if len(candidates) < 2:
-        raise ServingError("check_seed_properties needs at least two candidates")
+    if len(prompts) < 2:
+        raise ServingError("check_seed_properties needs at least two prompts")
     L = rollout_top_k
     reqs, keys = [], []
     for seed in seeds:
-        s = rollout_seed(int(seed), len(prefix))
-        for c in candidates:
+        s = rollout_seed(int(seed), 0)
+        for i, p in enumerate(prompts):
             for depth in (short, long):
-                reqs.append(Request(tuple(prefix) + (int(c),), depth, L, n=rollouts, seed=s, top_k=rollout_top_k))
-                keys.append((seed, c, depth))
-        other = rollout_seed(int(seed) + 10_000, len(prefix))    # independent seed for the second candidate
-        reqs.append(Request(tuple(prefix) + (int(candidates[1]),), 1, L, n=rollouts, seed=other, top_k=rollout_top_k))
-        keys.append((seed, candidates[1], "other"))
+                reqs.append(Request(tuple(p), depth, L, n=rollouts, seed=s, top_k=rollout_top_k))
+                keys.append((seed, i, depth))
+        other = rollout_seed(int(seed) + 10_000, 0)        # an independent seed for the second prompt
+        reqs.append(Request(tuple(prompts[1]), 1, L, n=rollouts, seed=other, top_k=rollout_top_k))
+        keys.append((seed, 1, "other"))
     got = dict(zip(keys, transport.generate(reqs)))
     checked = broken = same = indep = total = 0
     for seed in seeds:
-        for c in candidates:
-            a, b = got[(seed, c, short)].samples, got[(seed, c, long)].samples
+        for i in range(len(prompts)):
+            a, b = got[(seed, i, short)].samples, got[(seed, i, long)].samples
             for r in range(rollouts):
                 checked += 1
                 broken += list(a[r].tokens) != list(b[r].tokens[:short])
-        c0, c1 = candidates[0], candidates[1]
         for r in range(rollouts):
             total += 1
-            same += got[(seed, c0, long)].samples[r].tokens[0] == got[(seed, c1, long)].samples[r].tokens[0]
-            indep += got[(seed, c0, long)].samples[r].tokens[0] == got[(seed, c1, "other")].samples[r].tokens[0]
+            first = got[(seed, 0, long)].samples[r].tokens[0]
+            same += first == got[(seed, 1, long)].samples[r].tokens[0]
+            indep += first == got[(seed, 1, "other")].samples[r].tokens[0]
     rep = SeedReport(checked, broken, same / total, indep / total)
     if raise_on_failure:
         if broken:
             raise SeedPropertyError(f"the engine's seeded sampler does not replay rollouts: {broken} of {checked} "
                                     f"depth-{long} requests did not start with the depth-{short} tokens of the same seed")
         if rep.shared_same_seed <= rep.shared_other_seed:
-            raise SeedPropertyError(f"candidates with one seed do not share random numbers: first rollout tokens "
-                                    f"agree {rep.shared_same_seed:.0%} with the same seed vs {rep.shared_other_seed:.0%} "
-                                    "with independent seeds")
+            raise SeedPropertyError(f"the engine's random numbers depend on more than the seed: first rollout tokens "
+                                    f"of two similar prompts agree {rep.shared_same_seed:.0%} with one seed vs "
+                                    f"{rep.shared_other_seed:.0%} with independent seeds")
     return rep
 
 

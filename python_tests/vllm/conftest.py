@@ -43,15 +43,17 @@ def tokenizer(transport):
     return transport.info.tokenizer
 
 
+def chat_ids(tokenizer, message: str) -> list:
+    """Token ids of a user message in the chat template."""
+    enc = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                        tokenize=True)
+    return [int(t) for t in (enc["input_ids"] if hasattr(enc, "keys") else enc)]
+
+
 @pytest.fixture(scope="session")
 def prompts(tokenizer):
     """Chat-template token ids of MESSAGES."""
-    out = []
-    for m in MESSAGES:
-        enc = tokenizer.apply_chat_template([{"role": "user", "content": m}], add_generation_prompt=True, tokenize=True)
-        ids = enc["input_ids"] if hasattr(enc, "keys") else enc
-        out.append([int(t) for t in ids])
-    return out
+    return [chat_ids(tokenizer, m) for m in MESSAGES]
 
 
 @pytest.fixture(scope="session")

@@ -160,13 +160,17 @@ def test_eos_and_max_length(transport, prompts, tokenizer):
     assert dec.generate(prompts[:1], max_new_tokens=0).new_tokens == [[]]
 
 
-def test_seeded_sampler_properties_hold_on_vllm(transport, prompts):
+def test_seeded_sampler_properties_hold_on_vllm(transport, tokenizer):
     """The two properties the decoder relies on, verified on the engine: a refinement replays the
-    shallower request's rollout tokens; candidates sharing a position share random numbers."""
-    root = transport.generate([epic_kernels.serving.Request(tuple(prompts[0]), 1, 50)])[0].samples[0]
-    rep = check_seed_properties(transport, prompts[0], root.ids[0][:2].tolist(), seeds=range(24))
+    shallower request's rollout tokens; the seed alone decides the random numbers (two alike prompts
+    draw the same token far more often with one seed than with independent ones), so candidates that
+    share a seed share random numbers."""
+    from conftest import chat_ids
+
+    pair = [chat_ids(tokenizer, "Write a haiku about tea."), chat_ids(tokenizer, "Write a haiku about coffee.")]
+    rep = check_seed_properties(transport, pair, seeds=range(24))
     assert rep.replay_broken == 0 and rep.replay_checked == 24 * 2 * 2
-    assert rep.shared_same_seed > rep.shared_other_seed + 0.1, rep
+    assert rep.shared_same_seed > rep.shared_other_seed + 0.15, rep
 
 
 def test_a_broken_replay_is_detected():
