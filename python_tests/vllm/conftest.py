@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -78,8 +77,9 @@ def server(hf_dir, tmp_path_factory):
 
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    vllm_bin = Path(sys.executable).with_name("vllm")
-    cmd = [str(vllm_bin), "serve", str(hf_dir), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+    # `vllm serve` itself: vllm-cpu 0.32's `vllm` script asks for the metadata of a distribution named
+    # "vllm" and fails (it is "vllm-cpu"); the server module it starts runs fine
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf_dir), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
            "--max-model-len", str(MAX_MODEL_LEN), "--max-logprobs", str(SERVER_MAX_LOGPROBS), "--block-size", "32",
            "--enable-prefix-caching", "--seed", "0"]
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
