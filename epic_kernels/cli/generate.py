@@ -1,7 +1,10 @@
 """``epic-generate``: EPIC decoding of a prompt with the embedded SmolLM2-135M-Instruct (or any Hugging
 Face directory / GGUF file): chat template, streamed text, a per-step table and a summary; optionally
 the same prompt decoded with plain top-p sampling, and a plot of the per-step entropy trajectories
-(``--plot`` needs matplotlib: ``pip install epic_kernels[plot]``).
+(``--plot`` needs matplotlib: ``pip install epic_kernels[plot]``). ``--engine vllm`` runs every model
+call through an in-process vLLM engine, ``--server URL`` through a running ``vllm serve`` (both need
+the vLLM environment: ``make setup-vllm``); ``--json FILE`` writes the tokens, text and per-step
+statistics of either engine.
 """
 from __future__ import annotations
 
@@ -54,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=types.int_in(1), default=None, help="torch intra-op threads")
     p.add_argument("--no-chat-template", action="store_true")
     p.add_argument("--quiet-steps", action="store_true", help="do not print the per-step table")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                   help="hf: the library's engine on transformers; vllm: every model call through vLLM "
+                        "(in process; the embedded model is converted once to a safetensors folder)")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="EPIC through a running OpenAI-compatible vLLM server at URL (implies --engine vllm)")
+    p.add_argument("--refine", choices=["eager", "full", "adaptive"], default="eager",
+                   help="vLLM engine: how deep each request goes (docs/vllm.md)")
+    p.add_argument("--json", default=None, type=types.output_file(".json"), metavar="FILE",
+                   help="write the generated token ids (tokens), the text and the per-step statistics")
     return p
 
 
@@ -80,6 +92,21 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--band-data {args.band_data!r}: field {args.band_field!r} holds only empty texts")
     types.check_epic_settings(parser, alpha=args.alpha, horizon=args.horizon, rollouts=args.rollouts,
                               rollout_top_k=args.rollout_top_k or None, block_size=args.block_size)
+    if args.server:
+        args.engine = "vllm"
+    if args.engine == "vllm":
+        for flag, value in (("--plot", args.plot), ("--baseline", args.baseline)):
+            if value:
+                parser.error(f"{flag} needs the model's full next-token distribution, which a serving engine does "
+                             "not return: use --engine hf")
+        if not args.top_k or not args.rollout_top_k:
+            parser.error("--top-k 0 / --rollout-top-k 0 ask for full-vocabulary EPIC, which is out of scope on vLLM "
+                         "(its logprobs return at most max_logprobs tokens per position)")
+        if args.server and args.model:
+            parser.error("--model picks the model of the in-process engine; a server serves its own")
+        if args.model and str(args.model).endswith(".gguf"):
+            parser.error("vLLM needs a Hugging Face model folder, not a .gguf file (the embedded model is "
+                         "converted automatically when --model is not given)")
     types.check_plotting(parser, args.plot)
     return args
 
@@ -155,7 +182,7 @@ def _plot(path, runs, band):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        return _generate(args)
+        return _generate_vllm(args) if args.engine == "vllm" else _generate(args)
     except (ValueError, OSError, MissingDependency) as err:
         print(f"epic-generate: error: {err}", file=sys.stderr)
         return 2
@@ -205,6 +232,11 @@ def _generate(args) -> int:
           f"calls and {s['forward_tokens_per_token']:.1f} forward tokens per token; "
           f"{s['forwards_saved']} forwards saved by reusing the winner's; {s['prefetched']} candidates "
           f"evaluated ahead inside the previous step's calls (prefetch)")
+    if args.json:
+        _write_json(args.json, dict(engine="hf", tokens=out.new_tokens[0],
+                                    text=tokenizer.decode(out.new_tokens[0], skip_special_tokens=True),
+                                    summary=s, steps=[dict(rec.__dict__, entropy=h)
+                                                      for rec, h in zip(out.steps, out.entropies[0])]))
     runs = [("EPIC", out.entropies[0])]
     if args.baseline:
         runs.append(("top-p 0.9", _top_p(model, tokenizer, ids, args)))
@@ -212,6 +244,77 @@ def _generate(args) -> int:
         band = _band(model, tokenizer, args.band_texts) if args.band_texts else None
         _plot(args.plot, runs, band)
         print(f"[plot] wrote {args.plot}")
+    return 0
+
+
+def _write_json(path, record) -> None:
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    print(f"[json] wrote {path}", file=sys.stderr)
+
+
+def _generate_vllm(args) -> int:
+    """The same decode with every model call through vLLM: in process, or a server at ``--server``."""
+    import importlib.util
+    import os
+
+    from ..extras import check_installed
+
+    # a spec without an origin is a namespace package (a folder named vllm on the path), not vLLM
+    if not args.server and getattr(importlib.util.find_spec("vllm"), "origin", None) is None:
+        raise MissingDependency("epic-generate --engine vllm needs vllm, which is not installed here: run it in the "
+                                "vLLM environment (make setup-vllm; make run ARGS='--engine vllm', or "
+                                ".venv-vllm/bin/python -m epic_kernels.cli.generate --engine vllm); "
+                                "elsewhere pip install 'epic_kernels[vllm]'")
+    check_installed("openai", extra="vllm", purpose="epic-generate --engine vllm / --server")
+    if args.threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from ..serving import EpicServingDecoder, ServerTransport, ServingError
+    from ..serving.offline import OfflineTransport
+
+    started = time.perf_counter()
+    try:
+        if args.server:
+            transport, where = ServerTransport(args.server), args.server
+        else:
+            from ..models import embedded_hf_dir
+
+            path = args.model or embedded_hf_dir()
+            transport, where = OfflineTransport.start(path), f"vLLM in process on {path}"
+        try:
+            dec = EpicServingDecoder(transport, alpha=args.alpha, horizon=args.horizon, rollouts=args.rollouts,
+                                     top_k=args.top_k, rollout_top_k=args.rollout_top_k,
+                                     block_size=args.block_size, refine=args.refine)
+            print(f"[epic-generate] {where} ready in {time.perf_counter() - started:.1f}s; alpha={args.alpha} "
+                  f"horizon={args.horizon} rollouts={args.rollouts} top_k={args.top_k} "
+                  f"rollout_top_k={args.rollout_top_k} refine={args.refine}", file=sys.stderr)
+            tokenizer = transport.info.tokenizer
+            from ..models import chat_prompt_ids
+
+            ids = chat_prompt_ids(tokenizer, args.prompt, not args.no_chat_template)[0].tolist()
+            print("--- EPIC (vLLM) ---")
+            out = dec.generate([ids], max_new_tokens=args.max_new_tokens, seed=args.seed)
+        finally:
+            transport.close()
+    except ServingError as err:
+        raise ValueError(str(err)) from None
+    print(out.texts[0])
+    steps = out.steps[0]
+    if not args.quiet_steps:
+        print("\nstep  token           survivors  evaluated  rounds  requests  vllm_tokens  entropy")
+        for i, rec in enumerate(steps):
+            piece = repr(tokenizer.decode([rec.token]))[:14]
+            print(f"{i:4d}  {piece:14s} {rec.survivors:9d}  {rec.evaluated:9d}  {rec.rounds:6d}  {rec.requests:8d}  "
+                  f"{rec.generated:11d}  {rec.entropy:7.3f}")
+    s = out.summary()
+    print(f"\n[summary] {s['tokens']} tokens in {s['seconds']:.1f}s = {s['tokens_per_second']:.2f} tokens/s; "
+          f"mean survivors {s['mean_survivors']:.1f}; per token: {s['rounds_per_token']:.2f} engine rounds, "
+          f"{s['requests_per_token']:.1f} requests, {s['generated_per_token']:.1f} tokens generated by vLLM; "
+          f"{s['engine_seconds']:.1f}s inside vLLM; finish: {out.finish_reasons[0]}")
+    if args.json:
+        _write_json(args.json, dict(engine="vllm", server=args.server, tokens=out.new_tokens[0], text=out.texts[0],
+                                    finish_reason=out.finish_reasons[0], summary=s,
+                                    steps=[{k: v for k, v in r.__dict__.items() if k != "trace"} for r in steps]))
     return 0
 
 

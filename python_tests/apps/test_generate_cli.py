@@ -33,6 +33,23 @@ def test_generate_end_to_end_with_baseline_and_plot(tmp_path, capsys):
     assert plot.stat().st_size > 10_000
 
 
+def test_json_record_of_the_hf_engine(tmp_path, capsys):
+    path = tmp_path / "out.json"
+    assert main(["--max-new-tokens", "4", "--prompt", "Say hello.", "--quiet-steps", "--json", str(path)]) == 0
+    rec = json.loads(path.read_text())
+    assert rec["engine"] == "hf" and len(rec["tokens"]) == 4 and len(rec["steps"]) == 4
+    assert isinstance(rec["text"], str) and rec["summary"]["tokens"] == 4
+    assert {"survivors", "forward_calls", "entropy"} <= set(rec["steps"][0])
+
+
+@pytest.mark.skipif(getattr(importlib.util.find_spec("vllm"), "origin", None) is not None,
+                    reason="vllm is installed in this environment")
+def test_vllm_engine_without_vllm_names_the_environment(capsys):
+    code = _run(["--engine", "vllm", "--max-new-tokens", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "make setup-vllm" in err and "Traceback" not in err, err
+
+
 def no_model(*_, **__):
     raise AssertionError("the model must not load for a bad argument")
 
@@ -65,13 +82,20 @@ def _run(argv) -> int:
     (["--band-data", "{band}"], "--band-data sets the band of --plot's figure"),
     (["--plot", "{png}", "--band-data", "{band}", "--band-field", "nope"], "no field 'nope' (fields: text)"),
     (["--plot", "{png}", "--band-data", "/no/band.jsonl"], "argument --band-data: file '/no/band.jsonl' not found"),
+    (["--json", "out.txt"], "argument --json: writes a .json file; got 'out.txt'"),
+    (["--engine", "vllm", "--plot", "{png}"], "--plot needs the model's full next-token distribution"),
+    (["--server", "http://127.0.0.1:9", "--baseline", "top-p"], "--baseline needs the model's full next-token"),
+    (["--engine", "vllm", "--top-k", "0"], "full-vocabulary EPIC, which is out of scope on vLLM"),
+    (["--engine", "vllm", "--model", "{gguf}"], "vLLM needs a Hugging Face model folder, not a .gguf file"),
+    (["--engine", "tpu"], "argument --engine: invalid choice: 'tpu'"),
 ])
 def test_bad_arguments_fail_before_the_model_loads(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.setattr(models, "load_model", no_model)
     (tmp_path / "rec.json").write_text(json.dumps({"settings": {}}))
     (tmp_path / "band.jsonl").write_text(json.dumps({"text": "Some held-out text."}) + "\n")
     paths = {"{not_a_record}": str(tmp_path / "rec.json"), "{band}": str(tmp_path / "band.jsonl"),
-             "{png}": str(tmp_path / "x.png")}
+             "{png}": str(tmp_path / "x.png"), "{gguf}": str(tmp_path / "m.gguf")}
+    (tmp_path / "m.gguf").write_bytes(b"")
     code = _run([paths.get(a, a) for a in argv])
     err = capsys.readouterr().err
     assert code == 2
