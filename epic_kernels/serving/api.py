@@ -35,9 +35,10 @@ def generate(target, prompts, *, max_new_tokens: int = 64, alpha: float = defaul
     from .decoder import EpicServingDecoder
 
     transport = connect(target)
-    if isinstance(prompts, (str, list)) and prompts and isinstance(prompts[0] if isinstance(prompts, list) else prompts, str):
-        texts = [prompts] if isinstance(prompts, str) else prompts
-        prompts = [transport.info.tokenizer(t)["input_ids"] for t in texts]
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, str) for p in prompts):
+        prompts = [list(transport.info.tokenizer(t)["input_ids"]) for t in prompts]
     dec = EpicServingDecoder(transport, alpha=alpha, horizon=horizon, rollouts=rollouts, top_k=top_k,
                              rollout_top_k=rollout_top_k, block_size=block_size, refine=refine)
     return dec.generate(prompts, max_new_tokens=max_new_tokens, seed=seed, eos_token_id=eos_token_id,
