@@ -7,6 +7,7 @@ tokens appended beyond the given cache's own length, so a long decode copies no 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -48,15 +49,30 @@ class StepOutput:
     prefetched: Prefetched | None = None
 
 
-def use_fast_engine(engine: str, model) -> bool:
-    """Whether ``engine`` ("auto" | "fast" | "reference") runs the fast engine for ``model``."""
-    from .engine import supports_fork
+_warned: set = set()
+
+
+def use_fast_engine(engine: str, model, max_position: int | None = None) -> bool:
+    """Whether ``engine`` ("auto" | "fast" | "reference") runs the fast engine for ``model`` when the
+    rows reach position ids up to ``max_position``. "fast" on a model the fast engine cannot run
+    exactly is an error; "auto" then runs the reference engine, with the reason in one warning."""
+    from .engine.attention import fork_refusal
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be 'auto', 'fast' or 'reference', got {engine!r}")
-    if engine == "fast" and not supports_fork(model):
-        raise ValueError(f"engine='fast' needs a model with transformers attention layers, got {type(model).__name__}")
-    return engine == "fast" or (engine == "auto" and supports_fork(model))
+    if engine == "reference":
+        return False
+    why = fork_refusal(model, max_position)
+    if why is None:
+        return True
+    if engine == "fast":
+        raise ValueError(f"engine='fast' cannot run {type(model).__name__} exactly: {why}")
+    key = (type(model).__name__, why)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"epic_kernels: the fast engine cannot run {type(model).__name__} exactly ({why}); "
+                      "using the reference engine (same tokens, slower)", RuntimeWarning, stacklevel=3)
+    return False
 
 
 @torch.no_grad()
@@ -127,11 +143,12 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
                      rollout_top_k=rollout_top_k, block_size=block_size)
     check_config(cfg)
     check_logits(logits)
-    fast = use_fast_engine(engine, model)
     if prefetched is not None and not isinstance(prefetched, Prefetched):
         raise ValueError(f"prefetched must be the .prefetched of a previous StepOutput (or None), "
                          f"got {type(prefetched).__name__}")
     checked = Prefix.from_cache(kv, seed, logits.shape[0], attention_mask, model)   # validates kv, mask, seeds
+    # rows reach the prefix length + horizon, + 2 with prefetch's lead tokens
+    fast = use_fast_engine(engine, model, int(checked.positions.max()) + horizon + 2)
     logits = truncate(logits, top_k, top_p, min_p)
     cache = EpicCache.from_cache(kv) if advance else kv      # copied at most once per decode
     prefix = checked if cache is kv else Prefix.view(cache, checked.mask, checked.seeds)

@@ -133,8 +133,9 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts, rollout_top_k=rollout_top_k,
                      block_size=block_size)
     check_config(cfg)
-    fast = use_fast_engine(engine, model)
     input_ids, mask = _left_pad(input_ids.to(torch.int64), attention_mask)
+    # the largest position id any row reaches: the longest prompt, the new tokens, the lookahead
+    fast = use_fast_engine(engine, model, int(mask.sum(-1).max()) + max_new_tokens + horizon + 2)
     batch = input_ids.shape[0]
     seeds = check_seeds(seed, batch)
 

@@ -152,9 +152,10 @@ def cache_layers(kv) -> list[tuple[torch.Tensor, torch.Tensor]]:
     correctly or refused with a ``ValueError`` naming the cache and layer type.
 
     Read: ``DynamicCache`` / ``EpicCache`` layers as they are; ``StaticCache`` layers up to their
-    filled length (their empty slots are not tokens). Refused: sliding-window layers (they keep only
-    the last tokens of the window, so the prefix is incomplete and its positions unknown), quantized
-    layers, linear-attention (recurrent state) layers, offloaded caches, anything else.
+    filled length (their empty slots are not tokens); sliding-window layers while they still hold
+    every token. Refused: sliding-window layers that dropped their oldest tokens (the prefix is
+    incomplete), quantized layers, linear-attention (recurrent state) layers, offloaded caches,
+    anything else.
     """
     from transformers.cache_utils import DynamicLayer, StaticLayer
 
@@ -169,9 +170,14 @@ def cache_layers(kv) -> list[tuple[torch.Tensor, torch.Tensor]]:
     for i, layer in enumerate(layers):
         lk = type(layer).__name__
         if getattr(layer, "is_sliding", False):
-            raise ValueError(f"layer {i} of this {kind} is a {lk}: it keeps only the last tokens of its "
-                             f"sliding window, so the prefix is incomplete; {PREFILL_HINT}")
-        if type(layer) is StaticLayer:
+            seen = getattr(layer, "cumulative_length", None)
+            held = layer.keys.shape[2] if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4 else None
+            if type(layer).__name__ != "DynamicSlidingWindowLayer" or seen is None or held != int(seen):
+                raise ValueError(f"layer {i} of this {kind} is a {lk} that has dropped the oldest tokens of "
+                                 f"its sliding window ({held} of {seen} kept), so the prefix is incomplete; "
+                                 f"{PREFILL_HINT}")
+            keys, values = layer.keys, layer.values          # still holds every token: read as it is
+        elif type(layer) is StaticLayer:
             n = int(layer.get_seq_length())
             keys, values = (layer.keys[:, :, :n], layer.values[:, :, :n]) if layer.is_initialized else (None, None)
         elif isinstance(layer, DynamicLayer) and (type(layer) is DynamicLayer or type(layer).__name__ == "EpicLayer"):

@@ -63,9 +63,15 @@ class Evaluator:
 
     # -- one model call over rows of (sequence, slot, fill, token, position) --------------------
     def _forward(self, seq, slot, fill, tokens, positions, limit=None):
-        fb = ForkBatch.build(self.prefix, self.pool, seq, slot, fill, self.pool.dtype, limit)
+        fb = ForkBatch.build(self.prefix, self.pool, seq, slot, fill, self.pool.dtype, limit,
+                             max_position=int(positions.max()))
+        device = self.prefix.device
         with fork_mode(self.model, fb):
-            out = self.model(input_ids=tokens.view(-1, 1), position_ids=positions.view(-1, 1), use_cache=False)
+            out = self.model(input_ids=tokens.view(-1, 1).to(device), position_ids=positions.view(-1, 1).to(device),
+                             use_cache=False)
+        if fb.calls != len(self.prefix.layers):     # every layer must have attended through the fork
+            raise RuntimeError(f"{type(self.model).__name__}: {fb.calls} of its {len(self.prefix.layers)} attention "
+                               "layers went through fork attention; the fast engine cannot run this model")
         self.calls += 1
         self.forward_tokens += len(tokens)
         return out.logits[:, -1, :]
