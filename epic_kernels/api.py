@@ -18,7 +18,7 @@ from .core import EpicConfig, Prefix, StepStats
 from .engine.prefetch import Prefetched
 from .reference import lazy_sample
 from .truncation import truncate
-from .validate import check_config, check_logits
+from .validate import check_config, check_logits, check_vocab
 
 ENGINES = ("auto", "fast", "reference")
 
@@ -143,6 +143,7 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
                      rollout_top_k=rollout_top_k, block_size=block_size)
     check_config(cfg)
     check_logits(logits)
+    check_vocab(logits, model)
     if prefetched is not None and not isinstance(prefetched, Prefetched):
         raise ValueError(f"prefetched must be the .prefetched of a previous StepOutput (or None), "
                          f"got {type(prefetched).__name__}")

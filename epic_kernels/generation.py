@@ -17,7 +17,8 @@ from .api import run_step, use_fast_engine
 from .cache import EpicCache
 from .core import EpicConfig, Prefix
 from .truncation import truncate
-from .validate import check_config, check_input_ids, check_int, check_seeds, check_token_ids, model_vocab
+from .validate import (check_config, check_input_ids, check_int, check_processed, check_seeds, check_token_ids,
+                       model_vocab)
 
 
 @dataclass
@@ -164,7 +165,9 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             def transform(nxt, seq, tokens):         # what a later step sees if `tokens` come next
                 if logits_processor is not None:
                     ids_so_far = _so_far(input_ids, new_tokens, rows[seq])
-                    nxt = logits_processor(torch.cat([ids_so_far, tokens], dim=1), nxt)
+                    got = logits_processor(torch.cat([ids_so_far, tokens], dim=1), nxt)
+                    check_processed(got, nxt)
+                    nxt = got
                 return truncate(nxt, top_k, top_p, min_p)
         for step in range(max_new_tokens):
             start = time.perf_counter()
@@ -173,6 +176,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             scores = logits
             if logits_processor is not None:
                 scores = logits_processor(_so_far(input_ids, new_tokens, rows), logits)
+                check_processed(scores, logits)
             keep_rows(kept_scores, scores, rows)
             keep_rows(kept_logits, logits, rows)
             prefix = Prefix.view(cache, mask, seeds[rows])

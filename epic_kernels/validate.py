@@ -92,6 +92,26 @@ def check_seeds(seeds, batch: int) -> torch.Tensor:
     return values
 
 
+def check_processed(scores, like: torch.Tensor, name: str = "logits_processor") -> None:
+    """What a logits processor returned must be logits of ``like``'s shape (same rows, same
+    vocabulary) with no NaN or +inf and a finite entry per row (``check_logits``)."""
+    if not isinstance(scores, torch.Tensor) or scores.shape != like.shape:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"{name} must return logits of shape {tuple(like.shape)} (the logits it was given), "
+                         f"got {shape}")
+    check_logits(scores, name=f"the logits {name} returned")
+
+
+def check_vocab(logits: torch.Tensor, model) -> None:
+    """``logits [B, V]`` must be as wide as the model's output layer: the bounds use ``log V``."""
+    head = getattr(model, "get_output_embeddings", None)
+    head = head() if callable(head) else None
+    width = getattr(head, "out_features", None) or getattr(getattr(model, "config", None), "vocab_size", None)
+    if width is not None and logits.shape[-1] != int(width):
+        raise ValueError(f"logits have {logits.shape[-1]} columns but the model's output layer has {int(width)}: "
+                         "pass the model's full next-token logits (truncate with -inf, not by slicing)")
+
+
 def model_vocab(model) -> int | None:
     """The number of token ids ``model`` accepts (its input embedding's rows), or None if unknown."""
     emb = getattr(model, "get_input_embeddings", None)
