@@ -88,8 +88,9 @@ def run_step(logits: torch.Tensor, cache: EpicCache, prefix: Prefix, model, cfg:
         if not advance:
             return StepOutput(result.tokens, result.stats, result.entropy)
         new_kv = cache.fork()          # the model appends the tokens to the fork, not to `cache`
-        out = model(input_ids=result.tokens.view(-1, 1).to(logits.device), attention_mask=next_mask,
-                    position_ids=prefix.positions.view(-1, 1), past_key_values=new_kv, use_cache=True)
+        device = prefix.device
+        out = model(input_ids=result.tokens.view(-1, 1).to(device), attention_mask=next_mask.to(device),
+                    position_ids=prefix.positions.view(-1, 1).to(device), past_key_values=new_kv, use_cache=True)
         return StepOutput(result.tokens, result.stats, result.entropy, out.logits[:, -1, :], new_kv, next_mask)
     from .engine import fast_sample
 

@@ -134,7 +134,9 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts, rollout_top_k=rollout_top_k,
                      block_size=block_size)
     check_config(cfg)
-    input_ids, mask = _left_pad(input_ids.to(torch.int64), attention_mask)
+    device = input_ids.device                       # the model's; the decode's bookkeeping stays on the CPU
+    input_ids, mask = _left_pad(input_ids.to(torch.int64).cpu(),
+                                None if attention_mask is None else attention_mask.cpu())
     # the largest position id any row reaches: the longest prompt, the new tokens, the lookahead
     fast = use_fast_engine(engine, model, int(mask.sum(-1).max()) + max_new_tokens + horizon + 2)
     batch = input_ids.shape[0]
@@ -155,7 +157,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     if max_new_tokens > 0:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = EpicCache(num_layers=0)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                    position_ids=positions.to(device), past_key_values=cache,
                     use_cache=True)
         logits = out.logits[:, -1, :]
         which = choose(logits.device, backend)
@@ -165,7 +168,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             def transform(nxt, seq, tokens):         # what a later step sees if `tokens` come next
                 if logits_processor is not None:
                     ids_so_far = _so_far(input_ids, new_tokens, rows[seq])
-                    got = logits_processor(torch.cat([ids_so_far, tokens], dim=1), nxt)
+                    got = logits_processor(torch.cat([ids_so_far, tokens.cpu()], dim=1).to(nxt.device), nxt)
                     check_processed(got, nxt)
                     nxt = got
                 return truncate(nxt, top_k, top_p, min_p)
@@ -175,7 +178,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             advance = step + 1 < max_new_tokens
             scores = logits
             if logits_processor is not None:
-                scores = logits_processor(_so_far(input_ids, new_tokens, rows), logits)
+                scores = logits_processor(_so_far(input_ids, new_tokens, rows).to(logits.device), logits)
                 check_processed(scores, logits)
             keep_rows(kept_scores, scores, rows)
             keep_rows(kept_logits, logits, rows)
@@ -190,7 +193,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                 entropies[r].append(float(h_q[i]))
             done = torch.tensor([int(t) in eos for t in tokens.tolist()], dtype=torch.bool)
             if stopping_criteria is not None:
-                done |= torch.as_tensor(stopping_criteria(_so_far(input_ids, new_tokens, rows), scores)).bool().cpu()
+                done |= torch.as_tensor(stopping_criteria(_so_far(input_ids, new_tokens, rows).to(scores.device),
+                                                          scores)).bool().cpu()
             keep = (~done).nonzero().flatten()
             if advance and len(keep) < len(rows):     # finished sequences leave the batch's work
                 logits, mask = logits[keep], mask[keep]
@@ -213,5 +217,5 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     tail = torch.full((batch, n), pad_token_id, dtype=torch.int64)
     for r, toks in enumerate(new_tokens):
         tail[r, :len(toks)] = torch.tensor(toks, dtype=torch.int64)
-    return GenerationOutput(torch.cat([input_ids, tail], dim=1), new_tokens, entropies, records, kept_scores,
+    return GenerationOutput(torch.cat([input_ids, tail], dim=1).to(device), new_tokens, entropies, records, kept_scores,
                             kept_logits)

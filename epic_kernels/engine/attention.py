@@ -26,11 +26,12 @@ _local = threading.local()
 class SlotPool:
     """Per-layer suffix storage ``[slots, kv_heads, horizon, head_dim]`` for the rollout rows of a step."""
 
-    def __init__(self, n_layers: int, kv_heads: int, head_dim: int, slot_len: int, dtype):
+    def __init__(self, n_layers: int, kv_heads: int, head_dim: int, slot_len: int, dtype, device=None):
         self.shape = (kv_heads, slot_len, head_dim)
         self.dtype = dtype
-        self.keys = [torch.empty(0, *self.shape, dtype=dtype) for _ in range(n_layers)]
-        self.values = [torch.empty(0, *self.shape, dtype=dtype) for _ in range(n_layers)]
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.keys = [torch.empty(0, *self.shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
+        self.values = [torch.empty(0, *self.shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
         self.used = 0
 
     @property
@@ -42,9 +43,10 @@ class SlotPool:
         lie beyond every new row's fill, so they are masked out)."""
         self.used = 0
 
-    def fits(self, n_layers: int, kv_heads: int, head_dim: int, slot_len: int, dtype) -> bool:
+    def fits(self, n_layers: int, kv_heads: int, head_dim: int, slot_len: int, dtype, device=None) -> bool:
+        device = torch.device("cpu") if device is None else torch.device(device)
         return (len(self.keys) == n_layers and self.shape[0] == kv_heads and self.shape[2] == head_dim
-                and self.shape[1] >= slot_len and self.dtype == dtype)
+                and self.shape[1] >= slot_len and self.dtype == dtype and self.device == device)
 
     def allocate(self, n: int) -> int:
         """Hand out ``n`` consecutive unused slots (growing the pool if needed); returns the first."""
@@ -60,7 +62,7 @@ class SlotPool:
             return
         n = max(n, 2 * self.slots)
         def grow(t):
-            out = torch.empty(n, *self.shape, dtype=self.dtype)
+            out = torch.empty(n, *self.shape, dtype=self.dtype, device=self.device)
             out[: t.shape[0]].copy_(t)
             out[t.shape[0]:].zero_()               # only the new slots need zeroing
             return out

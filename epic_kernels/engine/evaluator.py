@@ -47,7 +47,7 @@ class Evaluator:
         self.row_limit = None if positions is None else positions
         M, K, k = len(tokens), cfg.rollouts, cfg.horizon
         keys = prefix.layers[0][0]
-        geometry = (len(prefix.layers), keys.shape[1], keys.shape[3], slot_len or k, keys.dtype)
+        geometry = (len(prefix.layers), keys.shape[1], keys.shape[3], slot_len or k, keys.dtype, keys.device)
         if pool is None or not pool.fits(*geometry):
             pool = SlotPool(*geometry)
         self.pool = pool
@@ -78,8 +78,10 @@ class Evaluator:
 
     def _entropy_and_samples(self, logits, seqs, streams, positions):
         """Entropy of the rollout policy and one keyed sample per column of ``streams [R, S]``."""
-        seeds = self.prefix.seeds[seqs]
-        positions = positions.contiguous()
+        dev = logits.device                         # bookkeeping lives on the CPU, logits on the model's device
+        seeds = self.prefix.seeds[seqs].to(dev)
+        positions = positions.to(dev).contiguous()
+        streams = streams.to(dev)
         top_k = self.cfg.rollout_top_k
         if top_k is not None and top_k < logits.shape[-1]:
             vals, ids = topk_support(logits, top_k)
@@ -87,9 +89,9 @@ class Evaluator:
             x = vals.to(ent.dtype)
             picks = [ids.gather(1, torch.argmax(x + philox.noise_at(seeds, streams[:, s], positions, ids), -1,
                                                 keepdim=True)).squeeze(1) for s in range(streams.shape[1])]
-            return ent, torch.stack(picks, 1)
+            return ent.cpu(), torch.stack(picks, 1).cpu()
         ent, _, picks = softmax_entropy_impl(logits, seeds, streams.contiguous(), positions, self.backend)
-        return ent, picks                           # all S samples from one softmax pass (C++)
+        return ent.cpu(), picks.cpu()               # all S samples from one softmax pass (C++)
 
     def adopt(self, m: int, depth: int, table, last, next_logits, keys, values) -> None:
         """Take candidate ``m``'s evaluation through ``depth`` from a prefetch made in the previous

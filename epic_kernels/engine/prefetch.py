@@ -32,13 +32,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 import weakref
 
+import torch
+
 from ..core import admissible_bound
-from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
-from .search import Search
+from ..ops.candidate_manager import make_manager
+from .evaluator import Evaluator
+from .search import Search, prune_on_host
 
 MAX_GUESSES = 2        # bets per sequence per step
 DEFAULT_BUDGET = 64    # largest next-step survivor set bet on (rows wasted if the bet loses)
@@ -113,9 +114,6 @@ class _Bet:
 
     def __init__(self, src, b: int, m: int, logits, npr, position: int, budget_rows: int, tokens,
                  carried: _Entry | None = None):
-        from .evaluator import Evaluator
-        from ..core import admissible_bound
-        from ..ops.candidate_manager import make_manager
 
         cfg = src.cfg
         self.b, self.m, self.logits, self.ids, self.position = b, m, logits, npr.ids, position
@@ -227,7 +225,7 @@ class Prefetcher:
         tokens = torch.stack([p[3] for p in picks])
         nxt = self.transform(torch.stack([p[0].next_logits[p[2]] for p in picks]), seqs, tokens)
         positions = ev.prefix.positions[seqs] + tokens.shape[1]
-        npr = gumbel_topk_prune_impl(nxt, ev.prefix.seeds[seqs], positions, self.width, 1, self.backend)
+        npr = prune_on_host(nxt, ev.prefix.seeds[seqs], positions, self.width, self.backend)
         out = []
         K, k = ev.cfg.rollouts, ev.cfg.horizon
         for n, (src, b, m, toks, carried) in enumerate(picks):

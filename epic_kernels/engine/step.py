@@ -10,10 +10,9 @@ import torch
 from ..core import Prefix, StepStats, admissible_bound, window
 from ..ops.candidate_manager import make_manager
 from ..ops.dispatch import choose
-from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
 from .evaluator import Evaluator
 from .prefetch import DEFAULT_BUDGET, LEVELS, Prefetcher
-from .search import Search
+from .search import Search, prune_on_host
 
 # a step's slot pool is handed to the next step for reuse unless it grew beyond this many slots
 # (one slot holds horizon + 2 tokens of every layer's keys and values)
@@ -56,7 +55,7 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
     which = choose(logits.device, backend)
     k = cfg.horizon
     width = window(cfg.alpha, k, V, cfg.rollout_top_k)
-    pr = gumbel_topk_prune_impl(logits, prefix.seeds, prefix.positions, width, 1, which)
+    pr = prune_on_host(logits, prefix.seeds, prefix.positions, width, which)
     seq = torch.repeat_interleave(torch.arange(B), pr.counts)
     prefetch = advance and transform is not None and prefetch_budget > 0
     if pool is not None:
