@@ -92,6 +92,13 @@ def check_seeds(seeds, batch: int) -> torch.Tensor:
     return values
 
 
+def check_logits_meta(logits: torch.Tensor) -> None:
+    """The shape/dtype part of ``check_logits`` (``csrc/glue.h`` check_logits), for fake tensors."""
+    torch._check(logits.dim() == 2, lambda: f"logits must have shape (N, V), got {tuple(logits.shape)}")
+    torch._check(logits.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+                 lambda: f"logits must be float16, bfloat16, float32 or float64, got {logits.dtype}")
+
+
 def check_processed(scores, like: torch.Tensor, name: str = "logits_processor") -> None:
     """What a logits processor returned must be logits of ``like``'s shape (same rows, same
     vocabulary) with no NaN or +inf and a finite entry per row (``check_logits``)."""
