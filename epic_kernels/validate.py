@@ -39,15 +39,23 @@ def check_logits(logits, batch: int | None = None, name: str = "logits", *, empt
                          "(truncation removed every token)")
 
 
+KEY_RANGES = {"seeds": (MAX_SEED, "2**32"), "positions": (MAX_POSITION, "2**31")}
+
+
 def check_row_keys(rows: int, **keys) -> None:
     """Each of ``keys`` (e.g. ``seeds=``, ``positions=``) must be a 1-D integer tensor of ``rows``
-    entries (the per-row noise keys of the row ops)."""
+    entries (the per-row noise keys of the row ops), seeds in ``[0, 2**32)`` and positions in
+    ``[0, 2**31)`` (the Philox key layout), on every backend alike."""
     for name, t in keys.items():
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype.is_floating_point \
                 or t.dtype.is_complex or t.dtype == torch.bool:
             raise ValueError(f"{name} must be a 1-D integer tensor")
         if len(t) != rows:
             raise ValueError(f"{name} has {len(t)} entries for {rows} rows of logits")
+        if name in KEY_RANGES and len(t):
+            high, text = KEY_RANGES[name]
+            if int(t.min()) < 0 or int(t.max()) >= high:
+                raise ValueError(f"{name} must lie in [0, {text}), got values in [{int(t.min())}, {int(t.max())}]")
 
 
 def check_int(value, name: str, low: int, high: int | None = None) -> int:
