@@ -44,11 +44,12 @@ def child(case: str, max_rows, as_gb: float) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t = time.perf_counter()
     try:
-        step = epic_kernels.sample_step(logits, kv, model, seed=0, max_rows=max_rows, **c["kw"])
+        extra = {} if max_rows == "omit" else dict(max_rows=max_rows)   # omit: a checkout without the cap
+        step = epic_kernels.sample_step(logits, kv, model, seed=0, **extra, **c["kw"])
         st = step.stats
         res = dict(ok=True, token=int(step.tokens[0]), survivors=int(st.survivors.sum()), calls=st.forward_calls +
-                   st.finish_calls, rows=st.forward_tokens + st.finish_tokens, max_call_rows=st.max_call_rows,
-                   restored=st.restored)
+                   st.finish_calls, rows=st.forward_tokens + st.finish_tokens,
+                   max_call_rows=getattr(st, "max_call_rows", "-"), restored=getattr(st, "restored", "-"))
     except (RuntimeError, MemoryError) as e:
         res = dict(ok=False, error=str(e).splitlines()[0][:120])
     res["seconds"] = round(time.perf_counter() - t, 1)
@@ -61,13 +62,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--as-gb", type=float, default=14.0, help="address-space cap of each case (GiB)")
     ap.add_argument("--cases", default="flat,long")
-    ap.add_argument("--max-rows", default="none,default", help="comma list: none, default or an int")
+    ap.add_argument("--max-rows", default="none,default",
+                    help="comma list: none (no cap), default, an int, or omit (run a checkout without max_rows)")
     ap.add_argument("--child", nargs=2)
     a = ap.parse_args()
     if a.child:
-        mr = {"none": None}.get(a.child[1], a.child[1])
-        from epic_kernels import defaults
-        child(a.child[0], defaults.MAX_ROWS if mr == "default" else (None if mr is None else int(mr)), a.as_gb)
+        mr = a.child[1]
+        if mr == "default":
+            from epic_kernels import defaults
+            mr = defaults.MAX_ROWS
+        child(a.child[0], None if mr == "none" else mr if mr == "omit" else int(mr), a.as_gb)
         return
     print(f"{'case':6s} {'max_rows':>8s} {'ok':>3s} {'survivors':>9s} {'calls':>6s} {'rows':>7s} {'max/call':>8s} "
           f"{'peak RSS growth':>15s} {'s':>6s}")
