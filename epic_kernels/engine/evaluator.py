@@ -95,6 +95,7 @@ class Evaluator:
         self.to_restore: set[int] = set()           # candidates whose depth-1 row must run again
         self.protected: set[int] = set()            # candidates whose logits are never dropped
         self.restored = 0                           # depth-1 rows run again (max_rows bound)
+        self.complete: list[int] = []               # evaluated through the horizon, slots still held
         self.max_rows_fed = 0                       # the most rows one model forward took
         self.adopted = 0                            # candidates whose evaluation came from the last step
         self.adopted_rows = 0                       # ... and the rows that evaluation fed
@@ -183,15 +184,15 @@ class Evaluator:
         return bool((self.depth < self.goal).any()) or bool(self.to_restore)
 
     def kept(self, m: int) -> bool:
-        """Does candidate ``m`` hold its depth-1 logits (and, at depth 1, its slot)?"""
-        return m in self.next_logits
+        """Does candidate ``m`` hold its depth-1 logits and its slot?"""
+        return m in self.next_logits and bool(self.slots[m, 0] >= 0)
 
     def restore(self, idx) -> None:
         """Ask for the depth-1 rows of evaluated candidates ``idx`` that lost their logits to run
         again (the winners' logits and KV at the end of a step); they are kept from then on."""
         for m in (int(i) for i in idx):
             self.protected.add(m)
-            if self.depth[m] >= 1 and m not in self.next_logits:
+            if self.depth[m] >= 1 and (m not in self.next_logits or self.slots[m, 0] < 0):
                 self.to_restore.add(m)
 
     # -- slots and kept logits (the max_rows bound) ---------------------------------------------
@@ -315,6 +316,28 @@ class Evaluator:
             self.last[deep_c, roll] = ys[:, 0]
         self.depth[first] += 1
         self.depth[deep] += 1
+        if self.keep_logits and self.lead == 0 and len(deep):
+            self.complete.extend(deep[self.depth[deep] >= self.cfg.horizon].tolist())
+            self._trim()
+
+    def _trim(self) -> None:
+        """When the pool holds more than ``4 max_rows`` slots, give back the slots of candidates
+        evaluated through the horizon (they never go deeper; a winner among them has its depth-1
+        row run again for its KV), lowest extrapolated score first."""
+        limit = 4 * self.max_rows
+        if self.pool.used - len(self.pool.free) <= limit or not self.complete:
+            return
+        done = torch.tensor([m for m in self.complete if m not in self.protected], dtype=torch.int64)
+        self.complete = []
+        if len(done) == 0:
+            return
+        for m in done[torch.argsort(self._priority(done), stable=True)].tolist():
+            if self.pool.used - len(self.pool.free) <= limit // 2:
+                self.complete.append(m)
+                continue
+            held = self.slots[m][self.slots[m] >= 0]
+            self.pool.release(held.tolist())
+            self.slots[m] = -1
 
     def results(self, idx: torch.Tensor):
         """``(depth, partial RB sum)`` of candidates ``idx``."""

@@ -205,7 +205,7 @@ class Prefetcher:
         best, best_s = None, -float("inf")
         k, alpha = ev.cfg.horizon, ev.cfg.alpha
         for m in sorted(ev.next_logits):  # the kept candidates: at most max_rows of them
-            if not lo <= m < hi:
+            if not lo <= m < hi or not ev.kept(m):
                 continue
             d = int(ev.depth[m])
             if d < 1:
