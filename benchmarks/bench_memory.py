@@ -84,7 +84,7 @@ def main() -> None:
                                                           peak_rss_growth_gb=float("nan"), seconds=float("nan"))
             print(f"{case:6s} {mr:>8s} {'yes' if r['ok'] else 'NO':>3s} {r.get('survivors', '-'):>9} "
                   f"{r.get('calls', '-'):>6} {r.get('rows', '-'):>7} {r.get('max_call_rows', '-'):>8} "
-                  f"{r['peak_rss_growth_gb']:>12.2f} GB {r['seconds']:>6}" + ("" if r["ok"] else f"  {r['error']}"),
+                  f"{r['peak_rss_growth_gb']:>12.2f} GB (peak {r.get('peak_rss_gb', float('nan')):.2f}) {r['seconds']:>6}" + ("" if r["ok"] else f"  {r['error']}"),
                   flush=True)
 
 
