@@ -111,7 +111,8 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
                 rollouts: int = defaults.ROLLOUTS, seed=0, attention_mask: torch.Tensor | None = None,
                 rollout_top_k: int | None = None, top_k: int | None = None, top_p: float | None = None,
                 min_p: float | None = None, block_size: int = defaults.BLOCK_SIZE, advance: bool = True,
-                engine: str = "auto", backend: str | None = None, prefetched=None) -> StepOutput:
+                engine: str = "auto", backend: str | None = None, prefetched=None,
+                max_rows: int | None = defaults.MAX_ROWS) -> StepOutput:
     """Sample one token per sequence from ``q_alpha(y) ∝ q(y) exp(-alpha H(y))`` exactly.
 
     Parameters
@@ -135,13 +136,16 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
         attention interface, e.g. Llama), ``"reference"`` (pure PyTorch), or ``"auto"``.
     backend : kernel backend for the fast engine (see ``epic_kernels.ops``; default by device).
     prefetched : ``StepOutput.prefetched`` of the previous step (optional; see ``StepOutput``).
+    max_rows : fast engine: the most rows one model call carries and the most depth-1 logits rows
+        kept beyond those of candidates that go deeper (bounded memory whatever the number of
+        survivors; more work takes more calls, the tokens do not change). None: no cap.
 
     Returns
     -------
     StepOutput. Both engines return the same tokens for the same seeds.
     """
     cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts,
-                     rollout_top_k=rollout_top_k, block_size=block_size)
+                     rollout_top_k=rollout_top_k, block_size=block_size, max_rows=max_rows)
     check_config(cfg)
     check_logits(logits)
     check_vocab(logits, model)

@@ -8,6 +8,7 @@ batch (their cache rows are dropped), so they cost nothing afterwards.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -92,7 +93,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
              rollout_top_k: int | None = defaults.ROLLOUT_TOP_K, block_size: int = defaults.BLOCK_SIZE,
              engine: str = "auto", backend: str | None = None, prefetch: bool = True,
              logits_processor=None, stopping_criteria=None, on_step=None, output_scores: bool = False,
-             output_logits: bool = False) -> GenerationOutput:
+             output_logits: bool = False, max_rows: int | None = defaults.MAX_ROWS) -> GenerationOutput:
     """Decode up to ``max_new_tokens`` tokens per sequence with EPIC.
 
     Parameters
@@ -116,6 +117,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     output_scores, output_logits : keep, per step, the scores EPIC sampled from (the logits after
         ``logits_processor``, before truncation) and the model's raw logits, each ``[B, V]``; rows of
         sequences that already finished are ``-inf``.
+    max_rows : the most rows one model call carries (bounded memory; the tokens do not depend on it).
+        A step with more than ``defaults.WARN_SURVIVORS`` survivors warns once per call, with the fix.
     Other parameters: as ``sample_step``; the defaults (top-50 candidates and rollout policy, ...)
     are explained in ``epic_kernels.defaults``. Pass ``top_k=None, rollout_top_k=None`` for the
     full vocabulary.
@@ -132,7 +135,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
         raise ValueError(f"pad_token_id must be one token id, got {len(pad_token_id)}")
     pad_token_id = pad_token_id[0]
     cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts, rollout_top_k=rollout_top_k,
-                     block_size=block_size)
+                     block_size=block_size, max_rows=max_rows)
     check_config(cfg)
     device = input_ids.device                       # the model's; the decode's bookkeeping stays on the CPU
     input_ids, mask = _left_pad(input_ids.to(torch.int64).cpu(),
@@ -172,6 +175,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                     check_processed(got, nxt)
                     nxt = got
                 return truncate(nxt, top_k, top_p, min_p)
+        warned = False
         for step in range(max_new_tokens):
             start = time.perf_counter()
             h_q, _, _ = softmax_entropy_impl(logits, backend=which)
@@ -201,6 +205,13 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                 cache.batch_select_indices(keep)
                 prefetched = prefetched.select(keep, cache) if prefetched is not None else None
             st = res.stats
+            if not warned and int(st.survivors.max()) > defaults.WARN_SURVIVORS:
+                warned = True
+                warnings.warn(f"epic_kernels: a step had {int(st.survivors.max())} candidates in its admissible "
+                              "window (each costs at least one model row); this configuration is intrinsically "
+                              "expensive. Truncate the rollout policy (rollout_top_k=50, --rollout-top-k 50), "
+                              f"truncate the candidates (top_k) or use a smaller alpha (now {alpha})",
+                              RuntimeWarning, stacklevel=2)
             records.append(StepRecord(
                 active=len(rows), survivors=float(st.survivors.double().mean()),
                 evaluated_depth1=float(st.evaluated_depth1.double().mean()),

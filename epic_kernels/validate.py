@@ -68,12 +68,14 @@ def check_int(value, name: str, low: int, high: int | None = None) -> int:
 
 
 def check_config(cfg) -> None:
-    """alpha finite; horizon, rollouts, block_size >= 1; rollout_top_k None or >= 1."""
+    """alpha finite; horizon, rollouts, block_size >= 1; rollout_top_k, max_rows None or >= 1."""
     if isinstance(cfg.alpha, bool) or not isinstance(cfg.alpha, numbers.Real) or not math.isfinite(cfg.alpha):
         raise ValueError(f"alpha must be a finite real number, got {cfg.alpha!r}")
     check_int(cfg.horizon, "horizon", 1, 64)
     check_int(cfg.rollouts, "rollouts", 1, MAX_ROLLOUTS)
     check_int(cfg.block_size, "block_size", 1)
+    if getattr(cfg, "max_rows", None) is not None:
+        check_int(cfg.max_rows, "max_rows", 1)
     if cfg.rollout_top_k is not None:
         check_int(cfg.rollout_top_k, "rollout_top_k", 1)
 

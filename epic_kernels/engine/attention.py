@@ -33,6 +33,7 @@ class SlotPool:
         self.keys = [torch.empty(0, *self.shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
         self.values = [torch.empty(0, *self.shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
         self.used = 0
+        self.free: list[int] = []
 
     @property
     def slots(self) -> int:
@@ -42,18 +43,28 @@ class SlotPool:
         """Forget every slot (the storage is kept for the next step: stale contents are finite and
         lie beyond every new row's fill, so they are masked out)."""
         self.used = 0
+        self.free = []
 
     def fits(self, n_layers: int, kv_heads: int, head_dim: int, slot_len: int, dtype, device=None) -> bool:
         device = torch.device("cpu") if device is None else torch.device(device)
         return (len(self.keys) == n_layers and self.shape[0] == kv_heads and self.shape[2] == head_dim
                 and self.shape[1] >= slot_len and self.dtype == dtype and self.device == device)
 
-    def allocate(self, n: int) -> int:
-        """Hand out ``n`` consecutive unused slots (growing the pool if needed); returns the first."""
-        first = self.used
-        self.used += n
-        self.reserve(self.used)
-        return first
+    def take(self, n: int) -> torch.Tensor:
+        """Hand out ``n`` unused slots (released ones first, then new ones, growing the pool if
+        needed); returns their ids, int64 ``[n]``."""
+        got = self.free[:n]
+        self.free = self.free[n:]
+        rest = n - len(got)
+        if rest:
+            got = got + list(range(self.used, self.used + rest))
+            self.used += rest
+            self.reserve(self.used)
+        return torch.tensor(got, dtype=torch.int64)
+
+    def release(self, ids) -> None:
+        """Give slots back for reuse in this step (stale contents lie beyond every new row's fill)."""
+        self.free.extend(int(i) for i in ids)
 
     def reserve(self, n: int) -> None:
         """Make room for ``n`` slots (contents of existing slots kept). New slots are zeroed: tokens
