@@ -41,6 +41,7 @@ import epic_kernels.philox as philox  # noqa: E402
 from epic_kernels.engine import attention as A  # noqa: E402
 from epic_kernels.engine import evaluator as E  # noqa: E402
 from epic_kernels.engine import prefetch as P  # noqa: E402
+from epic_kernels.engine import search as SE  # noqa: E402
 from epic_kernels.engine import step as S  # noqa: E402
 from epic_kernels.cache import EpicCache  # noqa: E402
 from epic_kernels.core import Prefix  # noqa: E402
@@ -110,8 +111,7 @@ def instrument(model, T: Timers):
     """Install the wrappers (module attributes of the engine and instance forwards of the model)."""
     from transformers import AttentionInterface
 
-    S.gumbel_topk_prune_impl = T.wrap("prune", S.gumbel_topk_prune_impl)
-    P.gumbel_topk_prune_impl = T.wrap("prune", P.gumbel_topk_prune_impl)
+    SE.gumbel_topk_prune_impl = T.wrap("prune", SE.gumbel_topk_prune_impl)
     P.Prefetcher.plan = T.wrap("prefetch", P.Prefetcher.plan)
     P.Prefetcher.absorb = T.wrap("prefetch", P.Prefetcher.absorb)
     P.Prefetcher.hand_over = T.wrap("prefetch", P.Prefetcher.hand_over)
@@ -119,7 +119,7 @@ def instrument(model, T: Timers):
     E.Evaluator.plan = T.wrap("evaluator.plan", E.Evaluator.plan)
     E.Evaluator.absorb = T.wrap("evaluator.absorb", E.Evaluator.absorb)
     make = S.make_manager
-    S.make_manager = lambda *a, **kw: TimedManager(make(*a, **kw), T)
+    S.make_manager = P.make_manager = lambda *a, **kw: TimedManager(make(*a, **kw), T)
     S.Evaluator = E.Evaluator
     E.Evaluator.__init__ = T.wrap("Evaluator.__init__", E.Evaluator.__init__)
     E.Evaluator._forward = T.wrap("evaluator._forward", E.Evaluator._forward)

@@ -7,6 +7,7 @@ tokens appended beyond the given cache's own length, so a long decode copies no 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ from .core import EpicConfig, Prefix, StepStats
 from .engine.prefetch import Prefetched
 from .reference import lazy_sample
 from .truncation import truncate
-from .validate import check_config, check_logits
+from .validate import check_config, check_logits, check_vocab
 
 ENGINES = ("auto", "fast", "reference")
 
@@ -48,15 +49,30 @@ class StepOutput:
     prefetched: Prefetched | None = None
 
 
-def use_fast_engine(engine: str, model) -> bool:
-    """Whether ``engine`` ("auto" | "fast" | "reference") runs the fast engine for ``model``."""
-    from .engine import supports_fork
+_warned: set = set()
+
+
+def use_fast_engine(engine: str, model, max_position: int | None = None) -> bool:
+    """Whether ``engine`` ("auto" | "fast" | "reference") runs the fast engine for ``model`` when the
+    rows reach position ids up to ``max_position``. "fast" on a model the fast engine cannot run
+    exactly is an error; "auto" then runs the reference engine, with the reason in one warning."""
+    from .engine.attention import fork_refusal
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be 'auto', 'fast' or 'reference', got {engine!r}")
-    if engine == "fast" and not supports_fork(model):
-        raise ValueError(f"engine='fast' needs a model with transformers attention layers, got {type(model).__name__}")
-    return engine == "fast" or (engine == "auto" and supports_fork(model))
+    if engine == "reference":
+        return False
+    why = fork_refusal(model, max_position)
+    if why is None:
+        return True
+    if engine == "fast":
+        raise ValueError(f"engine='fast' cannot run {type(model).__name__} exactly: {why}")
+    key = (type(model).__name__, why)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"epic_kernels: the fast engine cannot run {type(model).__name__} exactly ({why}); "
+                      "using the reference engine (same tokens, slower)", RuntimeWarning, stacklevel=3)
+    return False
 
 
 @torch.no_grad()
@@ -72,8 +88,9 @@ def run_step(logits: torch.Tensor, cache: EpicCache, prefix: Prefix, model, cfg:
         if not advance:
             return StepOutput(result.tokens, result.stats, result.entropy)
         new_kv = cache.fork()          # the model appends the tokens to the fork, not to `cache`
-        out = model(input_ids=result.tokens.view(-1, 1).to(logits.device), attention_mask=next_mask,
-                    position_ids=prefix.positions.view(-1, 1), past_key_values=new_kv, use_cache=True)
+        device = prefix.device
+        out = model(input_ids=result.tokens.view(-1, 1).to(device), attention_mask=next_mask.to(device),
+                    position_ids=prefix.positions.view(-1, 1).to(device), past_key_values=new_kv, use_cache=True)
         return StepOutput(result.tokens, result.stats, result.entropy, out.logits[:, -1, :], new_kv, next_mask)
     from .engine import fast_sample
 
@@ -94,7 +111,8 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
                 rollouts: int = defaults.ROLLOUTS, seed=0, attention_mask: torch.Tensor | None = None,
                 rollout_top_k: int | None = None, top_k: int | None = None, top_p: float | None = None,
                 min_p: float | None = None, block_size: int = defaults.BLOCK_SIZE, advance: bool = True,
-                engine: str = "auto", backend: str | None = None, prefetched=None) -> StepOutput:
+                engine: str = "auto", backend: str | None = None, prefetched=None,
+                max_rows: int | None = defaults.MAX_ROWS) -> StepOutput:
     """Sample one token per sequence from ``q_alpha(y) ∝ q(y) exp(-alpha H(y))`` exactly.
 
     Parameters
@@ -118,20 +136,25 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
         attention interface, e.g. Llama), ``"reference"`` (pure PyTorch), or ``"auto"``.
     backend : kernel backend for the fast engine (see ``epic_kernels.ops``; default by device).
     prefetched : ``StepOutput.prefetched`` of the previous step (optional; see ``StepOutput``).
+    max_rows : fast engine: the most rows one model call carries and the most depth-1 logits rows
+        kept beyond those of candidates that go deeper (bounded memory whatever the number of
+        survivors; more work takes more calls, the tokens do not change). None: no cap.
 
     Returns
     -------
     StepOutput. Both engines return the same tokens for the same seeds.
     """
     cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts,
-                     rollout_top_k=rollout_top_k, block_size=block_size)
+                     rollout_top_k=rollout_top_k, block_size=block_size, max_rows=max_rows)
     check_config(cfg)
     check_logits(logits)
-    fast = use_fast_engine(engine, model)
+    check_vocab(logits, model)
     if prefetched is not None and not isinstance(prefetched, Prefetched):
         raise ValueError(f"prefetched must be the .prefetched of a previous StepOutput (or None), "
                          f"got {type(prefetched).__name__}")
     checked = Prefix.from_cache(kv, seed, logits.shape[0], attention_mask, model)   # validates kv, mask, seeds
+    # rows reach the prefix length + horizon, + 2 with prefetch's lead tokens
+    fast = use_fast_engine(engine, model, int(checked.positions.max()) + horizon + 2)
     logits = truncate(logits, top_k, top_p, min_p)
     cache = EpicCache.from_cache(kv) if advance else kv      # copied at most once per decode
     prefix = checked if cache is kv else Prefix.view(cache, checked.mask, checked.seeds)

@@ -166,34 +166,23 @@ class EpicCache(Cache):
             layer.update(k.unsqueeze(2), v.unsqueeze(2))
         self.version = next(_versions)
 
-    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        self.version = next(_versions)
-        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
-
-    def crop(self, tokens_to_remove: int) -> None:
-        self.version = next(_versions)
-        super().crop(tokens_to_remove)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.version = next(_versions)
-        super().batch_select_indices(indices)
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self.version = next(_versions)
-        super().batch_repeat_interleave(repeats)
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.version = next(_versions)
-        super().reorder_cache(beam_idx)
-
-    def reset(self) -> None:
-        self.version = next(_versions)
-        super().reset()
-
     def nbytes(self) -> int:
         """Bytes of storage this cache holds (capacity included)."""
         return sum(layer._storage.keys.nbytes + layer._storage.values.nbytes
                    for layer in self.layers if layer.is_initialized)
 
+
+def _bumping(name: str):
+    """``Cache.<name>``, after giving the cache a new ``version`` (it mutates the cache)."""
+    def method(self, *args, **kwargs):
+        self.version = next(_versions)
+        return getattr(Cache, name)(self, *args, **kwargs)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"``Cache.{name}``; the cache gets a new ``version``."
+    return method
+
+
+for _name in ("update", "crop", "batch_select_indices", "batch_repeat_interleave", "reorder_cache", "reset"):
+    setattr(EpicCache, _name, _bumping(_name))
 
 __all__ = ["EpicCache", "EpicLayer"]

@@ -133,6 +133,7 @@ class EpicConfig:
     rollouts: int = defaults.ROLLOUTS
     rollout_top_k: int | None = None
     block_size: int = defaults.BLOCK_SIZE
+    max_rows: int | None = defaults.MAX_ROWS   # rows per model call and kept depth-1 logits (None: no cap)
 
 
 @dataclass
@@ -208,6 +209,9 @@ class StepStats:
     prefetch_rows_won: int = 0         # ... on bets that won
     prefetch_hits: int = 0             # sequences handed a usable prefetch
     prefetch_carried: int = 0          # two-steps-ahead entries used or handed on
+    restored: int = 0                  # depth-1 rows run again because max_rows dropped their logits
+    max_call_rows: int = 0             # the most rows one model forward of the step took (<= max_rows)
+    kept_logits: int = 0               # depth-1 logits rows held at the end of the step
 
 
 @dataclass

@@ -10,6 +10,13 @@ README.md ("Why these defaults") and docs/benchmarks.md, with the commands that 
   admissible window is ``|alpha| k log|supp pi|`` wide, so a top-50 policy (``log 50`` instead of
   ``log V``, V = 49,152 for the embedded model) shrinks it by a factor ``log 50 / log V``, and with
   it the survivors per step and the rows the model must run.
+* ``max_rows = 256``: the most rows one model call of the fast engine carries, and the most
+  candidates that keep their depth-1 logits (``[V]`` each) and slots beyond those that go deeper
+  (docs/engine.md, "Bounded memory"). A step with more pending work makes more calls; the tokens
+  do not depend on it. On the embedded model (V = 49,152) 256 rows of logits are 50 MB, and a
+  full-vocabulary step on a flat distribution (49,152 survivors) stays under 1 GB of peak memory
+  (benchmarks/bench_memory.py); top-50 steps (at most ~150 rows per call with prefetch) never
+  reach it, so their calls are unchanged.
 * ``block_size = 32``: on a CPU a model call costs about the same for 1 or 30 rows, so refining more
   candidates per round (fewer rounds, fewer calls) wins; the tokens do not depend on it
   (benchmarks/bench_block_size.py).
@@ -20,3 +27,5 @@ ROLLOUTS = 2
 TOP_K = 50
 ROLLOUT_TOP_K = 50
 BLOCK_SIZE = 32
+MAX_ROWS = 256
+WARN_SURVIVORS = 4096   # generate / epic-generate warn once when a step has more survivors

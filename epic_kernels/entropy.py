@@ -34,7 +34,7 @@ def lookahead_entropy(model, input_ids: torch.Tensor, *, positions: torch.Tensor
     -------
     float tensor shaped like ``candidates``.
     """
-    from .engine.attention import supports_fork
+    from .engine.attention import fork_refusal
     from .engine.evaluator import Evaluator
     from .ops import choose
 
@@ -51,8 +51,10 @@ def lookahead_entropy(model, input_ids: torch.Tensor, *, positions: torch.Tensor
     check_input_ids(ids.reshape(1, -1), vocab)
     ids = ids.reshape(1, -1).to(torch.int64)
     T = ids.shape[1]
-    if not supports_fork(model):
-        raise ValueError(f"lookahead_entropy needs a model with transformers attention layers, got {type(model).__name__}")
+    why = fork_refusal(model, T + horizon)
+    if why is not None:
+        raise ValueError(f"lookahead_entropy runs on the fast engine, which cannot run {type(model).__name__} "
+                         f"exactly: {why}")
     if positions is None:
         positions = torch.arange(1, T)
     positions = torch.as_tensor(positions)

@@ -8,6 +8,7 @@ batch (their cache rows are dropped), so they cost nothing afterwards.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +18,8 @@ from .api import run_step, use_fast_engine
 from .cache import EpicCache
 from .core import EpicConfig, Prefix
 from .truncation import truncate
-from .validate import check_config, check_input_ids, check_int, check_seeds, check_token_ids, model_vocab
+from .validate import (check_config, check_input_ids, check_int, check_processed, check_seeds, check_token_ids,
+                       model_vocab)
 
 
 @dataclass
@@ -91,7 +93,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
              rollout_top_k: int | None = defaults.ROLLOUT_TOP_K, block_size: int = defaults.BLOCK_SIZE,
              engine: str = "auto", backend: str | None = None, prefetch: bool = True,
              logits_processor=None, stopping_criteria=None, on_step=None, output_scores: bool = False,
-             output_logits: bool = False) -> GenerationOutput:
+             output_logits: bool = False, max_rows: int | None = defaults.MAX_ROWS) -> GenerationOutput:
     """Decode up to ``max_new_tokens`` tokens per sequence with EPIC.
 
     Parameters
@@ -115,6 +117,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     output_scores, output_logits : keep, per step, the scores EPIC sampled from (the logits after
         ``logits_processor``, before truncation) and the model's raw logits, each ``[B, V]``; rows of
         sequences that already finished are ``-inf``.
+    max_rows : the most rows one model call carries (bounded memory; the tokens do not depend on it).
+        A step with more than ``defaults.WARN_SURVIVORS`` survivors warns once per call, with the fix.
     Other parameters: as ``sample_step``; the defaults (top-50 candidates and rollout policy, ...)
     are explained in ``epic_kernels.defaults``. Pass ``top_k=None, rollout_top_k=None`` for the
     full vocabulary.
@@ -131,10 +135,13 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
         raise ValueError(f"pad_token_id must be one token id, got {len(pad_token_id)}")
     pad_token_id = pad_token_id[0]
     cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts, rollout_top_k=rollout_top_k,
-                     block_size=block_size)
+                     block_size=block_size, max_rows=max_rows)
     check_config(cfg)
-    fast = use_fast_engine(engine, model)
-    input_ids, mask = _left_pad(input_ids.to(torch.int64), attention_mask)
+    device = input_ids.device                       # the model's; the decode's bookkeeping stays on the CPU
+    input_ids, mask = _left_pad(input_ids.to(torch.int64).cpu(),
+                                None if attention_mask is None else attention_mask.cpu())
+    # the largest position id any row reaches: the longest prompt, the new tokens, the lookahead
+    fast = use_fast_engine(engine, model, int(mask.sum(-1).max()) + max_new_tokens + horizon + 2)
     batch = input_ids.shape[0]
     seeds = check_seeds(seed, batch)
 
@@ -153,7 +160,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     if max_new_tokens > 0:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = EpicCache(num_layers=0)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                    position_ids=positions.to(device), past_key_values=cache,
                     use_cache=True)
         logits = out.logits[:, -1, :]
         which = choose(logits.device, backend)
@@ -163,15 +171,19 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             def transform(nxt, seq, tokens):         # what a later step sees if `tokens` come next
                 if logits_processor is not None:
                     ids_so_far = _so_far(input_ids, new_tokens, rows[seq])
-                    nxt = logits_processor(torch.cat([ids_so_far, tokens], dim=1), nxt)
+                    got = logits_processor(torch.cat([ids_so_far, tokens.cpu()], dim=1).to(nxt.device), nxt)
+                    check_processed(got, nxt)
+                    nxt = got
                 return truncate(nxt, top_k, top_p, min_p)
+        warned = False
         for step in range(max_new_tokens):
             start = time.perf_counter()
             h_q, _, _ = softmax_entropy_impl(logits, backend=which)
             advance = step + 1 < max_new_tokens
             scores = logits
             if logits_processor is not None:
-                scores = logits_processor(_so_far(input_ids, new_tokens, rows), logits)
+                scores = logits_processor(_so_far(input_ids, new_tokens, rows).to(logits.device), logits)
+                check_processed(scores, logits)
             keep_rows(kept_scores, scores, rows)
             keep_rows(kept_logits, logits, rows)
             prefix = Prefix.view(cache, mask, seeds[rows])
@@ -185,13 +197,21 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                 entropies[r].append(float(h_q[i]))
             done = torch.tensor([int(t) in eos for t in tokens.tolist()], dtype=torch.bool)
             if stopping_criteria is not None:
-                done |= torch.as_tensor(stopping_criteria(_so_far(input_ids, new_tokens, rows), scores)).bool().cpu()
+                done |= torch.as_tensor(stopping_criteria(_so_far(input_ids, new_tokens, rows).to(scores.device),
+                                                          scores)).bool().cpu()
             keep = (~done).nonzero().flatten()
             if advance and len(keep) < len(rows):     # finished sequences leave the batch's work
                 logits, mask = logits[keep], mask[keep]
                 cache.batch_select_indices(keep)
                 prefetched = prefetched.select(keep, cache) if prefetched is not None else None
             st = res.stats
+            if not warned and int(st.survivors.max()) > defaults.WARN_SURVIVORS:
+                warned = True
+                warnings.warn(f"epic_kernels: a step had {int(st.survivors.max())} candidates in its admissible "
+                              "window (each costs at least one model row); this configuration is intrinsically "
+                              "expensive. Truncate the rollout policy (rollout_top_k=50, --rollout-top-k 50), "
+                              f"truncate the candidates (top_k) or use a smaller alpha (now {alpha})",
+                              RuntimeWarning, stacklevel=2)
             records.append(StepRecord(
                 active=len(rows), survivors=float(st.survivors.double().mean()),
                 evaluated_depth1=float(st.evaluated_depth1.double().mean()),
@@ -208,5 +228,5 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     tail = torch.full((batch, n), pad_token_id, dtype=torch.int64)
     for r, toks in enumerate(new_tokens):
         tail[r, :len(toks)] = torch.tensor(toks, dtype=torch.int64)
-    return GenerationOutput(torch.cat([input_ids, tail], dim=1), new_tokens, entropies, records, kept_scores,
+    return GenerationOutput(torch.cat([input_ids, tail], dim=1).to(device), new_tokens, entropies, records, kept_scores,
                             kept_logits)

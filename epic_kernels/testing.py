@@ -37,6 +37,46 @@ def tiny_llama(vocab: int = 32, *, seed: int = 0, dtype: torch.dtype = torch.flo
     return model.to(dtype).eval()
 
 
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "phi3", "mixtral", "gpt2", "gpt_neox")
+
+
+def tiny_model(family: str, vocab: int = 32, *, seed: int = 0, dtype: torch.dtype = torch.float64, **config):
+    """A small random causal LM of a transformers family (``FAMILIES``), eval mode, weights from
+    ``seed``; ``config`` overrides the family's settings (e.g. ``sliding_window=4`` for Mistral,
+    ``attn_logit_softcapping=None`` for Gemma2)."""
+    import transformers as T
+
+    common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=1, pad_token_id=0, tie_word_embeddings=False)
+    decoder = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.3)
+    families = {
+        "llama": (T.LlamaConfig, T.LlamaForCausalLM, decoder),
+        "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM, decoder),
+        "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM, dict(decoder, head_dim=8)),
+        "mistral": (T.MistralConfig, T.MistralForCausalLM, dict(decoder, head_dim=8, sliding_window=4)),
+        "gemma2": (T.Gemma2Config, T.Gemma2ForCausalLM,
+                   dict(decoder, head_dim=8, sliding_window=8, attn_logit_softcapping=5.0,
+                        final_logit_softcapping=30.0, query_pre_attn_scalar=8)),
+        "phi3": (T.Phi3Config, T.Phi3ForCausalLM, dict(decoder, pad_token_id=0)),
+        "mixtral": (T.MixtralConfig, T.MixtralForCausalLM, dict(decoder, num_local_experts=4, num_experts_per_tok=2)),
+        "gpt2": (T.GPT2Config, T.GPT2LMHeadModel, dict(n_embd=32, n_layer=2, n_head=4, n_positions=4096,
+                                                       initializer_range=0.3)),
+        "gpt_neox": (T.GPTNeoXConfig, T.GPTNeoXForCausalLM,
+                     dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          max_position_embeddings=4096, initializer_range=0.3)),
+    }
+    if family not in families:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    config_cls, model_cls, settings = families[family]
+    cfg = config_cls(**{**common, **settings, **config})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(cfg)
+    if hasattr(model, "set_experts_implementation") and getattr(cfg, "num_local_experts", None):
+        model.set_experts_implementation("eager")     # the grouped kernels take no float64
+    return model.to(dtype).eval()
+
+
 def tiny_tokenizer(vocab: int = 32):
     """A character-level Hugging Face tokenizer for the tiny models: token ``i`` is the character
     ``chr(65 + i)`` (``"A"`` is 0, also padding and beginning of sequence; ``"B"`` is 1, the end of
@@ -134,5 +174,5 @@ def require_extension(*ops: str) -> None:
         raise RuntimeError(f"the C++ extension is {what}; {_ext.BUILD_HINT} (`make test` does this)")
 
 
-__all__ = ["tiny_llama", "tiny_tokenizer", "TINY_CHARS", "prefill", "next_log_probs", "exact_lookahead_entropy",
+__all__ = ["tiny_llama", "tiny_model", "FAMILIES", "tiny_tokenizer", "TINY_CHARS", "prefill", "next_log_probs", "exact_lookahead_entropy",
            "exact_lookahead_entropies", "random_prompts", "require_extension"]

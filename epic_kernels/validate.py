@@ -39,15 +39,23 @@ def check_logits(logits, batch: int | None = None, name: str = "logits", *, empt
                          "(truncation removed every token)")
 
 
+KEY_RANGES = {"seeds": (MAX_SEED, "2**32"), "positions": (MAX_POSITION, "2**31")}
+
+
 def check_row_keys(rows: int, **keys) -> None:
     """Each of ``keys`` (e.g. ``seeds=``, ``positions=``) must be a 1-D integer tensor of ``rows``
-    entries (the per-row noise keys of the row ops)."""
+    entries (the per-row noise keys of the row ops), seeds in ``[0, 2**32)`` and positions in
+    ``[0, 2**31)`` (the Philox key layout), on every backend alike."""
     for name, t in keys.items():
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype.is_floating_point \
                 or t.dtype.is_complex or t.dtype == torch.bool:
             raise ValueError(f"{name} must be a 1-D integer tensor")
         if len(t) != rows:
             raise ValueError(f"{name} has {len(t)} entries for {rows} rows of logits")
+        if name in KEY_RANGES and len(t):
+            high, text = KEY_RANGES[name]
+            if int(t.min()) < 0 or int(t.max()) >= high:
+                raise ValueError(f"{name} must lie in [0, {text}), got values in [{int(t.min())}, {int(t.max())}]")
 
 
 def check_int(value, name: str, low: int, high: int | None = None) -> int:
@@ -60,12 +68,14 @@ def check_int(value, name: str, low: int, high: int | None = None) -> int:
 
 
 def check_config(cfg) -> None:
-    """alpha finite; horizon, rollouts, block_size >= 1; rollout_top_k None or >= 1."""
+    """alpha finite; horizon, rollouts, block_size >= 1; rollout_top_k, max_rows None or >= 1."""
     if isinstance(cfg.alpha, bool) or not isinstance(cfg.alpha, numbers.Real) or not math.isfinite(cfg.alpha):
         raise ValueError(f"alpha must be a finite real number, got {cfg.alpha!r}")
     check_int(cfg.horizon, "horizon", 1, 64)
     check_int(cfg.rollouts, "rollouts", 1, MAX_ROLLOUTS)
     check_int(cfg.block_size, "block_size", 1)
+    if getattr(cfg, "max_rows", None) is not None:
+        check_int(cfg.max_rows, "max_rows", 1)
     if cfg.rollout_top_k is not None:
         check_int(cfg.rollout_top_k, "rollout_top_k", 1)
 
@@ -90,6 +100,33 @@ def check_seeds(seeds, batch: int) -> torch.Tensor:
     if len(values) and (values.min() < 0 or values.max() >= MAX_SEED):
         raise ValueError("seeds must lie in [0, 2**32)")
     return values
+
+
+def check_logits_meta(logits: torch.Tensor) -> None:
+    """The shape/dtype part of ``check_logits`` (``csrc/glue.h`` check_logits), for fake tensors."""
+    torch._check(logits.dim() == 2, lambda: f"logits must have shape (N, V), got {tuple(logits.shape)}")
+    torch._check(logits.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+                 lambda: f"logits must be float16, bfloat16, float32 or float64, got {logits.dtype}")
+
+
+def check_processed(scores, like: torch.Tensor, name: str = "logits_processor") -> None:
+    """What a logits processor returned must be logits of ``like``'s shape (same rows, same
+    vocabulary) with no NaN or +inf and a finite entry per row (``check_logits``)."""
+    if not isinstance(scores, torch.Tensor) or scores.shape != like.shape:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"{name} must return logits of shape {tuple(like.shape)} (the logits it was given), "
+                         f"got {shape}")
+    check_logits(scores, name=f"the logits {name} returned")
+
+
+def check_vocab(logits: torch.Tensor, model) -> None:
+    """``logits [B, V]`` must be as wide as the model's output layer: the bounds use ``log V``."""
+    head = getattr(model, "get_output_embeddings", None)
+    head = head() if callable(head) else None
+    width = getattr(head, "out_features", None) or getattr(getattr(model, "config", None), "vocab_size", None)
+    if width is not None and logits.shape[-1] != int(width):
+        raise ValueError(f"logits have {logits.shape[-1]} columns but the model's output layer has {int(width)}: "
+                         "pass the model's full next-token logits (truncate with -inf, not by slicing)")
 
 
 def model_vocab(model) -> int | None:
@@ -152,9 +189,10 @@ def cache_layers(kv) -> list[tuple[torch.Tensor, torch.Tensor]]:
     correctly or refused with a ``ValueError`` naming the cache and layer type.
 
     Read: ``DynamicCache`` / ``EpicCache`` layers as they are; ``StaticCache`` layers up to their
-    filled length (their empty slots are not tokens). Refused: sliding-window layers (they keep only
-    the last tokens of the window, so the prefix is incomplete and its positions unknown), quantized
-    layers, linear-attention (recurrent state) layers, offloaded caches, anything else.
+    filled length (their empty slots are not tokens); sliding-window layers while they still hold
+    every token. Refused: sliding-window layers that dropped their oldest tokens (the prefix is
+    incomplete), quantized layers, linear-attention (recurrent state) layers, offloaded caches,
+    anything else.
     """
     from transformers.cache_utils import DynamicLayer, StaticLayer
 
@@ -169,9 +207,14 @@ def cache_layers(kv) -> list[tuple[torch.Tensor, torch.Tensor]]:
     for i, layer in enumerate(layers):
         lk = type(layer).__name__
         if getattr(layer, "is_sliding", False):
-            raise ValueError(f"layer {i} of this {kind} is a {lk}: it keeps only the last tokens of its "
-                             f"sliding window, so the prefix is incomplete; {PREFILL_HINT}")
-        if type(layer) is StaticLayer:
+            seen = getattr(layer, "cumulative_length", None)
+            held = layer.keys.shape[2] if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4 else None
+            if type(layer).__name__ != "DynamicSlidingWindowLayer" or seen is None or held != int(seen):
+                raise ValueError(f"layer {i} of this {kind} is a {lk} that has dropped the oldest tokens of "
+                                 f"its sliding window ({held} of {seen} kept), so the prefix is incomplete; "
+                                 f"{PREFILL_HINT}")
+            keys, values = layer.keys, layer.values          # still holds every token: read as it is
+        elif type(layer) is StaticLayer:
             n = int(layer.get_seq_length())
             keys, values = (layer.keys[:, :, :n], layer.values[:, :, :n]) if layer.is_initialized else (None, None)
         elif isinstance(layer, DynamicLayer) and (type(layer) is DynamicLayer or type(layer).__name__ == "EpicLayer"):

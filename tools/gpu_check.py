@@ -19,8 +19,8 @@ an earlier one failed:
 3. ``extension``: ``epic_kernels._C`` loads from this tree, has a CUDA kernel of ``softmax_entropy``
    (``--cpu``: a CPU kernel) and gives the right entropy on one small input.
 4. ``tests``: pytest with ``EPIC_TEST_DEVICE=cuda`` and without ``TRITON_INTERPRET`` (Triton
-   compiled) on the op tests (``python_tests/ops`` if it exists, else the op test files) and
-   ``python_tests/test_cuda.py`` (the ops with every backend and the fast engine on the device);
+   compiled) on ``python_tests/gpu/test_cuda.py`` (the ops with every backend and the fast engine
+   on the device) and the op tests (``python_tests/ops``);
    junit XML and the log go to the output folder. Test files are named explicitly, so nothing that
    needs the embedded model is collected.
 5. ``bench``: ``tools/gpu_bench.py`` (the kernels vs torch eager, FlashInfer where it imports).
@@ -44,7 +44,6 @@ import time
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OP_TEST_FILES = ("python_tests/test_ext_ops.py", "python_tests/test_triton_ops.py", "python_tests/test_dispatch.py")
 DEVICE_TEST = "test_cuda.py"
 # per-step timeouts in seconds (the whole run is also capped by --deadline-s); on an H200 with 16
 # CPUs the expected times are about 10, 60-120, 10, 60 and 40-55 s
@@ -310,11 +309,8 @@ class Run:
         files = [os.path.relpath(p, ROOT) for p in device_tests]
         if self.mode == "cpu" and self.args.quick:
             return files                                          # the device test alone (seconds)
-        if os.path.isdir(os.path.join(ROOT, "python_tests", "ops")):
-            ops = sorted(os.path.relpath(p, ROOT) for p in
-                         glob.glob(os.path.join(ROOT, "python_tests", "ops", "**", "test_*.py"), recursive=True))
-        else:
-            ops = [p for p in OP_TEST_FILES if os.path.exists(os.path.join(ROOT, p))]
+        ops = sorted(os.path.relpath(p, ROOT) for p in
+                     glob.glob(os.path.join(ROOT, "python_tests", "ops", "**", "test_*.py"), recursive=True))
         # the device test first: if the op tests run out of time, the contract has still been checked
         return files + [p for p in ops if p not in files]
 

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 import weakref
 
+import torch
+
 from ..core import admissible_bound
-from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
-from .search import Search
+from ..ops.candidate_manager import make_manager
+from .evaluator import Evaluator
+from .search import Search, prune_on_host
 
 MAX_GUESSES = 2        # bets per sequence per step
 DEFAULT_BUDGET = 64    # largest next-step survivor set bet on (rows wasted if the bet loses)
@@ -113,20 +114,16 @@ class _Bet:
 
     def __init__(self, src, b: int, m: int, logits, npr, position: int, budget_rows: int, tokens,
                  carried: _Entry | None = None):
-        from .evaluator import Evaluator
-        from ..core import admissible_bound
-        from ..ops.candidate_manager import make_manager
 
         cfg = src.cfg
         self.b, self.m, self.logits, self.ids, self.position = b, m, logits, npr.ids, position
         self.tokens = tokens           # [lead] the tokens this bet's paths start with
         n = len(npr.ids)
         lead = src.lead + 1
+        # the paths' lead tokens: src's slot of m (kept: bets are placed on kept candidates only)
         self.ev = Evaluator(src.model, src.prefix, torch.full((n,), b, dtype=torch.int64), npr.ids, cfg,
-                            src.backend, src.table.dtype, pool=src.pool, lead=lead)
-        K = cfg.rollouts
-        source = torch.full((n * K,), src.slot0 + m * K, dtype=torch.int64)
-        src.pool.copy_slots(source, self.ev.slot0 + torch.arange(n * K), lead)  # the lead tokens
+                            src.backend, src.table.dtype, pool=src.pool, lead=lead,
+                            lead_slot=int(src.slots[m, 0]), z=npr.scores)
         if carried is not None:        # a previous step already evaluated part of this one
             carried.load_into(self.ev, 0)
         bound = admissible_bound(logits.shape[-1], cfg.rollout_top_k)
@@ -146,16 +143,16 @@ class _Bet:
         w = int(self.search.winners()[0])
         return w if self.ev.depth[w] >= 1 else -1
 
-    def plan(self):
-        """This bet's rows for the next call (None: nothing to do)."""
+    def plan(self, limit: int):
+        """This bet's rows for the next call, at most ``limit`` (None: nothing to do)."""
         ev = self.ev
-        if self.rows_left <= 0:
+        if self.rows_left <= 0 or limit <= 0:
             return None
         if not self.done and not self.search.advance():    # decided: the winner's forward, as advance does
             win = self.search.winners()
             ev.want(win, torch.ones_like(win))
             self.done = True
-        rows = ev.plan()
+        rows = ev.plan(limit, strict=True)
         if rows is not None:
             self.rows_left -= len(rows.seq)
             self.rows_fed += len(rows.seq)
@@ -164,7 +161,7 @@ class _Bet:
     def entry(self, token: int, seed: int) -> _Entry:
         ev = self.ev
         n = len(self.ids)
-        kv = {m: ev.path_kv(m) for m in range(n) if ev.depth[m] >= 1}
+        kv = {m: ev.path_kv(m) for m in range(n) if ev.depth[m] >= 1 and ev.kept(m)}
         nested = None
         w = self.winner()
         if self.child is not None and w == self.child.m and (self.child.ev.depth >= 1).any():
@@ -202,12 +199,14 @@ class Prefetcher:
 
     def _guess(self, b: int, decided: int):
         ev, pr = self.ev, self.pr
-        if decided >= 0:
-            return decided if ev.depth[decided] >= 1 else None
+        if decided >= 0:                 # (a candidate that lost its logits to max_rows is not bet on)
+            return decided if ev.depth[decided] >= 1 and ev.kept(decided) else None
         lo, hi = int(pr.offsets[b]), int(pr.offsets[b + 1])
         best, best_s = None, -float("inf")
         k, alpha = ev.cfg.horizon, ev.cfg.alpha
-        for m in range(lo, hi):
+        for m in sorted(ev.next_logits):  # the kept candidates: at most max_rows of them
+            if not lo <= m < hi or not ev.kept(m):
+                continue
             d = int(ev.depth[m])
             if d < 1:
                 continue
@@ -227,7 +226,7 @@ class Prefetcher:
         tokens = torch.stack([p[3] for p in picks])
         nxt = self.transform(torch.stack([p[0].next_logits[p[2]] for p in picks]), seqs, tokens)
         positions = ev.prefix.positions[seqs] + tokens.shape[1]
-        npr = gumbel_topk_prune_impl(nxt, ev.prefix.seeds[seqs], positions, self.width, 1, self.backend)
+        npr = prune_on_host(nxt, ev.prefix.seeds[seqs], positions, self.width, self.backend)
         out = []
         K, k = ev.cfg.rollouts, ev.cfg.horizon
         for n, (src, b, m, toks, carried) in enumerate(picks):
@@ -280,16 +279,18 @@ class Prefetcher:
         for parent, child in zip(parents, self._place(picks)):
             parent.child = child
 
-    def plan(self):
-        """The bets' rows for the next call, as a list of evaluator row sets (None: none)."""
+    def plan(self, limit: int):
+        """The bets' rows for the next call, at most ``limit`` in all, as a list of evaluator row
+        sets (None: none)."""
         decided = self.winners().tolist()
         self._new_bets(decided)
         self._new_children()
         self.in_flight = []
         for bet in list(self.live.values()) + [b.child for b in self.live.values() if b.child is not None]:
-            rows = bet.plan()
+            rows = bet.plan(limit)
             if rows is not None:
                 self.in_flight.append((bet, rows))
+                limit -= len(rows.seq)
         return [rows for _, rows in self.in_flight] or None
 
     def absorb(self, logits: torch.Tensor) -> None:

@@ -24,6 +24,18 @@ from __future__ import annotations
 
 import torch
 
+from ..core import PruneResult
+from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
+
+
+def prune_on_host(logits, seeds, positions, width, backend):
+    """The first prune on the logits' device, its (small) result on the CPU, where the search and
+    its bookkeeping run."""
+    dev = logits.device
+    pr = gumbel_topk_prune_impl(logits, seeds.to(dev), positions.to(dev), width, 1, backend)
+    return pr if dev.type == "cpu" else PruneResult(*(t.cpu() for t in pr))
+
+
 
 class Search:
     def __init__(self, mgr, ev, z: torch.Tensor, alpha: float):
@@ -55,4 +67,4 @@ class Search:
         return self.mgr.winners()
 
 
-__all__ = ["Search"]
+__all__ = ["Search", "prune_on_host"]

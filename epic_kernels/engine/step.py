@@ -10,10 +10,9 @@ import torch
 from ..core import Prefix, StepStats, admissible_bound, window
 from ..ops.candidate_manager import make_manager
 from ..ops.dispatch import choose
-from ..ops.gumbel_topk_prune import gumbel_topk_prune_impl
 from .evaluator import Evaluator
 from .prefetch import DEFAULT_BUDGET, LEVELS, Prefetcher
-from .search import Search
+from .search import Search, prune_on_host
 
 # a step's slot pool is handed to the next step for reuse unless it grew beyond this many slots
 # (one slot holds horizon + 2 tokens of every layer's keys and values)
@@ -56,13 +55,13 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
     which = choose(logits.device, backend)
     k = cfg.horizon
     width = window(cfg.alpha, k, V, cfg.rollout_top_k)
-    pr = gumbel_topk_prune_impl(logits, prefix.seeds, prefix.positions, width, 1, which)
+    pr = prune_on_host(logits, prefix.seeds, prefix.positions, width, which)
     seq = torch.repeat_interleave(torch.arange(B), pr.counts)
     prefetch = advance and transform is not None and prefetch_budget > 0
     if pool is not None:
         pool.reset()
     ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch * LEVELS,
-                   pool=pool)
+                   pool=pool, z=pr.scores)
     mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, admissible_bound(V, cfg.rollout_top_k),
                        cfg.block_size, which)
     search = Search(mgr, ev, pr.scores, cfg.alpha)
@@ -74,8 +73,9 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
     win = search.winners()
     depth1, deeper = mgr.stats()
     evaluated = ev.depth[win] >= 1
+    served = evaluated & torch.tensor([ev.kept(m) or not ev.keep_logits for m in win.tolist()], dtype=torch.bool)
     stats = StepStats(pr.counts.clone(), depth1, deeper, ev.calls, ev.forward_tokens,
-                      forwards_saved=int(evaluated.sum()) if advance else 0,
+                      forwards_saved=int(served.sum()) if advance else 0,
                       adopted=ev.adopted, adopted_rows=ev.adopted_rows, depth_reached=ev.depth.clone(),
                       min_forward_tokens=int((ev.depth >= 1).sum() + cfg.rollouts * (ev.depth - 1).clamp(min=0).sum()))
     entropy = torch.full((B,), float("nan"), dtype=pr.scores.dtype)
@@ -84,10 +84,15 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
                                           for m in win[evaluated].tolist()]).to(entropy.dtype)
     out = FastStep(pr.ids[win], stats, entropy)
     if advance:
+        # the forward a plain loop would have made, for winners never evaluated, and the depth-1
+        # row again for winners that lost their logits to the max_rows bound
         missing = win[~evaluated]
-        if len(missing):                           # the forward a plain loop would have made
+        ev.want(missing, torch.ones_like(missing))
+        ev.restore(win)
+        if ev.pending():
             calls, toks = ev.calls, ev.forward_tokens
-            ev.run(missing, torch.ones_like(missing), ride)
+            while ev.call(ride):
+                pass
             stats.finish_calls, stats.finish_tokens = ev.calls - calls, ev.forward_tokens - toks
         out.next_logits = torch.stack([ev.next_logits[m] for m in win.tolist()])
         out.next_keys, out.next_values = ev.winner_kv(win)
@@ -97,6 +102,8 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
         stats.prefetch_rows_won = ride.rows_won       # ... on bets that won
         stats.prefetch_hits = sum(e is not None for e in out.prefetched)
         stats.prefetch_carried = ride.carried_used    # two-steps-ahead entries used
+    stats.restored, stats.max_call_rows = ev.restored, ev.max_rows_fed
+    stats.kept_logits = len(ev.next_logits)
     out.pool = ev.pool if ev.pool.slots <= POOL_KEEP_SLOTS else None
     return out
 

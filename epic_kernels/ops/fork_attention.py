@@ -75,9 +75,14 @@ def fork_aux(prefix_valid, seq, fill, row_limit, dtype, layout_backend: str = "r
 
 
 def fork_attention_reference(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid, seq, slot,
-                             fill, row_limit=None, scale=None, aux: ForkAux | None = None) -> torch.Tensor:
+                             fill, row_limit=None, scale=None, aux: ForkAux | None = None,
+                             softcap: float | None = None) -> torch.Tensor:
     """The specification: cascade attention, the prefix part per sequence in one matmul, the slot
-    part per row, merged with the log-sum-exp trick. ``aux`` (``fork_aux``) may be passed in."""
+    part per row, merged with the log-sum-exp trick. ``aux`` (``fork_aux``) may be passed in.
+
+    ``softcap`` (Gemma2's attention logit soft-capping): scores become ``c * tanh(s / c)`` before
+    the softmax, as transformers' eager attention does. float16 / bfloat16 inputs are computed in
+    float32 (as the model's own attention accumulates) and the output cast back."""
     N, H, _, D = query.shape
     Hkv = key.shape[1]
     G = H // Hkv
@@ -89,19 +94,28 @@ def fork_attention_reference(query, key, value, pool_k, pool_v, prefix_k, prefix
     pool_k[slot, :, fill] = key[:, :, 0]
     pool_v[slot, :, fill] = value[:, :, 0]
     T = aux.suffix_bias.shape[-1]
+    suf_k, suf_v = pool_k[slot, :, :T], pool_v[slot, :, :T]
+    out_dtype = query.dtype
+    if out_dtype in (torch.float16, torch.bfloat16):   # accumulate in float32, as the model's attention does
+        query, suf_k, suf_v, prefix_k, prefix_v = (t.float() for t in (query, suf_k, suf_v, prefix_k, prefix_v))
+        aux = ForkAux(aux.row_j, aux.pad_index, aux.prefix_bias.float(), aux.suffix_bias.float(),
+                      None if aux.row_bias is None else aux.row_bias.float())
+
+    def cap(t):                                     # soft-capping, in place (before any mask)
+        return t if softcap is None else t.div_(softcap).tanh_().mul_(softcap)
     q = query[:, :, 0].reshape(N, Hkv, G, D)
     # suffix part: each row against its own slot
-    s_suf = torch.matmul(q, pool_k[slot, :, :T].transpose(-1, -2)).mul_(scale).add_(aux.suffix_bias)
+    s_suf = cap(torch.matmul(q, suf_k.transpose(-1, -2)).mul_(scale)).add_(aux.suffix_bias)
     m_suf = s_suf.amax(-1, keepdim=True)
     e_suf = s_suf.sub_(m_suf).exp_()
-    o_suf = torch.matmul(e_suf, pool_v[slot, :, :T])
+    o_suf = torch.matmul(e_suf, suf_v)
     l_suf = e_suf.sum(-1, keepdim=True)
     # prefix part: all rows of a sequence in one matmul against its prefix, read in place.
     # In-place ops keep a single [B, Hkv, R*G, L] score buffer alive.
     B, R = aux.pad_index.shape
     q_pad = torch.cat([q, q.new_zeros(1, Hkv, G, D)])[aux.pad_index]           # [B, R, Hkv, G, D]
     q_pad = q_pad.permute(0, 2, 1, 3, 4).reshape(B, Hkv, R * G, D)
-    s_pre = torch.matmul(q_pad, prefix_k.transpose(-1, -2)).mul_(scale).add_(aux.prefix_bias)  # [B, Hkv, R*G, L]
+    s_pre = cap(torch.matmul(q_pad, prefix_k.transpose(-1, -2)).mul_(scale)).add_(aux.prefix_bias)  # [B, Hkv, R*G, L]
     if aux.row_bias is not None:
         s_pre.view(B, Hkv, R, G, -1).add_(aux.row_bias)
     # clamped: a row that sees no prefix position (all -inf) gets e_pre = 0, not exp(-inf + inf) = NaN
@@ -117,7 +131,7 @@ def fork_attention_reference(query, key, value, pool_k, pool_v, prefix_k, prefix
     m = torch.maximum(m_pre, m_suf)
     a, b = torch.exp(m_pre - m), torch.exp(m_suf - m)
     out = (o_pre * a + o_suf * b) / (l_pre * a + l_suf * b)     # [N, Hkv, G, D]
-    return out.reshape(N, 1, H, D)
+    return out.reshape(N, 1, H, D).to(out_dtype)
 
 
 def fork_attention_backend(device, dtype: torch.dtype, backend: str | None = None) -> str:
@@ -183,15 +197,18 @@ def check_fork_attention(query, key, value, pool_k, pool_v, prefix_k, prefix_v, 
 
 def fork_attention_impl(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid, seq, slot, fill,
                         row_limit=None, scale=None, backend: str = "reference",
-                        aux: ForkAux | None = None) -> torch.Tensor:
+                        aux: ForkAux | None = None, softcap: float | None = None) -> torch.Tensor:
     """No validation (the engine calls this once per layer); ``backend`` from
-    ``fork_attention_backend``. ``aux``: the reference's ``fork_aux``, built once per model call."""
+    ``fork_attention_backend``. ``aux``: the reference's ``fork_aux``, built once per model call.
+    ``softcap`` is the reference's alone (the C++ kernel has none: pass ``backend="reference"``)."""
+    if softcap is not None and backend != "reference":
+        raise ValueError("fork_attention: soft-capping runs on the reference backend only")
     if backend in ("cpp", "cpu"):
         scale = scale if scale is not None else query.shape[-1] ** -0.5
         return _ext.op(OP)(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid, seq, slot,
                            fill, row_limit, float(scale))
     return fork_attention_reference(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid, seq,
-                                    slot, fill, row_limit, scale, aux)
+                                    slot, fill, row_limit, scale, aux, softcap)
 
 
 def fork_attention(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid, seq, slot, fill,

@@ -23,9 +23,8 @@ import torch
 
 from .. import _ext, reference
 from ..core import compute_dtype
-from ..validate import check_logits, check_row_keys
+from ..validate import check_logits, check_logits_meta, check_row_keys
 from .dispatch import choose
-from .softmax_entropy import _check_logits_meta
 
 OP = "gumbel_topk_prune"
 
@@ -81,7 +80,7 @@ def register_fake() -> None:
 
     @torch.library.register_fake("epic_kernels::gumbel_topk_prune")
     def _gumbel_topk_prune_fake(logits, seeds, positions, width, top_k):
-        _check_logits_meta(logits)
+        check_logits_meta(logits)
         torch._check(top_k >= 1, lambda: f"top_k must be >= 1, got {top_k}")
         b, acc = logits.shape[0], compute_dtype(logits.dtype)
         survivors = torch.library.get_ctx().new_dynamic_size()   # data-dependent: sum of counts

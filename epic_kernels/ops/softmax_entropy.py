@@ -26,7 +26,7 @@ import torch
 
 from .. import _ext, reference
 from ..core import compute_dtype
-from ..validate import check_logits, check_row_keys
+from ..validate import check_logits, check_logits_meta, check_row_keys
 from .dispatch import choose
 
 OP = "softmax_entropy"
@@ -129,13 +129,13 @@ def register_fake() -> None:
 
     @torch.library.register_fake("epic_kernels::softmax_entropy")
     def _softmax_entropy_fake(logits):
-        _check_logits_meta(logits)
+        check_logits_meta(logits)
         n, acc = logits.shape[0], compute_dtype(logits.dtype)
         return logits.new_empty(n, dtype=acc), logits.new_empty(n, dtype=acc)
 
     @torch.library.register_fake("epic_kernels::softmax_entropy_sample")
     def _softmax_entropy_sample_fake(logits, seeds, streams, positions):
-        _check_logits_meta(logits)
+        check_logits_meta(logits)
         n, acc = logits.shape[0], compute_dtype(logits.dtype)
         torch._check(streams.dim() in (1, 2) and streams.shape[0] == n,
                      lambda: f"streams must have shape ({n},) or ({n}, S), got {tuple(streams.shape)}")
@@ -147,13 +147,6 @@ def register_fake() -> None:
         tokens = (n,) if streams.dim() == 1 else (n, streams.shape[1])
         return (logits.new_empty(n, dtype=acc), logits.new_empty(n, dtype=acc),
                 logits.new_empty(tokens, dtype=torch.int64))
-
-
-def _check_logits_meta(logits: torch.Tensor) -> None:
-    """The shape/dtype part of ``check_logits`` (``csrc/glue.h`` check_logits), for fake tensors."""
-    torch._check(logits.dim() == 2, lambda: f"logits must have shape (N, V), got {tuple(logits.shape)}")
-    torch._check(logits.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-                 lambda: f"logits must be float16, bfloat16, float32 or float64, got {logits.dtype}")
 
 
 __all__ = ["softmax_entropy", "softmax_entropy_impl", "softmax_entropy_reference", "check_softmax_entropy",

@@ -12,6 +12,11 @@ from .. import philox
 from ..core import PruneResult, compute_dtype, top_k_mask
 
 
+def _on(device, *tensors):
+    """The noise keys (seeds, positions, streams) on the logits' device."""
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in tensors)
+
+
 def softmax_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy and log-sum-exp of ``softmax(logits)`` per row; ``-inf`` entries have probability 0.
 
@@ -47,11 +52,12 @@ def gumbel_argmax(logits: torch.Tensor, seeds: torch.Tensor, stream, positions: 
     finite entries (a truncated policy): the result is the same, the cost much lower.
     """
     x = logits.to(compute_dtype(logits.dtype))
+    seeds, positions, stream = _on(x.device, seeds, positions, stream)
     finite = torch.isfinite(x)
     if bool(finite.all()):
         return torch.argmax(x + philox.noise(seeds, stream, positions, x.shape[-1]), dim=-1)
     width = int(finite.sum(-1).max())
-    ids = torch.sort(torch.where(finite, torch.arange(x.shape[-1]), x.shape[-1]), dim=-1).values[:, :width]
+    ids = torch.sort(torch.where(finite, torch.arange(x.shape[-1], device=x.device), x.shape[-1]), dim=-1).values[:, :width]
     valid = ids < x.shape[-1]                       # rows with fewer finite entries are padded
     ids = torch.where(valid, ids, 0)
     g = philox.noise_at(seeds, stream, positions, ids)
@@ -62,6 +68,7 @@ def gumbel_argmax(logits: torch.Tensor, seeds: torch.Tensor, stream, positions: 
 def perturbed_scores(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor):
     """Centered perturbed logits ``z = l - logsumexp(l) + G`` with step noise, ``[B, V]``."""
     x = logits.to(compute_dtype(logits.dtype))
+    seeds, positions = _on(x.device, seeds, positions)
     g = philox.noise(seeds, philox.STEP_STREAM, positions, x.shape[-1]).to(x.dtype)
     return x - torch.logsumexp(x, dim=-1, keepdim=True) + g
 

@@ -45,16 +45,17 @@ def rollout_entropies(model, prefix: Prefix, rows, cands, depths, cfg: EpicConfi
     req = torch.arange(n_req)                     # which request each model row serves
     roll = torch.zeros(n_req, dtype=torch.int64)  # which rollout it follows (depth >= 2)
     mask, pos, seeds = prefix.mask[rows], prefix.positions[rows], prefix.seeds[rows]
+    device = prefix.device
     ids = cands.view(-1, 1)
     table = log_probs = None
     calls = tokens = 0
     for j in range(int(depths.max())):
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(pos + j).view(-1, 1),
-                    past_key_values=cache, use_cache=True)
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                    position_ids=(pos + j).view(-1, 1).to(device), past_key_values=cache, use_cache=True)
         calls, tokens = calls + 1, tokens + ids.numel()
         logits = policy_logits(out.logits[:, -1, :], cfg.rollout_top_k)
-        ent, _ = softmax_entropy(logits)
+        ent = softmax_entropy(logits)[0].cpu()      # the tables live on the CPU, the logits on the model's device
         if table is None:
             table = torch.zeros(n_req, k, K, dtype=ent.dtype)
             log_probs = torch.zeros_like(table)
@@ -68,7 +69,8 @@ def rollout_entropies(model, prefix: Prefix, rows, cands, depths, cfg: EpicConfi
             fan = torch.arange(len(req))
         y = gumbel_argmax(logits, seeds, 1 + roll, pos + j + 1)   # rollout noise, keyed per rollout
         lp = torch.log_softmax(logits.to(ent.dtype), dim=-1)
-        log_probs[req, j, roll] = lp.gather(1, y.view(-1, 1)).squeeze(1)
+        log_probs[req, j, roll] = lp.gather(1, y.view(-1, 1)).squeeze(1).cpu()
+        y = y.cpu()
         keep = depths[req] > j + 1
         if not bool(keep.any()):
             break

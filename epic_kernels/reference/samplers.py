@@ -25,8 +25,8 @@ from .rollout import rollout_entropies
 def exhaustive_sample(logits, prefix: Prefix, model, cfg: EpicConfig) -> SampleResult:
     """The oracle: estimate ``H_i`` for every finite token, return ``argmax_i z_i - alpha * H_i``."""
     check_logits(logits, prefix.batch)
-    z = perturbed_scores(logits, prefix.seeds, prefix.positions)
-    rows, cands = torch.nonzero(torch.isfinite(logits), as_tuple=True)
+    z = perturbed_scores(logits, prefix.seeds, prefix.positions).cpu()      # the search runs on the CPU
+    rows, cands = torch.nonzero(torch.isfinite(z), as_tuple=True)
     depths = torch.full_like(cands, cfg.horizon)
     table, _, calls, toks = rollout_entropies(model, prefix, rows, cands, depths, cfg)
     s = torch.full_like(z, float("-inf"))
@@ -34,7 +34,7 @@ def exhaustive_sample(logits, prefix: Prefix, model, cfg: EpicConfig) -> SampleR
     h_all[rows, cands] = rb_estimate(table.to(z.dtype))
     s[rows, cands] = score(z[rows, cands], cfg.alpha, h_all[rows, cands])
     tokens = torch.argmax(s, dim=-1)
-    n = torch.isfinite(logits).sum(-1)
+    n = torch.isfinite(z).sum(-1)
     stats = StepStats(n, n.clone(), n.clone() if cfg.horizon > 1 else torch.zeros_like(n), calls, toks)
     return SampleResult(tokens, stats, h_all.gather(1, tokens.view(-1, 1)).squeeze(1))
 
@@ -74,7 +74,7 @@ def lazy_sample(logits, prefix: Prefix, model, cfg: EpicConfig) -> SampleResult:
     check_logits(logits, prefix.batch)
     k, bound = cfg.horizon, admissible_bound(logits.shape[-1], cfg.rollout_top_k)
     width = abs(cfg.alpha) * k * bound
-    z_all = perturbed_scores(logits, prefix.seeds, prefix.positions)
+    z_all = perturbed_scores(logits, prefix.seeds, prefix.positions).cpu()  # the search runs on the CPU
     B = logits.shape[0]
     tokens = torch.empty(B, dtype=torch.int64)
     winner_h = torch.full((B,), float("nan"), dtype=z_all.dtype)

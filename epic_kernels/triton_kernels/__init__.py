@@ -12,7 +12,7 @@ gumbel_topk_prune_triton(logits, seeds, positions, width, top_k) -> reference.Pr
 """
 from __future__ import annotations
 
-from ._philox import HAS_TRITON, require_triton
+from .common import HAS_TRITON, require_triton
 from .gumbel_topk_prune import gumbel_topk_prune_triton
 from .softmax_entropy import softmax_entropy_triton
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from ..reference import PruneResult
-from ._philox import (_gumbel_noise, accumulate_dtype, check_device, is_interpreted, noise_keys,
-                      require_triton, tl, triton)
-from .softmax_entropy import _check_logits, plan_chunks, softmax_entropy_triton
+from ..core import PruneResult, compute_dtype
+from .common import (check_device, check_logits, gumbel_noise, is_interpreted, noise_keys, require_triton, tl,
+                     triton)
+from .softmax_entropy import plan_chunks, softmax_entropy_triton
 
 DEFAULT_CAPACITY = 512
 
@@ -29,7 +29,7 @@ DEFAULT_CAPACITY = 512
 def _perturbed_block(logits_ptr, row, stride_row, cols, V, lse, key, base, ACC: tl.constexpr):
     """``z = (l - lse) + G`` of one block in the accumulate dtype; ``-inf`` for -inf / padding."""
     x = tl.load(logits_ptr + row * stride_row + cols, mask=cols < V, other=float("-inf")).to(ACC)
-    return (x - lse) + _gumbel_noise(key, base + cols.to(tl.int64)).to(ACC)
+    return (x - lse) + gumbel_noise(key, base + cols.to(tl.int64)).to(ACC)
 
 
 @triton.jit
@@ -126,14 +126,14 @@ def gumbel_topk_prune_triton(logits: torch.Tensor, seeds: torch.Tensor, position
     this backend, so ``z`` may differ from the reference's by an ulp of ``lse`` (near-tie caveat).
     """
     require_triton()
-    _check_logits(logits)
+    check_logits(logits)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
     if not isinstance(capacity, int) or capacity < 1:
         raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
     B, V = logits.shape
-    dev, acc = logits.device, accumulate_dtype(logits.dtype)
+    dev, acc = logits.device, compute_dtype(logits.dtype)
     check_device(_gumbel_prune_scan_kernel, logits)
     key, base = noise_keys(seeds, 0, positions, B, dev)
     w = _check_width(width, B, acc, dev)

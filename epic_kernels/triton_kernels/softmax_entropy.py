@@ -20,8 +20,9 @@ import functools
 
 import torch
 
-from ._philox import (_gumbel_noise, accumulate_dtype, check_device, is_interpreted, noise_keys,
-                      require_triton, tl, triton)
+from ..core import compute_dtype
+from .common import (check_device, check_logits, gumbel_noise, is_interpreted, noise_keys, require_triton, tl,
+                     triton)
 
 
 @triton.jit
@@ -73,7 +74,7 @@ def _softmax_entropy_partial_kernel(logits_ptr, key_ptr, base_ptr, ent_ptr, lse_
         x = tl.load(logits_ptr + row * stride_row + cols, mask=cols < V, other=float("-inf")).to(ACC)
         m, s, t = _online_update(m, s, t, x)
         if SAMPLE:
-            val = x + _gumbel_noise(key, base + cols.to(tl.int64)).to(ACC)
+            val = x + gumbel_noise(key, base + cols.to(tl.int64)).to(ACC)
             better = val > bv                      # strict: a lane sees ascending ids
             bv = tl.where(better, val, bv)
             bi = tl.where(better, cols, bi)
@@ -136,17 +137,6 @@ def plan_chunks(rows: int, vocab: int, device: torch.device, interpreted: bool,
     return triton.cdiv(vocab, chunk), chunk, block
 
 
-def _check_logits(logits: torch.Tensor) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError("logits must be a [N, V] tensor")
-    if logits.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise ValueError(f"logits must be float16, bfloat16, float32 or float64, got {logits.dtype}")
-    if logits.shape[1] == 0:   # N = 0 is fine: empty outputs, as on every backend (ops/softmax_entropy.py)
-        raise ValueError(f"logits must have at least one column, got {tuple(logits.shape)}")
-    if logits.shape[1] >= 2**31:
-        raise ValueError("vocabulary too large for int32 ids")
-
-
 def softmax_entropy_triton(logits: torch.Tensor, seeds: torch.Tensor | None = None, streams=None,
                            positions: torch.Tensor | None = None, *, num_chunks: int | None = None):
     """Entropy and log-sum-exp of ``softmax(logits)`` per row, plus an optional keyed Gumbel-max token.
@@ -167,11 +157,11 @@ def softmax_entropy_triton(logits: torch.Tensor, seeds: torch.Tensor | None = No
     tokens : int64 ``[N]`` (lower id on ties), or None when ``seeds`` is None.
     """
     require_triton()
-    _check_logits(logits)
+    check_logits(logits)
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     N, V = logits.shape
-    dev, acc = logits.device, accumulate_dtype(logits.dtype)
+    dev, acc = logits.device, compute_dtype(logits.dtype)
     check_device(_softmax_entropy_partial_kernel, logits)
     sample = seeds is not None
     if sample:

@@ -55,7 +55,7 @@ def test_user_stopping_criteria_and_max_time(tiny, ids):
 
 def test_stop_strings_with_a_tokenizer(tiny, ids):
     full = _ours(tiny, ids).new_tokens[0]
-    tok = tiny_tokenizer(32)
+    tok = tiny_tokenizer(64)           # its alphabet must spell transformers' probe string "abcdef"
     stop = tok.convert_ids_to_tokens(full[3])
     cut = full.index(full[3]) + 1
     out = tiny.generate(ids, custom_generate=custom_generate, epic_stop_strings=[stop], epic_tokenizer=tok, **KW)

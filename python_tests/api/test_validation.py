@@ -89,3 +89,53 @@ def test_kv_batch_mismatch(tiny):
         epic_kernels.sample_step(logits.detach(), kv, tiny, alpha=0.2)
     with pytest.raises(ValueError, match="kv must be a transformers Cache"):
         epic_kernels.sample_step(logits.detach(), object(), tiny, alpha=0.2)
+
+
+def test_logits_narrower_than_the_vocabulary(tiny, step_args):
+    logits, kv, mask = step_args
+    with pytest.raises(ValueError, match="logits have 20 columns but the model's output layer has 32"):
+        _call(tiny, logits[:, :20], kv, mask)
+
+
+@pytest.mark.parametrize("processor,message", [
+    (lambda ids, x: x.masked_fill(torch.ones_like(x, dtype=torch.bool), float("nan")), "NaN"),
+    (lambda ids, x: x.index_fill(1, torch.tensor([2]), float("inf")), r"\+inf"),
+    (lambda ids, x: x[:, :10], r"must return logits of shape \(1, 32\)"),
+    (lambda ids, x: None, "must return logits"),
+])
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_bad_processor_outputs(tiny, processor, message, engine):
+    """The same clear error on both engines (it used to be an IndexError deep in the fast engine)."""
+    ids = torch.tensor(random_prompts(32, [5], seed=3))
+    with pytest.raises(ValueError, match=message):
+        epic_kernels.generate(tiny, ids, max_new_tokens=3, alpha=0.5, engine=engine, logits_processor=processor)
+
+
+def test_the_caches_a_user_can_hand_over(tiny):
+    """StaticCache is read up to its filled length (same tokens as a DynamicCache); an offloaded
+    cache and a quantized-style layer are refused by name."""
+    from transformers import DynamicCache, StaticCache
+    from transformers.cache_utils import QuantizedLayer
+
+    ids = torch.tensor(random_prompts(32, [6], seed=4))
+    kw = dict(alpha=0.5, horizon=2, rollouts=2, seed=3)
+    tokens = {}
+    for name, cache in [("dynamic", DynamicCache()), ("static", StaticCache(config=tiny.config, max_cache_len=20))]:
+        out = tiny(input_ids=ids, past_key_values=cache, use_cache=True)
+        tokens[name] = epic_kernels.sample_step(out.logits[:, -1], out.past_key_values, tiny, **kw).tokens
+    assert torch.equal(tokens["dynamic"], tokens["static"])
+    out = tiny(input_ids=ids, use_cache=True)
+    out.past_key_values.offloading = True           # as DynamicCache(offloading=True) sets (needs CUDA)
+    with pytest.raises(ValueError, match="offloaded DynamicCache"):
+        epic_kernels.sample_step(out.logits[:, -1], out.past_key_values, tiny, **kw)
+    class Quantized(QuantizedLayer):               # the shape of quanto's / HQQ's layers
+        def _quantize(self, tensor, axis):
+            return tensor
+
+        def _dequantize(self, q_tensor):
+            return q_tensor
+
+    plain = tiny(input_ids=ids, use_cache=True)
+    plain.past_key_values.layers[1] = Quantized.__new__(Quantized)
+    with pytest.raises(ValueError, match="layer 1 of this DynamicCache is a Quantized"):
+        epic_kernels.sample_step(plain.logits[:, -1], plain.past_key_values, tiny, **kw)

@@ -48,7 +48,7 @@ def test_cpu_mode_runs_every_step_and_writes_the_report(cpu_run):
         assert key in rep["env"], key
     assert rep["extension"]["loaded"] and "CPU" in rep["extension"]["kernels"]["softmax_entropy"]
     t = rep["tests"]
-    assert t["files"] == ["python_tests/test_cuda.py"]
+    assert t["files"] == ["python_tests/gpu/test_cuda.py"]
     assert t["tests"] > 10 and t["passed"] > 10 and t["failures"] == 0 and t["errors"] == 0
     assert (out / "pytest-junit.xml").exists()
     b = rep["bench"]

@@ -26,6 +26,8 @@ import torch
 
 import epic_kernels
 from epic_kernels import _ext, ops, reference as R
+from epic_kernels.ops.gumbel_topk_prune import gumbel_topk_prune_impl
+from epic_kernels.ops.softmax_entropy import softmax_entropy_impl
 from epic_kernels.testing import random_prompts, tiny_llama
 
 DEVICE = torch.device(os.environ.get("EPIC_TEST_DEVICE", "cpu"))
@@ -194,15 +196,15 @@ def test_cpp_kernels_directly_on_device():
             seeds, positions, streams = keys(B, V)
             atol, rtol = TOLS[dtype]
             h_want, lse_want = reference_entropy(x)
-            h, lse = _ext.softmax_entropy(x.to(DEVICE))
+            h, lse, _ = softmax_entropy_impl(x.to(DEVICE), backend="cpp")      # the C++ op itself
             close(f"entropy {B}x{V} {dtype}", h, h_want, atol, rtol)
             close(f"lse {B}x{V} {dtype}", lse, lse_want, atol, rtol)
             if _kernel_on_device("softmax_entropy_sample"):
-                _, _, tok = _ext.softmax_entropy_sample(x.to(DEVICE), seeds.to(DEVICE), streams.to(DEVICE),
-                                                        positions.to(DEVICE))
+                _, _, tok = softmax_entropy_impl(x.to(DEVICE), seeds.to(DEVICE), streams.to(DEVICE),
+                                                 positions.to(DEVICE), backend="cpp")
                 equal(f"tokens {B}x{V} {dtype}", tok, R.gumbel_argmax(x, seeds, streams, positions))
             if _kernel_on_device("gumbel_topk_prune"):
-                got = _ext.gumbel_topk_prune(x.to(DEVICE), seeds.to(DEVICE), positions.to(DEVICE), 2.5, 4)
+                got = gumbel_topk_prune_impl(x.to(DEVICE), seeds.to(DEVICE), positions.to(DEVICE), 2.5, 4, "cpp")
                 want = R.gumbel_topk_prune(x, seeds, positions, 2.5, 4)
                 for name in ("ids", "counts", "offsets", "front_ids", "topk_ids"):
                     equal(f"prune {name} {B}x{V} {dtype}", getattr(got, name), getattr(want, name))

@@ -168,6 +168,20 @@ def test_sampler_tokens_do_not_depend_on_the_backend(tiny, batch7, backend):
         assert torch.equal(ours.tokens, ref.tokens)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+def test_key_ranges_are_checked_alike_on_every_backend(backend):
+    """Out-of-range seeds or positions are the same ValueError on every backend (the C++ kernels
+    used to raise their own error while the reference accepted them)."""
+    x, ok = torch.randn(3, 10), torch.tensor([1, 2, 3])
+    for seeds, pos, what in [(torch.tensor([0, 1, 2**32]), ok, r"seeds must lie in \[0, 2\*\*32\)"),
+                             (torch.tensor([0, -1, 2]), ok, "seeds must lie in"),
+                             (ok, torch.tensor([0, 2**31, 1]), r"positions must lie in \[0, 2\*\*31\)")]:
+        with pytest.raises(ValueError, match=what):
+            softmax_entropy(x, seeds=seeds, streams=1, positions=pos, backend=backend)
+        with pytest.raises(ValueError, match=what):
+            gumbel_topk_prune(x, seeds, pos, 1.0, backend=backend)
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda l, s, p: softmax_entropy(l[0]), "shape \\[batch, vocab\\]"),
     (lambda l, s, p: softmax_entropy(l.index_fill(1, torch.tensor([2]), float("inf"))), "\\+inf"),

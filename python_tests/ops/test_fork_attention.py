@@ -230,8 +230,12 @@ def test_reference_backend_selects_the_torch_path(monkeypatch):
 def test_dtype_without_kernel_runs_the_reference(monkeypatch):
     """The C++ kernel takes float32 / float64: bfloat16 runs the reference (one warning), and a
     forced ``cpp`` is an error naming the dtype."""
+    import importlib
+
     from epic_kernels.ops.fork_attention import fork_attention_backend
+    FA = importlib.import_module("epic_kernels.ops.fork_attention")   # the package re-exports the function
     monkeypatch.delenv("EPIC_KERNELS_BACKEND", raising=False)
+    monkeypatch.setattr(FA, "_warned", set())      # the warning is once per process: another test may have had it
     with pytest.warns(RuntimeWarning, match="float32 / float64"):
         assert fork_attention_backend(torch.device("cpu"), torch.bfloat16) == "reference"
     with pytest.raises(RuntimeError, match="backend 'cpp' was requested for fork_attention"):

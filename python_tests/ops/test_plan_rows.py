@@ -252,37 +252,39 @@ class _Recorder:
             rec.copies.append((src.clone(), dst.clone(), length))
             return copy_slots(pool, src, dst, length)
 
-        def plan_spy(ev):
+        def plan_spy(ev, *args, **kwargs):
+            # the engine calls the op with slot0 = 0 and maps path (m, r) to its pool slot
+            # ev.slots[m, r] (taken when first needed); no max_rows chunking at these sizes
             K = ev.cfg.rollouts
             state = [t.clone() for t in (ev.depth, ev.goal, ev.seq, ev.tokens, ev.last, ev.base)]
             rec.copies.clear()
-            rows = plan(ev)
-            want = R.plan_rows(*state, ev.slot0, K, ev.lead)
-            _equal(R.plan_rows_impl(*state, ev.slot0, K, ev.lead, "cpu"), want)
+            rows = plan(ev, *args, **kwargs)
+            want = R.plan_rows(*state, 0, K, ev.lead)
+            _equal(R.plan_rows_impl(*state, 0, K, ev.lead, "cpu"), want)
             if rows is None:
                 assert len(want.row_candidate) == 0 and not rec.copies
             else:
+                assert len(rows.restore) == 0
+                want = want._replace(slot=ev.slots[want.row_candidate, want.slot % K])
                 for name in ("seq", "slot", "fill", "tokens", "positions", "first", "deep"):
                     got = getattr(rows, name)
                     assert torch.equal(got, getattr(want, name)), (name, got, getattr(want, name))
                     assert got.dtype == torch.int64
-                limit = None if ev.row_limit is None else ev.row_limit[want.row_candidate]
-                assert (rows.limit is None) == (limit is None)
-                assert limit is None or torch.equal(rows.limit, limit)
+                fans = [c for c in rec.copies if c[2] == ev.lead + 1]
                 if len(want.fan_src):
-                    assert len(rec.copies) == 1
-                    src, dst, length = rec.copies[0]
-                    assert torch.equal(src, want.fan_src) and torch.equal(dst, want.fan_dst)
-                    assert length == ev.lead + 1
+                    assert len(fans) == 1
+                    src, dst, length = fans[0]
+                    assert torch.equal(src, ev.slots[want.fan_src // K, 0])
+                    assert torch.equal(dst, ev.slots[want.fan_dst // K, want.fan_dst % K])
                 else:
-                    assert not rec.copies
+                    assert not fans
                 rec.plans += 1
                 rec.leads.add(ev.lead)
                 rec.ks.add(K)
             return rows
 
-        def build_spy(cls, prefix, pool, seq, slot, fill, dtype, row_limit=None, backend=None):
-            fb = build(cls, prefix, pool, seq, slot, fill, dtype, row_limit, backend)
+        def build_spy(cls, prefix, pool, seq, slot, fill, dtype, row_limit=None, backend=None, max_position=0):
+            fb = build(cls, prefix, pool, seq, slot, fill, dtype, row_limit, backend, max_position)
             want = R.fork_layout(seq, prefix.batch)
             if fb.aux is not None:            # the reference fork attention's layout
                 assert torch.equal(fb.aux.row_j, want.row_j) and torch.equal(fb.aux.pad_index, want.pad_index)
@@ -318,7 +320,7 @@ def test_spec_equals_engine_on_one_step_and_row_limits(tiny, batch7, monkeypatch
     rec = _Recorder(monkeypatch)
     _, logits, kv, mask = batch7
     epic_kernels.sample_step(logits.detach(), kv, tiny, alpha=-0.7, horizon=4, rollouts=4, seed=2,
-                             attention_mask=mask, top_k=None, rollout_top_k=None)
+                             attention_mask=mask, top_k=None, rollout_top_k=None, max_rows=None)
     assert rec.plans >= 4
     n = rec.plans
     epic_kernels.lookahead_entropy(tiny, torch.tensor(random_prompts(32, [9], seed=5)[0]), horizon=3,

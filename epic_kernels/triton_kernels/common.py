@@ -63,9 +63,17 @@ def check_device(kernel, *tensors: torch.Tensor) -> None:
                              "on CPU set TRITON_INTERPRET=1 before importing epic_kernels.triton_kernels")
 
 
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 accumulation, float64 for float64 input (as ``reference.compute_dtype``)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def check_logits(logits: torch.Tensor) -> None:
+    """The kernels' own input check: a float ``[N, V]`` tensor with ``V >= 1`` (N = 0 is fine: empty
+    outputs, as on every backend; the ops' validators check values first)."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError("logits must be a [N, V] tensor")
+    if logits.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"logits must be float16, bfloat16, float32 or float64, got {logits.dtype}")
+    if logits.shape[1] == 0:
+        raise ValueError(f"logits must have at least one column, got {tuple(logits.shape)}")
+    if logits.shape[1] >= 2**31:
+        raise ValueError("vocabulary too large for int32 ids")
 
 
 def noise_keys(seeds: torch.Tensor, streams, positions: torch.Tensor, batch: int, device):
@@ -103,7 +111,7 @@ def _uniform_gumbel(word):
 
 
 @triton.jit
-def _gumbel_noise(key, offsets):
+def gumbel_noise(key, offsets):
     """Gumbel noise of entries ``offsets`` (int64) under the scalar Philox ``key`` (int64)."""
     return _uniform_gumbel(tl.randint(key, offsets))
 
