@@ -1,7 +1,8 @@
 """Kernel microbenchmarks against the baselines they are judged by, in one session.
 
 * ``softmax_entropy``: the C++ op (``torch.ops.epic_kernels.softmax_entropy``: kernel + glue), the
-  public op (``epic_kernels.ops.softmax_entropy``: validation included), torch eager
+  public op (``epic_kernels.ops.softmax_entropy``: validation included), ``scan_first`` (the
+  public op as it was: ``check_logits``' NaN / +inf / dead-row scans, then the C++ op), torch eager
   (``log_softmax``, ``exp``, product, ``sum``: what the op replaces), ``torch.logsumexp`` (one
   reduction with an exp per entry: the floor any entropy pass is held to) and ``x.sum(-1)`` (one
   read: the bandwidth floor). Logits ``N(0, 3^2)``; shapes of docs/kernels.md.
@@ -25,7 +26,7 @@ from conftest import sync, tag
 SOFTMAX_SHAPES = [(1, 32000), (1, 49152), (1, 128256), (8, 32000), (8, 49152), (8, 128256),
                   (64, 32000), (64, 49152), (64, 128256)]
 QUICK_SOFTMAX = {(8, 49152), (64, 49152)}
-SOFTMAX_IMPLS = ["cpp", "public", "eager", "logsumexp", "sum"]
+SOFTMAX_IMPLS = ["cpp", "public", "scan_first", "eager", "logsumexp", "sum"]
 
 
 def _q(cases, quick_set):
@@ -67,6 +68,13 @@ def bench_softmax_entropy(benchmark, shape, impl, device, threads):
         fn = lambda: op(x)  # noqa: E731
     elif impl == "public":
         fn = lambda: softmax_entropy(x)  # noqa: E731
+    elif impl == "scan_first":       # the public op before bad values were read from the kernel's lse
+        from epic_kernels.validate import check_logits
+
+        if not _ext.available():
+            pytest.skip("extension not built")
+        op = _ext.ops().softmax_entropy
+        fn = lambda: (check_logits(x, empty_batch=True), op(x))  # noqa: E731
     elif impl == "eager":
         fn = lambda: eager_entropy(x)  # noqa: E731
     elif impl == "logsumexp":
