@@ -224,12 +224,12 @@ def t_readme(g: dict, path: Path) -> str:
 def t_summary_generate(g: dict) -> str:
     by = {(r["case"], r["batch"]): r for r in g["results"] if r.get("pairs")}
     rows = []
-    for (case, b), r in sorted(by.items()):
+    for (case, b), r in sorted(by.items(), key=lambda kv: (kv[0][0] != "topk50", kv[0][1])):
         target = {"topk50": ">= 0.35x (aim 0.5x)", "full": ">= 0.08x (aim 0.15x)" if b == 1 else "(none)"}[case]
         lo = {"topk50": 0.35, "full": 0.08 if b == 1 else None}[case]
         met = "" if lo is None else ("yes" if r["ratio"] >= lo else "no")
         rows.append([f"{r['label']}, batch {b} ({r['prompts']} prompts x {r['new_tokens']} tokens, "
-                     f"{len(r['pairs'])} pairs): EPIC / HF top-p", target, f"**{r['ratio']:.3f}x**", met, ""])
+                     f"{len(r['pairs'])} pair(s)): EPIC / HF top-p", target, f"**{r['ratio']:.3f}x**", met, ""])
         rows.append([f"same: EPIC within 1.2x of its cost-model floor", "<= 1.2x", f"{r['epic_over_floor']:.2f}x",
                      "yes" if r["epic_over_floor"] <= 1.2 else "no", ""])
     return md(["target (issue #13)", "target", "measured", "met?", "GPU"], rows)
