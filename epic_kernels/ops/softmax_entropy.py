@@ -121,7 +121,7 @@ def softmax_entropy(logits: torch.Tensor, *, seeds: torch.Tensor | None = None, 
     """
     # The C++ CPU kernel reads every entry anyway, and a row with NaN, +inf or no finite entry gives
     # it a non-finite lse (csrc/include/cpu_softmax.h): there the scans of the logits run only
-    # then, to name the problem. Scanning first reads the logits three more times, ~25x the
+    # then, to name the problem. Scanning first reads the logits three more times, tens of times the
     # kernel's own time at B=64, V=49152 (docs/kernels.md).
     check_softmax_entropy(logits, seeds, streams, positions, values=False)
     which = choose(logits.device, backend, OP)
