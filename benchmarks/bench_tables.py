@@ -147,7 +147,7 @@ def t_fork(s: Suite) -> str:
         rows.append([s.extra("fork_attention", case, "cpp", "N"), s.extra("fork_attention", case, "cpp", "L"),
                      c, t, q, _x(ratio(t, c)), _x(ratio(q, c)), s.extra("fork_attention", case, "cpp", "max_abs_diff"), ""])
     return md(["rows N", "prefix L", "C++ op ms", "torch path ms", "SDPA on copies ms", "torch / C++", "SDPA / C++",
-               "max |C++ - torch|", "GPU"], rows)
+               "max abs diff, C++ vs torch", "GPU"], rows)
 
 
 def t_host(s: Suite) -> str:
