@@ -16,7 +16,7 @@ VBIN   := $(VVENV)/bin
 # epic-generate runs in the vLLM env when asked for the vLLM engine or a server
 RUN_BIN = $(if $(or $(findstring --engine vllm,$(ARGS)),$(findstring --engine=vllm,$(ARGS)),$(findstring --server,$(ARGS))),$(VBIN)/python -m epic_kernels.cli.generate,$(BIN)/epic-generate)
 
-.PHONY: run test setup setup-vllm bench gpu-check clean
+.PHONY: run test setup setup-vllm bench bench-compare gpu-check clean
 run: setup $(if $(findstring $(VBIN),$(RUN_BIN)),setup-vllm)
 	$(RUN_BIN) $(ARGS)
 
@@ -72,8 +72,26 @@ $(VENV)/.stamp-cuda: $(VENV)/.stamp-deps $(CSRC)
 	PATH=$(abspath $(BIN)):$$PATH bash csrc/check_cuda.sh
 	touch $@
 
+# The benchmark suites (pytest-benchmark, benchmarks/suites/, their own pytest config): kernels,
+# engine step, short whole decodes, with their baselines in the same session; ~10 min on 2 cores.
+# JSON with the machine info -> benchmarks/results/bench.json; the docs' tables come from it
+# (benchmarks/bench_tables.py --docs). ARGS="--quick" for the CI smoke set, ARGS="--device cuda".
+BENCH_JSON ?= benchmarks/results/bench.json
+BENCH_PYTEST = OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -c benchmarks/suites/pytest.ini benchmarks/suites -q
 bench: setup
-	$(BIN)/python benchmarks/bench_cpu_kernels.py
+	$(BENCH_PYTEST) --benchmark-json=$(BENCH_JSON) $(ARGS)
+	$(BIN)/python benchmarks/bench_tables.py $(BENCH_JSON)
+
+# A new run against a saved one (BASELINE), regressions flagged beyond the noise measured between
+# two runs of one revision (NOISE1, NOISE2: e.g. two `make bench BENCH_JSON=...`), else beyond the
+# runs' own spread (benchmarks/bench_compare.py).
+BASELINE ?= benchmarks/results/bench.json
+NOISE1 ?= benchmarks/results/bench.json
+NOISE2 ?= benchmarks/results/bench-noise.json
+bench-compare: setup
+	$(BENCH_PYTEST) --benchmark-json=benchmarks/results/bench-new.json $(ARGS)
+	$(BIN)/python benchmarks/bench_compare.py $(BASELINE) benchmarks/results/bench-new.json \
+		$(if $(wildcard $(NOISE1)),$(if $(wildcard $(NOISE2)),--noise $(NOISE1) $(NOISE2)))
 
 # GPU readiness on a CUDA machine, with the system python3 (no .venv, no setup): builds the extension
 # with CUDA in place, runs the op and device tests on cuda, benchmarks the kernels; writes

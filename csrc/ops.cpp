@@ -5,6 +5,14 @@
 // epic_kernels/ops/<op>.py (the testing helpers' fakes in epic_kernels/ops/philox.py).
 #include <torch/library.h>
 
+#include <string>
+
+namespace epic {
+namespace cpu {
+std::string isa_body_cpu();  // csrc/cpu/cpu_kernels.cpp
+}  // namespace cpu
+}  // namespace epic
+
 TORCH_LIBRARY(epic_kernels, m) {
   // Per row of logits (N, V): entropy and logsumexp of softmax in one pass (float32 accumulate,
   // float64 for float64 logits; outputs in that dtype). -inf entries have probability 0.
@@ -55,4 +63,7 @@ TORCH_LIBRARY(epic_kernels, m) {
   // fork_layout: row_j (N,) = index of row n within its sequence seq[n] in [0, B); pad_index
   // (B, max(R, 1)) = row of (sequence, j), N for padding.
   m.def("fork_layout(Tensor seq, int B) -> (Tensor row_j, Tensor pad_index)");
+  // The instruction-set body of the CPU kernels picked at load time (no tensors: a catch-all
+  // kernel, defined here with the schema), for benchmarks and bug reports.
+  m.def("_cpu_isa() -> str", [] { return epic::cpu::isa_body_cpu(); });
 }

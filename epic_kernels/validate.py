@@ -12,11 +12,13 @@ from .philox import MAX_POSITION, MAX_ROLLOUTS, MAX_SEED
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_logits(logits, batch: int | None = None, name: str = "logits", *, empty_batch: bool = False) -> None:
+def check_logits(logits, batch: int | None = None, name: str = "logits", *, empty_batch: bool = False,
+                 values: bool = True) -> None:
     """``logits`` must be a floating tensor ``[B, V]`` with no NaN or +inf and a finite entry per row.
 
     ``empty_batch``: accept ``B = 0`` (the ops do, on every backend, and return empty outputs; the
-    samplers do not)."""
+    samplers do not). ``values=False``: type and shape only, for a caller that learns about bad
+    values from its own pass over the data (then calls this again with ``values=True``)."""
     if not isinstance(logits, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2:
@@ -28,6 +30,8 @@ def check_logits(logits, batch: int | None = None, name: str = "logits", *, empt
         raise ValueError(f"{name} must have at least {what}, got {tuple(logits.shape)}")
     if batch is not None and logits.shape[0] != batch:
         raise ValueError(f"{name} has batch size {logits.shape[0]} but the cache / seeds have {batch}")
+    if not values:
+        return
     if torch.isnan(logits).any():
         rows = torch.isnan(logits).any(-1).nonzero().flatten().tolist()
         raise ValueError(f"{name} contain NaN (rows {rows[:8]})")

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(EPIC_NO_MULTIVERSION)
@@ -61,6 +62,16 @@ namespace {
     fork_attention_group<W, double>(task);                                                      \
   }
 
+// The body the loader picked, by the same multiversioning (and so the same resolver rules) as the
+// kernels: what benchmarks report as "the ISA body in use".
+#if defined(EPIC_MULTIVERSION)
+__attribute__((target("arch=x86-64-v4"))) const char* isa_body_mv() { return "avx512 (x86-64-v4, 16-float vectors)"; }
+__attribute__((target("arch=x86-64-v3"))) const char* isa_body_mv() { return "avx2 (x86-64-v3, 8-float vectors)"; }
+__attribute__((target("default"))) const char* isa_body_mv() { return "sse2 (x86-64 baseline, 4-float vectors)"; }
+#else
+const char* isa_body_mv() { return "portable (one body, 8-float vectors, the compiler's flags)"; }
+#endif
+
 #if defined(EPIC_MULTIVERSION)
 #define EPIC_ALL_TARGETS(T, acc_t)                                                     \
   EPIC_PIECES_BODY(__attribute__((target("arch=x86-64-v4"))), 16, T, acc_t)           \
@@ -100,6 +111,7 @@ EPIC_EXPORT_PIECES(double, double)
 EPIC_EXPORT_PIECES(c10::Half, float)
 EPIC_EXPORT_PIECES(c10::BFloat16, float)
 
+std::string isa_body_cpu() { return isa_body_mv(); }
 void gumbel_row_cpu(const NoiseKey& key, int64_t V, float* out) { gumbel_row_mv(key, V, out); }
 float gumbel_one_cpu(const NoiseKey& key, int64_t v) { return gumbel_one_mv(key, v); }
 void gumbel_words_cpu(const int64_t* words, int64_t n, float* out) { gumbel_words_mv(words, n, out); }

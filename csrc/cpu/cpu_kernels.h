@@ -7,6 +7,7 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <string>
 
 #include "../include/cpu_attention.h"
 #include "../include/cpu_prune.h"
@@ -38,6 +39,10 @@ void fork_attention_group_cpu(const ForkAttnGroup<double>& task);
 void gumbel_row_cpu(const NoiseKey& key, int64_t V, float* out);
 float gumbel_one_cpu(const NoiseKey& key, int64_t v);
 void gumbel_words_cpu(const int64_t* words, int64_t n, float* out);
+
+// Which multiversioned body the loader picked on this CPU (the same for every kernel), e.g.
+// "avx512 (x86-64-v4, 16-float vectors)"; torch.ops.epic_kernels._cpu_isa().
+std::string isa_body_cpu();
 
 }  // namespace cpu
 }  // namespace epic

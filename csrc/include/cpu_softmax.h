@@ -321,6 +321,18 @@ EPIC_INLINE void sample_block(const acc_t* p, int64_t np, int64_t v0, acc_t bm, 
   }
 }
 
+// True if any of p[0..np) is NaN. Only called for blocks whose maximum is not above -inf (every
+// entry -inf or NaN): the vector maximum drops NaN, so such a block would otherwise vanish from the
+// statistics, and a NaN row would give a finite lse. Poisoning the sums instead makes every row
+// that holds a NaN (or +inf: inf - inf) give a non-finite lse, which the public op's validation
+// reads instead of scanning the logits again (epic_kernels/ops/softmax_entropy.py).
+template <typename acc_t>
+EPIC_INLINE bool any_nan(const acc_t* p, int64_t np) {
+  bool nan = false;
+  for (int64_t i = 0; i < np; ++i) nan |= p[i] != p[i];
+  return nan;
+}
+
 // Online softmax statistics of x[0..n) (entries v0.., for the noise keys) and, when keys is given,
 // the Gumbel-max candidate of the piece for each of the S keys keys[0..S) (one per stream), into
 // best[0..S). The statistics are computed once; each block, still in L1, is then searched once per
@@ -360,7 +372,10 @@ EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey
       if (!(ref > neg_inf<acc_t>())) {
         for (int j = 0; j < kLanes; ++j) ref = p[j] > ref ? p[j] : ref;
         if (!(ref > neg_inf<acc_t>())) ref = block_max<W>(p, np);
-        if (!(ref > neg_inf<acc_t>())) continue;  // only -inf entries: they contribute nothing
+        if (!(ref > neg_inf<acc_t>())) {  // only -inf entries: they contribute nothing
+          if (any_nan(p, np)) s[0] = std::numeric_limits<acc_t>::quiet_NaN();
+          continue;
+        }
       }
       acc_t s0[kLanes], t0[kLanes];
       std::copy(s, s + kLanes, s0);
@@ -369,6 +384,7 @@ EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey
       if (!(bm > neg_inf<acc_t>())) {  // only -inf entries: undo their (tiny) clamped terms
         std::copy(s0, s0 + kLanes, s);
         std::copy(t0, t0 + kLanes, t);
+        if (any_nan(p, np)) s[0] = std::numeric_limits<acc_t>::quiet_NaN();
         continue;
       }
       if (bm - ref > acc_t(60)) {  // factors up to e^60 are fine; beyond, redo relative to bm
@@ -385,7 +401,10 @@ EPIC_INLINE void softmax_piece(const T* x, int64_t n, int64_t v0, const NoiseKey
       }
     } else {  // double: max first, then the accumulation (scalar exp dominates anyway)
       bm = block_max<W>(p, np);
-      if (!(bm > neg_inf<acc_t>())) continue;
+      if (!(bm > neg_inf<acc_t>())) {
+        if (any_nan(p, np)) s[0] = std::numeric_limits<acc_t>::quiet_NaN();
+        continue;
+      }
       if (bm > m) {
         rescale(m, bm);
         m = bm;

@@ -57,7 +57,14 @@ struct RowState {
 
 // Merge b into a. Deterministic for a fixed merge order; ties of the maximum keep the lower index.
 template <typename acc_t>
+// A NaN sum (a piece that held a NaN entry: cpu_softmax.h) stays NaN, whatever the maxima, so a
+// row with a NaN anywhere gets a non-finite lse.
 EPIC_HD RowState<acc_t> merge_states(RowState<acc_t> a, RowState<acc_t> b) {
+  if (a.s != a.s || b.s != b.s) {
+    RowState<acc_t> r = a.s != a.s ? a : b;
+    r.t = r.s;
+    return r;
+  }
   const acc_t M = a.m > b.m ? a.m : b.m;
   if (M == -std::numeric_limits<acc_t>::infinity()) return a.arg >= 0 ? a : b;
   int64_t arg;

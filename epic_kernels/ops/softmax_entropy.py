@@ -32,9 +32,10 @@ from .dispatch import choose
 OP = "softmax_entropy"
 
 
-def check_softmax_entropy(logits, seeds=None, streams=None, positions=None) -> None:
-    """The op's validator: ``ValueError`` naming the problem (see the module docstring)."""
-    check_logits(logits, empty_batch=True)
+def check_softmax_entropy(logits, seeds=None, streams=None, positions=None, *, values: bool = True) -> None:
+    """The op's validator: ``ValueError`` naming the problem (see the module docstring).
+    ``values=False`` leaves out the scans of the logits for NaN, +inf and dead rows."""
+    check_logits(logits, empty_batch=True, values=values)
     if seeds is None:
         if streams is not None or positions is not None:
             raise ValueError("streams and positions need seeds")
@@ -118,9 +119,18 @@ def softmax_entropy(logits: torch.Tensor, *, seeds: torch.Tensor | None = None, 
     ``(entropy [N], lse [N])`` in the accumulate dtype, plus ``tokens`` int64 when ``seeds`` is
     given: ``[N]`` for an int or ``[N]`` streams, ``[N, S]`` for ``[N, S]`` streams.
     """
-    check_softmax_entropy(logits, seeds, streams, positions)
+    # The C++ CPU kernel reads every entry anyway, and a row with NaN, +inf or no finite entry gives
+    # it a non-finite lse (csrc/include/cpu_softmax.h): there the scans of the logits run only
+    # then, to name the problem. Scanning first reads the logits three more times, tens of times the
+    # kernel's own time at B=64, V=49152 (docs/kernels.md).
+    check_softmax_entropy(logits, seeds, streams, positions, values=False)
     which = choose(logits.device, backend, OP)
+    after = which in ("cpp", "cpu") and logits.device.type == "cpu"
+    if not after:
+        check_logits(logits, empty_batch=True)
     h, lse, tokens = softmax_entropy_impl(logits, seeds, 0 if streams is None else streams, positions, which)
+    if after and not bool(torch.isfinite(lse).all()):
+        check_logits(logits, empty_batch=True)          # raises, naming the rows
     return (h, lse) if seeds is None else (h, lse, tokens)
 
 

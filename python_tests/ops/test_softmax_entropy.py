@@ -185,6 +185,39 @@ def test_multi_stream_bad_streams_raise(streams, match):
 
 
 @pytest.mark.usefixtures("cpp_env")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_bad_values_give_a_non_finite_lse_and_the_public_op_names_them(dtype):
+    """The public op on CPU checks NaN / +inf / dead rows from the kernel's lse (no scan first): every
+    row holding one must get a non-finite lse, wherever it sits (alone in the last block or piece,
+    at a block start, with huge or tiny neighbours), and the others must not."""
+    from epic_kernels.ops import softmax_entropy
+
+    g = torch.Generator().manual_seed(5)
+    for V in (1, 5, 17, 1023, 1024, 1025, 2049, 16384, 16385, 49152):
+        for pos in sorted({0, 15, 16, V // 3, 1023, 1024, 16383, 16384, V - 1} & set(range(V))):
+            for val, what in ((float("nan"), "NaN"), (float("inf"), r"\+inf")):
+                for scale in (1.0, 30.0, 1e4):
+                    x = (torch.randn(3, V, generator=g) * scale).clamp(-6e4, 6e4).to(dtype)
+                    x[1, pos] = val
+                    for streams in (None, 1 + torch.arange(6).view(3, 2)):
+                        args = () if streams is None else (torch.arange(3), streams, torch.arange(3))
+                        lse = (C.OPS.softmax_entropy(x) if streams is None
+                               else C.OPS.softmax_entropy_sample(x, *args))[1]
+                        assert not torch.isfinite(lse[1]) and torch.isfinite(lse[[0, 2]]).all(), (V, pos, val, scale)
+                    with pytest.raises(ValueError, match=what):
+                        softmax_entropy(x, backend="cpp")
+        x = torch.randn(3, V, generator=g).to(dtype)
+        x[1] = float("-inf")
+        assert not torch.isfinite(C.OPS.softmax_entropy(x)[1][1])
+        with pytest.raises(ValueError, match="no finite entry"):
+            softmax_entropy(x, backend="cpp")
+        x[1, V // 2] = float("nan")                   # NaN among -inf only
+        assert not torch.isfinite(C.OPS.softmax_entropy(x)[1][1])
+        with pytest.raises(ValueError, match="NaN"):
+            softmax_entropy(x, backend="cpp")
+
+
+@pytest.mark.usefixtures("cpp_env")
 def test_opcheck_softmax_ops():
     x, seeds, streams, positions = C._small_args()
     torch.library.opcheck(C.OPS.softmax_entropy.default, (x,))
