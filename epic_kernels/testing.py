@@ -162,6 +162,14 @@ def prefill(model, prompts: list[list[int]]):
     return out.logits[:, -1, :], out.past_key_values, mask
 
 
+def left_padded(prompts: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` ``[B, max length]`` of token lists, left-padded with ``pad_id``."""
+    L = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (L - len(p)) + list(p) for p in prompts])
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
 def require_extension(*ops: str) -> None:
     """Raise unless the C++ extension is built (with ``ops``, if named). The test suite's command,
     ``make test``, always builds it, so a test module of the compiled ops fails rather than skips
@@ -175,4 +183,4 @@ def require_extension(*ops: str) -> None:
 
 
 __all__ = ["tiny_llama", "tiny_model", "FAMILIES", "tiny_tokenizer", "TINY_CHARS", "prefill", "next_log_probs", "exact_lookahead_entropy",
-           "exact_lookahead_entropies", "random_prompts", "require_extension"]
+           "exact_lookahead_entropies", "random_prompts", "left_padded", "require_extension"]

@@ -11,21 +11,14 @@ from epic_kernels.hf import EpicLogitsProcessor, custom_generate
 from epic_kernels.core import EpicConfig
 from epic_kernels.reference import lazy_sample
 from epic_kernels.core import Prefix
-from epic_kernels.testing import prefill, random_prompts
+from epic_kernels.testing import left_padded, prefill, random_prompts
 
 KW = dict(alpha=0.8, horizon=3, rollouts=2)
 
 
-def _left_padded(prompts):
-    L = max(map(len, prompts))
-    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
-
-
 def test_batch_invariance(tiny):
     prompts = random_prompts(32, [3, 9, 5, 1], seed=8)
-    ids, mask = _left_padded(prompts)
+    ids, mask = left_padded(prompts)
     seeds = [11, 22, 33, 44]
     batch = epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=12, seed=seeds,
                                   eos_token_id=1, **KW)
@@ -37,7 +30,7 @@ def test_batch_invariance(tiny):
 
 def test_equals_a_loop_of_reference_steps(tiny):
     prompts = random_prompts(32, [4, 6], seed=2)
-    ids, mask = _left_padded(prompts)
+    ids, mask = left_padded(prompts)
     out = epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=8, seed=[7, 8], top_k=12, **KW)
     cfg = EpicConfig(**KW)
     seqs = [list(p) for p in prompts]
@@ -51,7 +44,7 @@ def test_equals_a_loop_of_reference_steps(tiny):
 
 
 def test_hugging_face_integrations_match(tiny):
-    ids, mask = _left_padded(random_prompts(32, [2, 5], seed=4))
+    ids, mask = left_padded(random_prompts(32, [2, 5], seed=4))
     ours = epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=8, seed=[5, 9], top_k=10, **KW)
     hf = tiny.generate(ids, attention_mask=mask, custom_generate=custom_generate, epic_alpha=KW["alpha"],
                        epic_horizon=KW["horizon"], epic_rollouts=KW["rollouts"], epic_seed=[5, 9],

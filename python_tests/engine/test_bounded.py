@@ -6,14 +6,7 @@ import torch
 
 import epic_kernels
 from epic_kernels.engine.evaluator import Evaluator
-from epic_kernels.testing import prefill, random_prompts
-
-
-def _left_padded(prompts):
-    L = max(map(len, prompts))
-    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
+from epic_kernels.testing import left_padded, prefill, random_prompts
 
 
 CASES = [dict(alpha=a, horizon=k, rollouts=K, top_k=tk, rollout_top_k=rk)
@@ -24,7 +17,7 @@ CASES = [dict(alpha=a, horizon=k, rollouts=K, top_k=tk, rollout_top_k=rk)
 @pytest.mark.parametrize("kw", CASES, ids=lambda kw: f"a{kw['alpha']}-k{kw['horizon']}-K{kw['rollouts']}")
 @pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
 def test_same_tokens_with_any_cap(tiny, kw, prefetch):
-    ids, mask = _left_padded(random_prompts(32, [3, 8], seed=kw["horizon"]))
+    ids, mask = left_padded(random_prompts(32, [3, 8], seed=kw["horizon"]))
     run = lambda **x: epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=6, seed=[3, 1],
                                             prefetch=prefetch, **kw, **x)
     ref = run(engine="reference")

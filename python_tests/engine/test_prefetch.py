@@ -7,14 +7,7 @@ import pytest
 import torch
 
 import epic_kernels
-from epic_kernels.testing import prefill, random_prompts
-
-
-def _left_padded(prompts):
-    L = max(map(len, prompts))
-    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
+from epic_kernels.testing import left_padded, prefill, random_prompts
 
 
 CASES = [dict(alpha=a, horizon=k, rollouts=K, top_k=tk, rollout_top_k=rk)
@@ -24,7 +17,7 @@ CASES = [dict(alpha=a, horizon=k, rollouts=K, top_k=tk, rollout_top_k=rk)
 
 @pytest.mark.parametrize("kw", CASES, ids=lambda kw: f"a{kw['alpha']}-k{kw['horizon']}-K{kw['rollouts']}")
 def test_generate_same_tokens_with_and_without_prefetch(tiny, kw):
-    ids, mask = _left_padded(random_prompts(32, [3, 8, 5, 1], seed=kw["horizon"]))
+    ids, mask = left_padded(random_prompts(32, [3, 8, 5, 1], seed=kw["horizon"]))
     seeds = [3, 1, 4, 1]
     on = epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=12, seed=seeds, **kw)
     off = epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=12, seed=seeds, prefetch=False, **kw)
@@ -37,7 +30,7 @@ def test_prefetch_is_used_and_saves_calls(tiny):
     """Summed over the cases: candidates are adopted, and the engine makes fewer model calls."""
     adopted, calls_on, calls_off = 0, 0, 0
     for kw in CASES:
-        ids, mask = _left_padded(random_prompts(32, [4, 6], seed=11))
+        ids, mask = left_padded(random_prompts(32, [4, 6], seed=11))
         on = epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=12, seed=[5, 6], **kw).summary()
         off = epic_kernels.generate(tiny, ids, attention_mask=mask, max_new_tokens=12, seed=[5, 6], prefetch=False,
                                     **kw).summary()
@@ -54,7 +47,7 @@ def test_prefetch_predicts_through_a_logits_processor(tiny):
     from transformers import RepetitionPenaltyLogitsProcessor
 
     proc = RepetitionPenaltyLogitsProcessor(1.8)
-    ids, mask = _left_padded(random_prompts(32, [5, 7], seed=3))
+    ids, mask = left_padded(random_prompts(32, [5, 7], seed=3))
     kw = dict(alpha=0.9, horizon=3, rollouts=2, top_k=6, rollout_top_k=6, seed=[2, 9], max_new_tokens=12)
     on = epic_kernels.generate(tiny, ids, attention_mask=mask, logits_processor=proc, **kw)
     off = epic_kernels.generate(tiny, ids, attention_mask=mask, logits_processor=proc, prefetch=False, **kw)
@@ -160,7 +153,7 @@ def test_two_steps_ahead_entries_are_used_and_change_nothing(tiny):
 
 def test_prefetch_with_sequences_leaving_the_batch(tiny):
     """Sequences that emit EOS leave the batch; the hand-over follows the remaining rows."""
-    ids, mask = _left_padded(random_prompts(32, [3, 8, 5, 2, 6], seed=12))
+    ids, mask = left_padded(random_prompts(32, [3, 8, 5, 2, 6], seed=12))
     kw = dict(alpha=0.7, horizon=3, rollouts=2, top_k=8, rollout_top_k=8, seed=[4, 5, 6, 7, 8],
               max_new_tokens=20, eos_token_id=[3, 4])
     on = epic_kernels.generate(tiny, ids, attention_mask=mask, **kw)
