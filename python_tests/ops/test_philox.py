@@ -130,7 +130,7 @@ def test_gumbel_noise_bit_identical():
 @pytest.mark.usefixtures("triton_env")
 @pytest.mark.parametrize("device", TR.DEVICES)
 def test_philox_words_and_noise_match_reference(device):
-    from epic_kernels.triton_kernels._philox import philox_noise_triton
+    from epic_kernels.triton_kernels.common import philox_noise_triton
     TR._ops()
     k = torch.tensor([0, 1, 2**32 - 1, (5 << 32) | 12345, ((2**31 - 1) << 32) | (2**32 - 1)])
     off = torch.randint(0, 2**62, (k.numel(), 300), dtype=torch.int64)
