@@ -34,10 +34,12 @@ class StepOutput:
     kv : an ``EpicCache``: the given cache plus ``tokens`` (``advance=True`` only); the cache passed
         in is never modified.
     attention_mask : ``[B, L + 1]`` mask of ``kv`` (``advance=True`` only).
-    prefetched : the next step, evaluated on a bet inside this step's model calls as far as they went
-        (fast engine, ``advance=True``). Pass it to the next call, ``sample_step(out.next_logits, out.kv,
-        model, ..., prefetched=out.prefetched)``, to skip them. It applies only to that very ``kv``,
-        unmodified, and those logits; anything else ignores it (the tokens are the same without it).
+    prefetched : what this step evaluated of the next one (fast engine, ``advance=True``): on a bet,
+        inside this step's model calls as far as they went, and the winners' own rollouts, whose
+        first tokens are the next step's candidates (``engine.reuse``). Pass it to the next call,
+        ``sample_step(out.next_logits, out.kv, model, ..., prefetched=out.prefetched)``, to skip
+        those evaluations. It applies only to that very ``kv``, unmodified, those logits and the same
+        step settings; anything else ignores it (the tokens are the same without it).
     """
 
     tokens: torch.Tensor
@@ -78,10 +80,11 @@ def use_fast_engine(engine: str, model, max_position: int | None = None) -> bool
 @torch.no_grad()
 def run_step(logits: torch.Tensor, cache: EpicCache, prefix: Prefix, model, cfg: EpicConfig, *, fast: bool,
              backend: str | None = None, advance: bool = True, prefetched: Prefetched | None = None,
-             transform=None) -> StepOutput:
+             transform=None, reuse: bool = True) -> StepOutput:
     """One EPIC step over ``cache`` (an ``EpicCache``; ``prefix`` views it). Inputs are validated
     by the caller. ``transform`` (fast engine, ``advance``): what the caller applies to the next
-    logits before the next step, which lets the step prefetch that step (``engine.step.fast_sample``)."""
+    logits before the next step, which lets the step prefetch that step (``engine.step.fast_sample``);
+    ``reuse``: hand the winners' rollouts to the next step (``engine.reuse``)."""
     next_mask = torch.cat([prefix.mask, torch.ones_like(prefix.mask[:, :1])], dim=1)
     if not fast:
         result = lazy_sample(logits, prefix, model, cfg)
@@ -94,15 +97,18 @@ def run_step(logits: torch.Tensor, cache: EpicCache, prefix: Prefix, model, cfg:
         return StepOutput(result.tokens, result.stats, result.entropy, out.logits[:, -1, :], new_kv, next_mask)
     from .engine import fast_sample
 
-    usable = prefetched is not None and prefetched.made_for(cache)
+    usable = prefetched is not None and prefetched.made_for(cache, cfg, model)
     step = fast_sample(logits, prefix, model, cfg, backend, advance=advance,
                        prefetched=prefetched.entries if usable else None, transform=transform,
-                       pool=prefetched.pool if prefetched is not None else None)
+                       pool=prefetched.pool if prefetched is not None else None,
+                       carries=prefetched.carries if usable else None, reuse=reuse)
     if not advance:
         return StepOutput(step.tokens, step.stats, step.entropy)
     new_kv = cache.fork()
     new_kv.append(step.next_keys, step.next_values)
-    handed = Prefetched(step.prefetched, new_kv, step.pool) if step.prefetched is not None else None
+    handed = None
+    if step.prefetched is not None or step.carries is not None:
+        handed = Prefetched(step.prefetched, new_kv, step.pool, step.carries, cfg, model)
     return StepOutput(step.tokens, step.stats, step.entropy, step.next_logits, new_kv, next_mask, handed)
 
 

@@ -203,6 +203,8 @@ class StepStats:
     finish_tokens: int = 0
     adopted: int = 0                   # candidates whose evaluation came from the previous step's prefetch
     adopted_rows: int = 0              # ... and the rows that evaluation had fed
+    reused: int = 0                    # candidates evaluated by the previous step's winner's rollouts
+    reused_rows: int = 0               # ... and the rows that saved (engine/reuse.py)
     depth_reached: torch.Tensor | None = None   # [M] depth each surviving candidate reached
     min_forward_tokens: int = 0        # the algorithmic minimum: 1 row per depth-1, K per deeper depth
     prefetch_rows: int = 0             # rows fed for the next step's bets

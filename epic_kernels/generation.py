@@ -35,6 +35,9 @@ class StepRecord:
     forwards_saved: int            # sequences whose next forward came for free from the winner's
     seconds: float
     prefetched: int = 0            # candidates whose evaluation came from an earlier step's prefetch
+    reused: int = 0                # ... from the previous winner's rollouts (engine/reuse.py)
+    reused_rows: int = 0           # the rows those reused evaluations had fed
+    finish_calls: int = 0          # model calls for winners that had no evaluation of their own
 
 
 @dataclass
@@ -60,7 +63,9 @@ class GenerationOutput:
                     forward_calls_per_token=sum(s.forward_calls for s in self.steps) / per,
                     forward_tokens_per_token=sum(s.forward_tokens for s in self.steps) / per,
                     forwards_saved=sum(s.forwards_saved for s in self.steps),
-                    prefetched=sum(s.prefetched for s in self.steps))
+                    prefetched=sum(s.prefetched for s in self.steps),
+                    reused=sum(s.reused for s in self.steps), reused_rows=sum(s.reused_rows for s in self.steps),
+                    finish_calls_per_token=sum(s.finish_calls for s in self.steps) / per)
 
 
 def _so_far(input_ids, new_tokens, rows):
@@ -91,7 +96,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
              rollouts: int = defaults.ROLLOUTS, seed=0, eos_token_id=None, pad_token_id: int = 0,
              top_k: int | None = defaults.TOP_K, top_p: float | None = None, min_p: float | None = None,
              rollout_top_k: int | None = defaults.ROLLOUT_TOP_K, block_size: int = defaults.BLOCK_SIZE,
-             engine: str = "auto", backend: str | None = None, prefetch: bool = True,
+             engine: str = "auto", backend: str | None = None, prefetch: bool = True, reuse: bool = True,
              logits_processor=None, stopping_criteria=None, on_step=None, output_scores: bool = False,
              output_logits: bool = False, max_rows: int | None = defaults.MAX_ROWS) -> GenerationOutput:
     """Decode up to ``max_new_tokens`` tokens per sequence with EPIC.
@@ -109,6 +114,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
         model calls (fewer calls; same tokens). With a ``logits_processor``, the prediction calls it
         on the would-be next input ids; a processor that does not depend only on those and the
         logits just makes the prediction miss.
+    reuse : let the fast engine hand each winner's rollouts to the next step, whose candidates they
+        pass through (``engine.reuse``: fewer rows, sometimes fewer calls; same tokens).
     logits_processor : optional ``f(input_ids [n, T], logits [n, V]) -> logits`` applied before EPIC at
         every step (for example a Hugging Face ``LogitsProcessorList`` with top-k / top-p warpers).
     stopping_criteria : optional ``f(input_ids [n, T], logits) -> bool [n]`` ending sequences early.
@@ -188,7 +195,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             keep_rows(kept_logits, logits, rows)
             prefix = Prefix.view(cache, mask, seeds[rows])
             res = run_step(truncate(scores, top_k, top_p, min_p), cache, prefix, model, cfg, fast=fast,
-                           backend=backend, advance=advance, prefetched=prefetched, transform=transform)
+                           backend=backend, advance=advance, prefetched=prefetched, transform=transform,
+                           reuse=reuse)
             if advance:
                 logits, cache, mask, prefetched = res.next_logits, res.kv, res.attention_mask, res.prefetched
             tokens = res.tokens
@@ -217,7 +225,8 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                 evaluated_depth1=float(st.evaluated_depth1.double().mean()),
                 evaluated_deeper=float(st.evaluated_deeper.double().mean()),
                 forward_calls=st.forward_calls, forward_tokens=st.forward_tokens,
-                forwards_saved=st.forwards_saved, prefetched=st.adopted,
+                forwards_saved=st.forwards_saved, prefetched=st.adopted, reused=st.reused,
+                reused_rows=st.reused_rows, finish_calls=st.finish_calls,
                 seconds=time.perf_counter() - start))
             if on_step is not None:
                 on_step(step, rows, tokens)

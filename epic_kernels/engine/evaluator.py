@@ -57,7 +57,8 @@ class Evaluator:
 
     def __init__(self, model, prefix: Prefix, seq, tokens, cfg, backend: str, score_dtype, positions=None, *,
                  pool: SlotPool | None = None, lead: int = 0, slot_len: int | None = None,
-                 keep_logits: bool = True, lead_slot: int | None = None, z: torch.Tensor | None = None):
+                 keep_logits: bool = True, lead_slot: int | None = None, z: torch.Tensor | None = None,
+                 carry: bool = False):
         """``positions [M]`` (optional): candidate m sits at ``positions[m]`` and sees only the prefix
         before it (rows sharing one sequence's KV fork from different prefixes of it, as when
         measuring the entropy at every position of a text); default: its sequence's length.
@@ -74,6 +75,9 @@ class Evaluator:
 
         ``z [M]`` (optional): the candidates' perturbed scores, which rank the kept logits when
         ``cfg.max_rows`` binds (only the rows fed change with the ranking, never a result).
+
+        ``carry``: keep the logits of each rollout's depth-2 row (at most ``max_rows`` of them), which
+        the next step reuses when this step's winner is among those candidates (``reuse.py``).
         """
         self.model, self.prefix, self.cfg, self.backend = model, prefix, cfg, backend
         self.seq, self.tokens, self.lead, self.keep_logits = seq, tokens, lead, keep_logits
@@ -99,10 +103,14 @@ class Evaluator:
         self.max_rows_fed = 0                       # the most rows one model forward took
         self.adopted = 0                            # candidates whose evaluation came from the last step
         self.adopted_rows = 0                       # ... and the rows that evaluation fed
+        self.reused = self.reused_rows = 0          # the same, from the last step's winner's rollouts
         self.depth = torch.zeros(M, dtype=torch.int64)
         self.goal = torch.zeros(M, dtype=torch.int64)
         self.table = torch.zeros(M, k, K, dtype=score_dtype)
         self.last = torch.zeros(M, K, dtype=torch.int64)
+        self.drawn = torch.full((M, k, K), -1, dtype=torch.int64)   # rollout r's token drawn at depth d + 1
+        self.keep_second = carry and keep_logits and lead == 0
+        self.second = {}                            # (m, r) -> logits after m and rollout r's first token
         self.next_logits = {}                       # candidate -> its depth-1 logits (winner reuse)
         self.calls = self.forward_tokens = 0
 
@@ -133,7 +141,7 @@ class Evaluator:
         self.max_rows_fed = max(self.max_rows_fed, len(tokens))
         return out.logits[:, -1, :]
 
-    def _entropy_and_samples(self, logits, seqs, streams, positions):
+    def rollout_samples(self, logits, seqs, streams, positions):
         """Entropy of the rollout policy and one keyed sample per column of ``streams [R, S]``."""
         dev = logits.device                         # bookkeeping lives on the CPU, logits on the model's device
         seeds = self.prefix.seeds[seqs].to(dev)
@@ -150,10 +158,10 @@ class Evaluator:
         ent, _, picks = softmax_entropy_impl(logits, seeds, streams.contiguous(), positions, self.backend)
         return ent.cpu(), picks.cpu()               # all S samples from one softmax pass (C++)
 
-    def adopt(self, m: int, depth: int, table, last, next_logits, keys, values) -> None:
-        """Take candidate ``m``'s evaluation through ``depth`` from a prefetch made in the previous
-        step: entropies ``table [k, K]``, rollout tokens ``last [K]``, depth-1 logits, and per layer
-        its paths' KV ``[K, kv_heads, depth, head_dim]``."""
+    def adopt(self, m: int, depth: int, table, last, next_logits, keys, values, reused: bool = False) -> None:
+        """Take candidate ``m``'s evaluation through ``depth`` from the previous step (its prefetch,
+        or with ``reused`` its winner's rollouts): entropies ``table [k, K]``, rollout tokens
+        ``last [K]``, depth-1 logits, and per layer its paths' KV ``[K, kv_heads, depth, head_dim]``."""
         K, a = self.cfg.rollouts, self.lead
         self._take(torch.tensor([m]), K if depth > 1 else 1)
         slots = self.slots[m, : K if depth > 1 else 1]
@@ -164,8 +172,12 @@ class Evaluator:
         for pk, pv, k, v in zip(self.pool.keys, self.pool.values, keys, values):
             pk[slots, :, a:a + depth] = k[: len(slots), :, :depth]
             pv[slots, :, a:a + depth] = v[: len(slots), :, :depth]
-        self.adopted += 1
-        self.adopted_rows += 1 + K * (depth - 1)
+        if reused:
+            self.reused += 1
+            self.reused_rows += 1 + K * (depth - 1)
+        else:
+            self.adopted += 1
+            self.adopted_rows += 1 + K * (depth - 1)
 
     def path_kv(self, m: int):
         """Per layer ``(keys, values)`` ``[K', kv_heads, depth, head_dim]`` of candidate ``m``'s paths,
@@ -303,17 +315,24 @@ class Evaluator:
                 self.next_logits[m] = keep[j]
         if n1:
             streams = (1 + torch.arange(K)).expand(n1, K)
-            ent, ys = self._entropy_and_samples(logits[:n1], self.seq[first], streams, self.base[first] + 1)
+            ent, ys = self.rollout_samples(logits[:n1], self.seq[first], streams, self.base[first] + 1)
             self.table[first, 0, :] = ent.to(self.table.dtype).view(-1, 1)
             self.last[first] = ys
+            self.drawn[first, 0] = ys
         if len(deep):
             deep_c = deep.repeat_interleave(K)
             d = self.depth[deep_c]
             roll = torch.arange(K).repeat(len(deep))
-            ent, ys = self._entropy_and_samples(logits[n1:n1 + nd], self.seq[deep_c], (1 + roll).view(-1, 1),
+            ent, ys = self.rollout_samples(logits[n1:n1 + nd], self.seq[deep_c], (1 + roll).view(-1, 1),
                                                 self.base[deep_c] + d + 1)
             self.table[deep_c, d, roll] = ent.to(self.table.dtype)
             self.last[deep_c, roll] = ys[:, 0]
+            self.drawn[deep_c, d, roll] = ys[:, 0]
+            if self.keep_second:
+                for j in (d == 1).nonzero().flatten().tolist():
+                    if len(self.second) >= self.max_rows:
+                        break
+                    self.second[(int(deep_c[j]), int(roll[j]))] = logits[n1 + j].clone()
         self.depth[first] += 1
         self.depth[deep] += 1
         if self.keep_logits and self.lead == 0 and len(deep):
@@ -338,6 +357,8 @@ class Evaluator:
             held = self.slots[m][self.slots[m] >= 0]
             self.pool.release(held.tolist())
             self.slots[m] = -1
+            for r in range(self.cfg.rollouts):      # its paths are gone: nothing to carry over
+                self.second.pop((m, r), None)
 
     def results(self, idx: torch.Tensor):
         """``(depth, partial RB sum)`` of candidates ``idx``."""

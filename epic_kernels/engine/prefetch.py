@@ -79,18 +79,29 @@ class _Entry:
 
 
 class Prefetched:
-    """What a step hands to the next one: at most one ``_Entry`` per sequence (None: nothing), made
-    for one state of one cache (``cache``, an ``EpicCache``: its identity and ``version``), and the
-    step's slot pool for the next step to reuse (None: not kept)."""
+    """What a step hands to the next one: at most one ``_Entry`` per sequence (None: nothing) and
+    the winners' rollout carries (``reuse.Carry`` or None per sequence), made for one state of one
+    cache (``cache``, an ``EpicCache``: its identity and ``version``), one step configuration
+    (``cfg``) and one model, and the step's slot pool for the next step to reuse (None: not kept)."""
 
-    def __init__(self, entries: list, cache, pool=None):
-        self.entries = entries
+    def __init__(self, entries: list | None, cache, pool=None, carries: list | None = None, cfg=None,
+                 model=None):
+        n = len(entries if entries is not None else carries)
+        self.entries = entries if entries is not None else [None] * n
+        self.carries = carries if carries is not None else [None] * n
         self._owner = weakref.ref(cache)
         self._version = cache.version
         self.pool = pool
+        self.cfg = cfg
+        self._model = weakref.ref(model) if model is not None else None
 
-    def made_for(self, cache) -> bool:
-        """Was this made for ``cache`` exactly as it is now (same object, not modified since)?"""
+    def made_for(self, cache, cfg=None, model=None) -> bool:
+        """Was this made for ``cache`` exactly as it is now (same object, not modified since), and
+        for the step configuration ``cfg`` and the ``model`` (when given)?"""
+        if cfg is not None and self.cfg is not None and cfg != self.cfg:
+            return False
+        if model is not None and self._model is not None and self._model() is not model:
+            return False
         return self._owner() is cache and getattr(cache, "version", None) == self._version
 
     def __len__(self) -> int:
@@ -102,7 +113,11 @@ class Prefetched:
     def select(self, rows: torch.Tensor, cache) -> "Prefetched":
         """Keep sequences ``rows``, for ``cache`` after the same selection (finished sequences
         leaving a batch: ``cache.batch_select_indices(rows)``)."""
-        return Prefetched([self.entries[r] for r in rows.tolist()], cache, self.pool)
+        keep = rows.tolist()
+        out = Prefetched([self.entries[r] for r in keep], cache, self.pool, [self.carries[r] for r in keep],
+                         self.cfg)
+        out._model = self._model
+        return out
 
 
 class _Bet:

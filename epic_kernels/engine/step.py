@@ -12,6 +12,7 @@ from ..ops.candidate_manager import make_manager
 from ..ops.dispatch import choose
 from .evaluator import Evaluator
 from .prefetch import DEFAULT_BUDGET, LEVELS, Prefetcher
+from . import reuse as _reuse
 from .search import Search, prune_on_host
 
 # a step's slot pool is handed to the next step for reuse unless it grew beyond this many slots
@@ -29,12 +30,14 @@ class FastStep:
     next_values: list | None = None
     prefetched: list | None = None   # per sequence, the next step's evaluations made in this one
     pool: object | None = None       # the slot pool, for the next step to reuse (None: too big)
+    carries: list | None = None      # per sequence, the next step's evaluations the winner's rollouts made
 
 
 @torch.no_grad()
 def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str | None = None,
                 advance: bool = True, prefetched: list | None = None, transform=None,
-                prefetch_budget: int = DEFAULT_BUDGET, pool=None) -> FastStep:
+                prefetch_budget: int = DEFAULT_BUDGET, pool=None, carries: list | None = None,
+                reuse: bool = True) -> FastStep:
     """One EPIC step for every sequence of ``prefix``.
 
     With ``advance`` the step also produces each sequence's next logits and the KV of its winner:
@@ -50,6 +53,10 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
 
     ``pool``: the previous step's ``FastStep.pool`` to reuse (its contents are overwritten), which
     saves allocating and zeroing the slot storage every step.
+
+    Cross-step reuse (``reuse.py``): with ``advance`` and ``reuse``, the step returns as ``carries``
+    what its winners' rollouts evaluated of the next step; passing them back (``carries``) lets the
+    next step skip those evaluations. The tokens are the same with or without it.
     """
     B, V = logits.shape
     which = choose(logits.device, backend)
@@ -61,11 +68,13 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
     if pool is not None:
         pool.reset()
     ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch * LEVELS,
-                   pool=pool, z=pr.scores)
+                   pool=pool, z=pr.scores, carry=advance and reuse)
     mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, admissible_bound(V, cfg.rollout_top_k),
                        cfg.block_size, which)
     search = Search(mgr, ev, pr.scores, cfg.alpha)
     carried = _adopt(ev, pr, logits, prefix, prefetched) if prefetched is not None else None
+    if carries is not None and reuse:
+        _reuse.load(ev, pr, prefix, carries)
     ride = (Prefetcher(ev, pr, transform, width, which, search.winners, prefetch_budget, carried)
             if prefetch else None)
     while search.advance():
@@ -76,7 +85,8 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
     served = evaluated & torch.tensor([ev.kept(m) or not ev.keep_logits for m in win.tolist()], dtype=torch.bool)
     stats = StepStats(pr.counts.clone(), depth1, deeper, ev.calls, ev.forward_tokens,
                       forwards_saved=int(served.sum()) if advance else 0,
-                      adopted=ev.adopted, adopted_rows=ev.adopted_rows, depth_reached=ev.depth.clone(),
+                      adopted=ev.adopted, adopted_rows=ev.adopted_rows, reused=ev.reused,
+                      reused_rows=ev.reused_rows, depth_reached=ev.depth.clone(),
                       min_forward_tokens=int((ev.depth >= 1).sum() + cfg.rollouts * (ev.depth - 1).clamp(min=0).sum()))
     entropy = torch.full((B,), float("nan"), dtype=pr.scores.dtype)
     if evaluated.any():
@@ -96,6 +106,8 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
             stats.finish_calls, stats.finish_tokens = ev.calls - calls, ev.forward_tokens - toks
         out.next_logits = torch.stack([ev.next_logits[m] for m in win.tolist()])
         out.next_keys, out.next_values = ev.winner_kv(win)
+        if reuse:
+            out.carries = _reuse.carry(ev, win)
     if ride is not None:
         out.prefetched = ride.hand_over(win)
         stats.prefetch_rows = ride.rows_fed           # fed for the next step

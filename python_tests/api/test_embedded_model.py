@@ -25,6 +25,23 @@ def test_fast_equals_reference_for_30_steps(smol):
     assert s["forward_calls_per_token"] <= 4                         # at most `horizon` calls per token
 
 
+def test_cross_step_reuse_changes_no_token_over_32_steps(smol):
+    """Rollout reuse on vs off (prefetch off, so the reused evaluations are not made on a bet
+    instead) vs the reference, two prompts of different kinds in one batch."""
+    model, tok = smol
+    from epic_kernels.testing import left_padded
+
+    prompts = [chat_prompt_ids(tok, p)[0].tolist() for p in
+               ("Write a short story about a lighthouse keeper.", "What is 12 times 7? Answer with a number.")]
+    ids, mask = left_padded(prompts)
+    kwargs = dict(attention_mask=mask, max_new_tokens=32, alpha=0.3, top_k=50, rollout_top_k=50, seed=[5, 6])
+    on = epic_kernels.generate(model, ids, engine="fast", prefetch=False, **kwargs)
+    off = epic_kernels.generate(model, ids, engine="fast", prefetch=False, reuse=False, **kwargs)
+    ref = epic_kernels.generate(model, ids, engine="reference", **kwargs)
+    assert on.new_tokens == off.new_tokens == ref.new_tokens
+    assert on.summary()["reused"] > 0 and off.summary()["reused"] == 0
+
+
 def test_next_logits_equal_a_plain_forward(smol):
     model, tok = smol
     ids = chat_prompt_ids(tok, "Say hello.")

@@ -99,7 +99,8 @@ def test_prefetched_of_the_wrong_type_is_an_error(tiny):
 
 
 def test_step_statistics_account_for_prefetched_rows(tiny):
-    """Rows fed = the step's own rows + rows for the next step; own + adopted = what the step used."""
+    """Rows fed = the step's own rows + rows for the next step; own + adopted (+ reused from the
+    previous winner's rollouts) = what the step used."""
     from epic_kernels.core import EpicConfig
 
     cfg = EpicConfig(alpha=0.9, horizon=3, rollouts=2)
@@ -108,7 +109,7 @@ def test_step_statistics_account_for_prefetched_rows(tiny):
         own = st.forward_tokens - st.prefetch_rows
         assert own >= 0 and st.prefetch_rows_won <= st.prefetch_rows
         # everything the step's candidates reached was fed by this step or adopted, nothing twice
-        assert own + st.adopted_rows >= st.min_forward_tokens
+        assert own + st.adopted_rows + st.reused_rows >= st.min_forward_tokens
         assert st.adopted_rows <= won
         won, adopted = st.prefetch_rows_won, adopted + st.adopted
     assert adopted > 0

@@ -1,0 +1,113 @@
+"""What cross-step rollout reuse (``epic_kernels/engine/reuse.py``) saves, with and without prefetch.
+
+On the embedded model, the prompts of ``bench_generate.py`` (writing and GSM8K, chat template),
+library defaults (alpha 0.2, horizon 4, 2 rollouts, top-50) and, with ``--full``, the full
+vocabulary. For each of prefetch off/on, a decode with reuse off and one with reuse on, over the
+same prompts and seeds, interleaved (off, on) per repetition. Per emitted token: model calls (the
+step's own and the finish calls for winners without an evaluation), rows fed, candidates reused
+and the share of the candidates' evaluations (rows) that came for free from the previous winner's
+rollouts: ``reused_rows / (own rows + adopted rows + reused_rows)``. Counts are deterministic (the
+same on any machine); wall-time ratios (reuse on / off, median of the repetitions, every value
+shown) are from this run only. The tokens with reuse on and off are checked equal.
+
+    python benchmarks/bench_reuse.py --json benchmarks/results/bench_reuse.json
+    python benchmarks/bench_reuse.py --quick
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: no PYTHONPATH needed
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from experiments import common as C  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
+
+import epic_kernels  # noqa: E402
+from bench_generate import prompt_set  # noqa: E402
+
+
+def counts(out) -> dict:
+    n = max(sum(len(t) for t in out.new_tokens), 1)
+    own = sum(s.forward_tokens for s in out.steps)
+    reused_rows = sum(s.reused_rows for s in out.steps)
+    adopted_rows = sum(getattr(s, "adopted_rows", 0) for s in out.steps)
+    calls = sum(s.forward_calls + s.finish_calls for s in out.steps)
+    return dict(tokens=n, calls_per_token=calls / n, rows_per_token=own / n,
+                reused_per_token=sum(s.reused for s in out.steps) / n,
+                reused_rows_per_token=reused_rows / n, adopted_per_token=sum(s.prefetched for s in out.steps) / n,
+                free_share=reused_rows / max(own + adopted_rows + reused_rows, 1), seconds=sum(s.seconds for s in out.steps))
+
+
+def run(model, batches, kw, tokens: int, reps: int, quiet: bool) -> list[dict]:
+    rows = []
+    for name, ids, mask, seeds in batches:
+        for prefetch in (False, True):
+            pairs, res = [], {}
+            for _ in range(reps):
+                got = {}
+                for reuse in (False, True):
+                    start = time.perf_counter()
+                    out = epic_kernels.generate(model, ids, attention_mask=mask, max_new_tokens=tokens, seed=seeds,
+                                                prefetch=prefetch, reuse=reuse, **kw)
+                    got[reuse] = (out, time.perf_counter() - start)
+                if got[True][0].new_tokens != got[False][0].new_tokens:
+                    raise SystemExit(f"{name}: reuse changed the tokens (prefetch={prefetch})")
+                pairs.append(got[True][1] / got[False][1])
+                res = {r: counts(o) for r, (o, _) in got.items()}
+            rows.append(dict(batch=name, prefetch=prefetch, off=res[False], on=res[True],
+                             time_ratio=C.median(pairs), pairs=pairs))
+            if not quiet:
+                print(f"  {name} prefetch={prefetch}: calls/token {res[False]['calls_per_token']:.3f} -> "
+                      f"{res[True]['calls_per_token']:.3f}, rows/token {res[False]['rows_per_token']:.2f} -> "
+                      f"{res[True]['rows_per_token']:.2f}, free share {res[True]['free_share']:.1%}, "
+                      f"time on/off {[round(p, 3) for p in pairs]}", flush=True)
+    return rows
+
+
+def table(rows) -> str:
+    body = []
+    for r in rows:
+        off, on = r["off"], r["on"]
+        body.append([r["batch"], "on" if r["prefetch"] else "off", f"{off['calls_per_token']:.3f}",
+                     f"{on['calls_per_token']:.3f}", f"{off['rows_per_token']:.2f}", f"{on['rows_per_token']:.2f}",
+                     f"{on['reused_per_token']:.2f}", f"{on['free_share']:.1%}", f"{r['time_ratio']:.3f}",
+                     " ".join(f"{p:.3f}" for p in r["pairs"])])
+    return C.md_table(["prompts", "prefetch", "calls/token off", "calls/token on", "rows/token off", "rows/token on",
+                       "reused cand./token", "free share of evaluations", "time on/off (median)", "pairs"], body)
+
+
+def main(argv=None) -> int:
+    p = C.base_parser(__doc__, "two prompts, 8 tokens")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--full", action="store_true", help="also the full vocabulary (batch 1, 2 prompts, 32 tokens)")
+    args = p.parse_args(argv)
+    C.setup_torch(args.threads)
+    model, tok, _ = C.load(args.model)
+    prompts = [ids[0].tolist() for _, ids in prompt_set(tok, args.data, 2 if args.quick else 8)]
+    tokens = 8 if args.quick else args.tokens
+    from epic_kernels.testing import left_padded
+
+    ids, mask = left_padded(prompts)
+    cases = [("defaults", {}, [(f"batch {len(prompts)}", ids, mask, list(range(len(prompts)))),
+                               *[(f"batch 1, prompt {i}", *left_padded([pr]), [i]) for i, pr in
+                                 enumerate(prompts[:2])]], tokens)]
+    if args.full and not args.quick:
+        cases.append(("full vocabulary", dict(top_k=None, rollout_top_k=None),
+                      [(f"batch 1, prompt {i}", *left_padded([pr]), [i]) for i, pr in enumerate(prompts[:2])], 32))
+    out = dict(command="python benchmarks/bench_reuse.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+               machine=C.machine(), load_before=C.loadavg(), cases={})
+    for label, kw, batches, n in cases:
+        print(f"{label}: {n} new tokens", flush=True)
+        out["cases"][label] = dict(tokens=n, rows=run(model, batches, kw, n, args.reps, args.no_progress))
+    out["load_after"] = C.loadavg()
+    for label, case in out["cases"].items():
+        print(f"\n{label} ({case['tokens']} new tokens)\n\n{table(case['rows'])}")
+    if args.json:
+        C.write_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
