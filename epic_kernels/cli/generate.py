@@ -231,7 +231,8 @@ def _generate(args) -> int:
           f"at depth 1 and {s['mean_evaluated_deeper']:.1f} deeper; {s['forward_calls_per_token']:.2f} forward "
           f"calls and {s['forward_tokens_per_token']:.1f} forward tokens per token; "
           f"{s['forwards_saved']} forwards saved by reusing the winner's; {s['prefetched']} candidates "
-          f"evaluated ahead inside the previous step's calls (prefetch)")
+          f"evaluated ahead inside the previous step's calls (prefetch) and {s['reused']} taken from the "
+          f"previous winner's rollouts (reuse)")
     if args.json:
         _write_json(args.json, dict(engine="hf", tokens=out.new_tokens[0],
                                     text=tokenizer.decode(out.new_tokens[0], skip_special_tokens=True),
