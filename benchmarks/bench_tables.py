@@ -103,8 +103,10 @@ class Suite:
                 f"{e.get('model_threads', '?')} for the model, OMP_WAIT_POLICY={e.get('omp_wait_policy')}, "
                 f"torch {e.get('torch', '?')}, git {e.get('git', self.data.get('commit_info', {}).get('id', '?')[:7])}, "
                 f"load average {_load(e.get('loadavg_start'))} -> {_load(e.get('loadavg_end'))}, "
-                f"{self.data.get('datetime', '')[:16]}. Medians of pytest-benchmark rounds; "
-                f"GPU cells are empty until a GPU run (`--device cuda`) fills them.*")
+                f"{self.data.get('datetime', '')[:16]}, device {e.get('device', 'cpu')}"
+                + (f" ({e['gpu']})" if e.get("gpu") else "") + ". Medians of pytest-benchmark rounds"
+                + ("; no GPU run yet (`make gpu-check` renders these tables from a `--device cuda` run).*"
+                   if e.get("device", "cpu") == "cpu" else ".*"))
 
 
 def _load(x):
@@ -115,16 +117,23 @@ def ratio(a, b):
     return a / b if a is not None and b is not None and b > 0 else None
 
 
+def _has(s: Suite, table: str, impl: str) -> bool:
+    return any(impl in s.cells.get((table, c), {}) for c in s.cases(table))
+
+
 def t_softmax(s: Suite) -> str:
-    rows = []
+    rows, tri = [], _has(s, "softmax_entropy", "triton")
     for case in s.cases("softmax_entropy"):
-        g = {i: s.median("softmax_entropy", case, i) for i in ("cpp", "public", "scan_first", "eager", "logsumexp", "sum")}
-        B, V = s.extra("softmax_entropy", case, "cpp", "B") or "", s.extra("softmax_entropy", case, "cpp", "V") or ""
-        rows.append([B, V, g["cpp"], g["public"], g["scan_first"], g["eager"], g["logsumexp"], g["sum"],
-                     _x(ratio(g["eager"], g["cpp"])), _x(ratio(g["cpp"], g["logsumexp"])), _x(ratio(g["cpp"], g["sum"])),
-                     _x(ratio(g["public"], g["cpp"])), ""])
-    return md(["B", "V", "C++ op ms", "public op ms", "public op, scans first ms", "torch eager ms", "torch.logsumexp ms", "x.sum ms",
-               "eager / C++", "C++ / logsumexp", "C++ / sum", "public / C++", "GPU"], rows)
+        g = {i: s.median("softmax_entropy", case, i) for i in ("cpp", "triton", "public", "scan_first", "eager", "logsumexp", "sum")}
+        B = next((s.extra("softmax_entropy", case, i, "B") for i in g if g[i] is not None), "")
+        V = next((s.extra("softmax_entropy", case, i, "V") for i in g if g[i] is not None), "")
+        rows.append([B, V, g["cpp"]] + ([g["triton"]] if tri else []) + [g["public"], g["scan_first"], g["eager"],
+                     g["logsumexp"], g["sum"], _x(ratio(g["eager"], g["cpp"])), _x(ratio(g["cpp"], g["logsumexp"])),
+                     _x(ratio(g["cpp"], g["sum"])), _x(ratio(g["public"], g["cpp"]))]
+                    + ([_x(ratio(g["eager"], g["triton"])), _x(ratio(g["triton"], g["sum"]))] if tri else []))
+    return md(["B", "V", "C++ op ms"] + (["Triton ms"] if tri else []) + ["public op ms", "public op, scans first ms",
+               "torch eager ms", "torch.logsumexp ms", "x.sum ms", "eager / C++", "C++ / logsumexp", "C++ / sum",
+               "public / C++"] + (["eager / Triton", "Triton / sum"] if tri else []), rows)
 
 
 def _x(r):
@@ -132,22 +141,125 @@ def _x(r):
 
 
 def t_prune(s: Suite) -> str:
-    rows = []
+    rows, tri = [], _has(s, "gumbel_topk_prune", "triton")
     for case in s.cases("gumbel_topk_prune"):
-        c, r = s.median("gumbel_topk_prune", case, "cpp"), s.median("gumbel_topk_prune", case, "reference")
-        rows.append([s.extra("gumbel_topk_prune", case, "cpp", "B"), s.extra("gumbel_topk_prune", case, "cpp", "V"),
-                     c, r, _x(ratio(r, c)), ""])
-    return md(["B", "V", "C++ ms", "reference ms", "reference / C++", "GPU"], rows)
+        c, t, r = (s.median("gumbel_topk_prune", case, i) for i in ("cpp", "triton", "reference"))
+        rows.append([s.extra("gumbel_topk_prune", case, "reference", "B"), s.extra("gumbel_topk_prune", case, "reference", "V"),
+                     c] + ([t] if tri else []) + [r, _x(ratio(r, c))] + ([_x(ratio(r, t))] if tri else []))
+    return md(["B", "V", "C++ ms"] + (["Triton ms"] if tri else []) + ["reference ms", "reference / C++"]
+              + (["reference / Triton"] if tri else []), rows)
 
 
 def t_fork(s: Suite) -> str:
     rows = []
     for case in s.cases("fork_attention"):
         c, t, q = (s.median("fork_attention", case, i) for i in ("cpp", "torch", "sdpa"))
-        rows.append([s.extra("fork_attention", case, "cpp", "N"), s.extra("fork_attention", case, "cpp", "L"),
-                     c, t, q, _x(ratio(t, c)), _x(ratio(q, c)), s.extra("fork_attention", case, "cpp", "max_abs_diff"), ""])
+        rows.append([s.extra("fork_attention", case, "torch", "N"), s.extra("fork_attention", case, "torch", "L"),
+                     c, t, q, _x(ratio(t, c)), _x(ratio(q, c)), _e(s.extra("fork_attention", case, "cpp", "max_abs_diff"))])
     return md(["rows N", "prefix L", "C++ op ms", "torch path ms", "SDPA on copies ms", "torch / C++", "SDPA / C++",
-               "max abs diff, C++ vs torch", "GPU"], rows)
+               "max abs diff, C++ vs torch"], rows)
+
+
+def _e(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1e}"
+
+
+def t_fork_kv(s: Suite) -> str:
+    rows = []
+    for case in s.cases("fork_kv"):
+        h, e = s.median("fork_kv", case, "hf_copy"), s.median("fork_kv", case, "engine_pool")
+        hb = s.extra("fork_kv", case, "engine_pool", "prefix_bytes")
+        R = s.extra("fork_kv", case, "engine_pool", "R")
+        hb = hb * R if hb and R else None
+        eb = s.extra("fork_kv", case, "engine_pool", "added_bytes")
+        a = {i: s.median("fork_depth2", case, i) for i in ("sdpa", "torch", "cpp")}
+        errs = [s.extra("fork_depth2", case, i, "max_abs_diff_vs_sdpa") for i in ("torch", "cpp")]
+        errs = [x for x in errs if x is not None]
+        rows.append([s.extra("fork_kv", case, "engine_pool", "L"), R, h, e, _x(ratio(h, e)),
+                     hb / 2**20 if hb else None, eb / 2**20 if eb else None, _x(ratio(hb, eb)),
+                     a["sdpa"], a["torch"], a["cpp"], _x(ratio(a["sdpa"], a["torch"])), _x(ratio(a["sdpa"], a["cpp"])),
+                     _x(ratio(a["torch"], a["cpp"])), _e(max(errs)) if errs else None])
+    return md(["prefix L", "rows R", "HF deepcopy + repeat ms", "engine pool ms", "time HF / engine", "HF added MiB",
+               "engine added MiB", "bytes HF / engine", "attention, 1 layer, depth 2: SDPA on copies ms",
+               "fork, torch path ms", "fork, C++ op ms", "SDPA / torch path", "SDPA / C++", "torch path / C++",
+               "max abs diff vs SDPA"], rows)
+
+
+def t_decode_steps(s: Suite) -> str:
+    speed, work = [], []
+    for case in s.cases("decode_steps"):
+        f, n = s.median("decode_steps", case, "fast"), s.median("decode_steps", case, "naive")
+        steps = s.extra("decode_steps", case, "fast", "steps") or s.extra("decode_steps", case, "naive", "steps")
+        ref, fst = s.median("engine_step", case, "reference"), s.median("engine_step", case, "fast")
+        speed.append([case, steps, f / steps if f else None, n / steps if n else None, _x(ratio(n, f)),
+                      _x(ratio(ref, fst))])
+        pf = s.extra("decode_steps", case, "fast", "per_step") or {}
+        pn = s.extra("decode_steps", case, "naive", "per_step") or {}
+        same = s.extra("decode_steps", case, "fast", "tokens") == s.extra("decode_steps", case, "naive", "tokens")
+        work.append([case, pf.get("calls"), pn.get("calls"), s.extra("engine_step", case, "reference", "calls"),
+                     pf.get("forward_tokens"), pf.get("prefetch_rows"),
+                     None if not pf else pf["prefetch_rows"] - pf["prefetch_rows_won"],
+                     None if not pf else pf["forward_tokens"] - pf["prefetch_rows"] + pf["adopted_rows"],
+                     pf.get("min_forward_tokens"), pn.get("forward_tokens"), pf.get("survivors"),
+                     s.extra("decode_steps", case, "fast", "lemma"), pf.get("evaluated_depth1"), pf.get("evaluated_deeper"),
+                     f"{steps}/{steps}" if same and pn else ""])
+    out = md(["setting", "steps", "fast ms/step", "naive ms/step", "naive / fast",
+              "reference / fast, one step (engine_step)"], speed)
+    out += "\n\n" + md(["setting (means per step)", "fast model calls", "naive calls", "reference calls (one step)",
+                         "fast rows fed", "of which prefetched for the next step", "... on bets that lost",
+                         "own + adopted rows", "algorithmic minimum", "naive rows", "survivors", "Lemma 4.1 prediction",
+                         "evaluated at depth 1", "deeper evaluations", "fast = naive tokens"], work)
+    return out
+
+
+def t_step_profile(s: Suite) -> str:
+    cols, data = [], {}
+    for case in s.cases("decode_steps"):
+        p = s.extra("decode_steps", case, "fast", "profile")
+        if p:
+            cols.append((case, p))
+    if not cols:
+        return ""
+    names = []
+    for _, p in cols:
+        for o in p["ops"]:
+            if o["op"] not in names:
+                names.append(o["op"])
+            data[(o["op"], _)] = o
+    rows = []
+    for n in names:
+        row = [f"`{n}`"]
+        for case, p in cols:
+            o = next((x for x in p["ops"] if x["op"] == n), None)
+            row += [o["self_ms_per_step"], f"{100 * o['self_ms_per_step'] / p['self_ms_per_step']:.1f}%",
+                    o["calls_per_step"]] if o else ["", "", ""]
+        rows.append(row)
+    rows.append(["**all ops**"] + sum([[p["self_ms_per_step"], "100%", ""] for _, p in cols], []))
+    hdr = ["aten op (self CPU)"] + sum([[f"{c} ms/step", "share", "calls/step"] for c, _ in cols], [])
+    steps = "/".join(str(p["steps"]) for _, p in cols)
+    return md(hdr, rows) + (f"\n\n(torch.profiler over {steps} fast decode steps from the same prefill, untimed; "
+                           "the top ops of each setting.)")
+
+
+def t_block_size(s: Suite) -> str:
+    rows = []
+    for case in s.cases("block_size"):
+        x = lambda k: s.extra("block_size", case, "epic", k)  # noqa: E731
+        t = s.median("block_size", case, "epic", 1)
+        rows.append([x("block"), x("tokens"), x("calls_per_token"), x("rows_per_token"), x("survivors"),
+                     x("tokens") / t if t else None])
+    return md(["block size", "tokens", "calls / token", "rows fed / token", "mean survivors",
+               "tokens/s (one run, noisy)"], rows)
+
+
+def t_model_call(s: Suite) -> str:
+    cases = s.cases("model_call")
+    base = s.median("model_call", cases[0], "plain_forward") if cases else None
+    rows = [[s.extra("model_call", c, "plain_forward", "rows"), s.median("model_call", c, "plain_forward"),
+             _x(ratio(s.median("model_call", c, "plain_forward"), base)),
+             ratio(s.median("model_call", c, "plain_forward"), s.extra("model_call", c, "plain_forward", "rows"))]
+            for c in cases]
+    return md(["rows", "ms per call", "x the first row count's call", "ms per row"], rows)
 
 
 def t_host(s: Suite) -> str:
@@ -163,17 +275,17 @@ def t_engine(s: Suite) -> str:
     rows = []
     for case in s.cases("engine_step"):
         f, r, p = (s.median("engine_step", case, i) for i in ("fast", "reference", "plain_forward"))
-        rows.append([case, f, r, p, _x(ratio(r, f)), _x(ratio(f, p)), ""])
+        rows.append([case, f, r, p, _x(ratio(r, f)), _x(ratio(f, p))])
     gen = []
     for case in s.cases("generate"):
         e = s.extra("generate", case, "epic", "decode_tok_s")
         h = s.extra("generate", case, "hf_top_p", "decode_tok_s")
-        gen.append([case, h, e, _x(ratio(e, h)), ""])
-    out = md(["EPIC step (alpha 0.2, k 4, K 2, one prefix)", "fast ms", "reference ms", "plain decode forward ms",
-              "reference / fast", "fast / plain forward", "GPU"], rows)
+        gen.append([case, h, e, _x(ratio(e, h))])
+    out = md(["EPIC step (alpha 0.2, k 4, K 2, one prefix, advance=False)", "fast ms", "reference ms",
+              "plain decode forward ms", "reference / fast", "fast / plain forward"], rows)
     if gen:
         out += "\n\n" + md(["whole decode (suite, short)", "HF top-p decode tok/s", "EPIC decode tok/s",
-                            "EPIC / HF", "GPU"], gen)
+                            "EPIC / HF"], gen)
     return out
 
 
@@ -290,6 +402,11 @@ def tables(suite: Suite | None, gen: dict | None, gen_path: Path) -> dict:
                     "fork_attention": t_fork(suite) + "\n\n" + src,
                     "host_ops": t_host(suite) + "\n\n" + src,
                     "engine_step": t_engine(suite) + "\n\n" + src,
+                    "fork_kv": t_fork_kv(suite) + "\n\n" + src,
+                    "decode_steps": t_decode_steps(suite) + "\n\n" + src,
+                    "step_profile": t_step_profile(suite) + "\n\n" + src,
+                    "block_size": t_block_size(suite) + "\n\n" + src,
+                    "model_call": t_model_call(suite) + "\n\n" + src,
                     "readme_kernels": t_readme_kernels(suite),
                     "softmax_notes": t_softmax_notes(suite)})
     if gen is not None:

@@ -65,8 +65,8 @@ def bench_engine_step(benchmark, embedded, prefix, setting, impl, model_threads,
     else:
         fn = lambda: epic_kernels.sample_step(logits, kv, model, engine=impl, advance=False, **kw)  # noqa: E731
     tag(benchmark, "engine_step", setting, impl, threads=model_threads)
-    rounds = 2 if quick else (3 if impl == "reference" or setting == "full vocab" else 6)
-    out = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+    rounds = 1 if quick else (3 if impl == "reference" or setting == "full vocab" else 6)
+    out = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0 if quick else 1)
     if impl != "plain_forward":
         st = out.stats
         benchmark.extra_info.update(calls=st.forward_calls + st.finish_calls,
@@ -83,7 +83,7 @@ def bench_generate(benchmark, embedded, kind, impl, model_threads, quick, device
     model, tok = embedded
     prompts = dict(G.prompt_set(tok, G.C.DEFAULT_DATA, 2))
     ids, mask = G.C.left_pad([prompts[kind]])
-    n = 6 if quick else 32
+    n = 4 if quick else 32
     log = getattr(model, "_bench_call_log", None) or G.CallLog(model)
     model._bench_call_log = log
     runs = []
@@ -94,7 +94,7 @@ def bench_generate(benchmark, embedded, kind, impl, model_threads, quick, device
         else:
             runs.append(G.hf_run(model, ids, mask, n, len(runs)))
     tag(benchmark, "generate", f"{kind}, batch 1, {n} tokens", impl, threads=model_threads, new_tokens=n)
-    benchmark.pedantic(fn, rounds=2 if quick else 3, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(fn, rounds=1 if quick else 3, iterations=1, warmup_rounds=0)
     rates = sorted((n - 1) / r["decode_s"] for r in runs)
     benchmark.extra_info.update(decode_tok_s=rates[len(rates) // 2], decode_tok_s_rounds=rates,
                                 prefill_s=sorted(r["prefill_s"] for r in runs)[len(runs) // 2])
@@ -205,7 +205,7 @@ def bench_block_size(benchmark, embedded, block, model_threads, quick, device):
         pytest.skip("the embedded model runs on the CPU here")
     model, tok = embedded
     ids = chat_prompt_ids(tok, "Write a short story about a lighthouse keeper who finds a message in a bottle.")
-    n = 3 if quick else 16
+    n = 2 if quick else 16
     outs = []
     tag(benchmark, "block_size", f"block {block}", "epic", threads=model_threads, block=block, new_tokens=n)
     benchmark.pedantic(lambda: outs.append(generate(model, ids, max_new_tokens=n, top_k=50, rollout_top_k=50,
@@ -238,4 +238,4 @@ def bench_model_call(benchmark, embedded, prefix, rows, model_threads, quick, de
         model(input_ids=tok, position_ids=pos, past_key_values=kv, use_cache=True)
         kv.crop(-1)
     tag(benchmark, "model_call", f"{rows} rows", "plain_forward", threads=model_threads, rows=rows)
-    benchmark.pedantic(fn, rounds=2 if quick else 5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(fn, rounds=1 if quick else 5, iterations=1, warmup_rounds=0 if quick else 1)
