@@ -117,6 +117,11 @@ def ratio(a, b):
     return a / b if a is not None and b is not None and b > 0 else None
 
 
+def _gbps(B, V, ms):
+    """One float32 read of the logits per call (the bandwidth floor every op is held to)."""
+    return B * V * 4 / (ms * 1e-3) / 1e9 if B and V and ms else None
+
+
 def _has(s: Suite, table: str, impl: str) -> bool:
     return any(impl in s.cells.get((table, c), {}) for c in s.cases(table))
 
@@ -130,14 +135,27 @@ def t_softmax(s: Suite) -> str:
         rows.append([B, V, g["cpp"]] + ([g["triton"]] if tri else []) + [g["public"], g["scan_first"], g["eager"],
                      g["logsumexp"], g["sum"], _x(ratio(g["eager"], g["cpp"])), _x(ratio(g["cpp"], g["logsumexp"])),
                      _x(ratio(g["cpp"], g["sum"])), _x(ratio(g["public"], g["cpp"]))]
-                    + ([_x(ratio(g["eager"], g["triton"])), _x(ratio(g["triton"], g["sum"]))] if tri else []))
+                    + ([_x(ratio(g["eager"], g["triton"])), _x(ratio(g["triton"], g["sum"])),
+                        _gbps(B, V, g["triton"]), _gbps(B, V, g["sum"])] if tri else []))
     return md(["B", "V", "C++ op ms"] + (["Triton ms"] if tri else []) + ["public op ms", "public op, scans first ms",
                "torch eager ms", "torch.logsumexp ms", "x.sum ms", "eager / C++", "C++ / logsumexp", "C++ / sum",
-               "public / C++"] + (["eager / Triton", "Triton / sum"] if tri else []), rows)
+               "public / C++"] + (["eager / Triton", "Triton / sum", "Triton GB/s (one read)", "x.sum GB/s"]
+                                  if tri else []), rows)
 
 
 def _x(r):
     return None if r is None else f"{r:.2f}x"
+
+
+def t_sample(s: Suite) -> str:
+    rows = []
+    for case in s.cases("softmax_entropy_sample"):
+        g = {i: s.median("softmax_entropy_sample", case, i) for i in ("one_call", "separate", "one_stream", "entropy_only")}
+        x = lambda k: next((s.extra("softmax_entropy_sample", case, i, k) for i in g if g[i] is not None), None)  # noqa: E731
+        rows.append([case, x("N"), x("V"), x("S"), g["one_call"], g["separate"], _x(ratio(g["separate"], g["one_call"])),
+                     g["one_stream"], g["entropy_only"]])
+    return md(["logits", "N", "V", "S", "one call, streams [N, S] ms", "S calls, streams [N] ms", "S calls / one call",
+               "one call, one stream ms", "softmax_entropy (no sample) ms"], rows)
 
 
 def t_prune(s: Suite) -> str:
@@ -399,6 +417,7 @@ def tables(suite: Suite | None, gen: dict | None, gen_path: Path) -> dict:
         src = suite.source()
         out.update({"softmax_entropy": t_softmax(suite) + "\n\n" + src,
                     "gumbel_topk_prune": t_prune(suite) + "\n\n" + src,
+                    "softmax_entropy_sample": t_sample(suite) + "\n\n" + src,
                     "fork_attention": t_fork(suite) + "\n\n" + src,
                     "host_ops": t_host(suite) + "\n\n" + src,
                     "engine_step": t_engine(suite) + "\n\n" + src,

@@ -6,6 +6,8 @@
   (``log_softmax``, ``exp``, product, ``sum``: what the op replaces), ``torch.logsumexp`` (one
   reduction with an exp per entry: the floor any entropy pass is held to) and ``x.sum(-1)`` (one
   read: the bandwidth floor). Logits ``N(0, 3^2)``; shapes of docs/kernels.md.
+* ``softmax_entropy_sample``: the engine's depth-1 rows (entropy + 2 keyed samples, N 70): one call
+  with ``streams [N, 2]`` against two calls with ``streams [N]``, one stream, and no sample.
 * ``gumbel_topk_prune``: the C++ op against the reference (``reference.gumbel_topk_prune``), width
   ``0.8 log V``, top_k 8.
 * ``triton`` (``--device cuda`` only): the Triton kernels of both ops through the engine's entry
@@ -112,6 +114,62 @@ def bench_softmax_entropy(benchmark, shape, impl, device, threads):
         fn = lambda: x.sum(-1)  # noqa: E731
     tag(benchmark, "softmax_entropy", f"B={B} V={V}", impl, B=B, V=V, threads=threads)
     _run(benchmark, fn, device)
+
+
+SAMPLE_IMPLS = ["one_call", "separate", "one_stream", "entropy_only"]
+
+
+@pytest.mark.parametrize("impl", SAMPLE_IMPLS)
+@pytest.mark.parametrize("logits", [pytest.param("randn", marks=pytest.mark.quick), "smollm2"])
+def bench_softmax_entropy_sample(benchmark, logits, impl, device, threads, request):
+    """The engine's depth-1 rows: entropy + S = 2 keyed rollout samples per row, N = 70, V = 49152.
+    ``one_call``: ``streams [N, 2]`` (one softmax pass); ``separate``: 2 calls with ``streams [N]``;
+    ``one_stream``: 1 call, 1 sample; ``entropy_only``: ``softmax_entropy`` (no sample). Logits
+    ``N(0, 3^2)`` (noise needed for most entries: the worst case) or the embedded SmolLM2's next-token
+    logits along a text (peaked: most noise skipped). The two ways give the same tokens (asserted)."""
+    from epic_kernels import _ext
+
+    _need_cpp(device, "softmax_entropy")
+    N, V, S = 70, 49152, 2
+    if logits == "randn":
+        x = _logits(N, V, device)
+    else:
+        x = _model_logits(request.getfixturevalue("embedded"), N).to(device)
+        V = x.shape[1]
+    g = torch.Generator().manual_seed(11)
+    seeds = torch.randint(0, 2**32, (N,), generator=g).to(device)
+    positions = torch.randint(0, 4096, (N,), generator=g).to(device)
+    streams = (1 + torch.arange(S)).expand(N, S).contiguous().to(device)
+    cols = [streams[:, k].contiguous() for k in range(S)]
+    ops = _ext.ops()
+    one = ops.softmax_entropy_sample(x, seeds, streams, positions)
+    sep = [ops.softmax_entropy_sample(x, seeds, c, positions) for c in cols]
+    assert torch.equal(one[2], torch.stack([o[2] for o in sep], 1)), "streams [N, S] and S calls disagree"
+    fn = {"one_call": lambda: ops.softmax_entropy_sample(x, seeds, streams, positions),
+          "separate": lambda: [ops.softmax_entropy_sample(x, seeds, c, positions) for c in cols],
+          "one_stream": lambda: ops.softmax_entropy_sample(x, seeds, cols[0], positions),
+          "entropy_only": lambda: ops.softmax_entropy(x)}[impl]
+    tag(benchmark, "softmax_entropy_sample", {"randn": "N(0, 3^2)", "smollm2": "SmolLM2 text"}[logits], impl,
+        N=N, V=V, S=S, threads=threads)
+    _run(benchmark, fn, device)
+
+
+STREAM_TEXT = (
+    "The old lighthouse keeper climbed the spiral stairs every evening, counting the steps as his "
+    "father had taught him. At the top he trimmed the wick, polished the great lens, and watched "
+    "the fishing boats return through the narrowing channel. Storms came often in autumn, and on "
+    "those nights he stayed awake until dawn, listening to the waves break against the rocks below "
+    "and writing in the logbook that had passed through four generations of his family.")
+
+
+def _model_logits(embedded, rows):
+    """``[rows, V]`` next-token logits of the embedded model at the first positions of a text."""
+    model, tok = embedded
+    ids = tok(STREAM_TEXT, return_tensors="pt").input_ids
+    while ids.shape[1] < rows:
+        ids = torch.cat([ids, ids], 1)
+    with torch.no_grad():
+        return model(input_ids=ids[:, :rows]).logits[0].float().contiguous()
 
 
 PRUNE_SHAPES = [(1, 32000), (1, 49152), (8, 49152), (64, 49152)]
