@@ -24,9 +24,9 @@ an earlier one failed:
    junit XML and the log go to the output folder. Test files are named explicitly, so nothing that
    needs the embedded model is collected.
 5. ``bench``: the kernel suite of ``make bench`` (``benchmarks/suites/bench_kernels.py``, pytest-benchmark)
-   with ``--device cuda`` (``--cpu``: ``cpu``): ``softmax_entropy`` and ``gumbel_topk_prune`` with
-   every implementation that runs there (C++, Triton on CUDA, the public op, torch eager,
-   ``torch.logsumexp``, ``x.sum``, the reference prune); its JSON and the tables
+   with ``--device cuda`` (``--cpu``: ``cpu``): ``softmax_entropy``, ``softmax_entropy_sample`` and
+   ``gumbel_topk_prune`` with every implementation that runs there (C++, Triton on CUDA, the public
+   op, torch eager, ``torch.logsumexp``, ``x.sum``, the reference prune); its JSON and the tables
    ``benchmarks/bench_tables.py`` makes from it, the form of the docs' tables.
 
 Writes ``report.md`` and ``report.json`` (plus each step's log) to ``--out``, else ``$OUT``, else
@@ -55,7 +55,7 @@ TIMEOUTS = dict(environment=60, build=240, extension=60, tests=150, bench=150)
 # the bench step: the device kernels of the suite (the host ops run on the CPU whatever the device:
 # `make bench` has them), pytest-benchmark's time per benchmark kept short for the GPU machine's limits
 BENCH_SELECT = "softmax_entropy or gumbel_topk_prune"
-BENCH_TABLES = ("softmax_entropy", "gumbel_topk_prune")
+BENCH_TABLES = ("softmax_entropy", "softmax_entropy_sample", "gumbel_topk_prune")
 BENCH_MAX_TIME_S = 0.1
 
 

@@ -53,7 +53,7 @@ def test_cpu_mode_runs_every_step_and_writes_the_report(cpu_run):
     assert (out / "pytest-junit.xml").exists()
     b = rep["bench"]
     assert b["machine"]["device"] == "cpu" and b["machine"]["gpu"] is None and b["benchmarks"] > 0
-    assert set(b["tables_timed"]) == {"softmax_entropy", "gumbel_topk_prune"}
+    assert set(b["tables_timed"]) == {"softmax_entropy", "softmax_entropy_sample", "gumbel_topk_prune"}
     timed = {(r["table"], r["impl"]) for r in b["rows"] if r["median_ms"] > 0}
     for want in [("softmax_entropy", "cpp"), ("softmax_entropy", "eager"), ("softmax_entropy", "logsumexp"),
                  ("gumbel_topk_prune", "cpp"), ("gumbel_topk_prune", "reference")]:
