@@ -387,6 +387,82 @@ def t_readme_kernels(s: Suite) -> str:
     return line
 
 
+def _steps(s: Suite):
+    """{setting: (reference / fast one step, naive / fast over decode steps, fast calls per step,
+    fast own + adopted rows, algorithmic minimum, lost-bet rows, steps)} from the suite."""
+    out = {}
+    for case in s.cases("decode_steps"):
+        f, n = s.median("decode_steps", case, "fast"), s.median("decode_steps", case, "naive")
+        pf = s.extra("decode_steps", case, "fast", "per_step") or {}
+        out[case] = dict(ref=ratio(s.median("engine_step", case, "reference"), s.median("engine_step", case, "fast")),
+                         naive=ratio(n, f), calls=pf.get("calls"), steps=s.extra("decode_steps", case, "fast", "steps"),
+                         own=(pf["forward_tokens"] - pf["prefetch_rows"] + pf["adopted_rows"]) if pf else None,
+                         minimum=pf.get("min_forward_tokens"),
+                         lost=(pf["prefetch_rows"] - pf["prefetch_rows_won"]) if pf else None,
+                         survivors=pf.get("survivors"), lemma=s.extra("decode_steps", case, "fast", "lemma"),
+                         same=s.extra("decode_steps", case, "fast", "tokens") == s.extra("decode_steps", case, "naive", "tokens"))
+    return out
+
+
+def _fork_range(s: Suite):
+    r = [ratio(s.median("fork_attention", c, "torch"), s.median("fork_attention", c, "cpp")) for c in s.cases("fork_attention")]
+    r = [x for x in r if x]
+    return (min(r), max(r)) if r else None
+
+
+def _both(st, key, fmt="{:.2f}x"):
+    parts = [f"{fmt.format(v[key])} ({k})" for k, v in st.items() if v.get(key) is not None]
+    return "; ".join(parts) or "not run"
+
+
+def t_readme_engine(s: Suite) -> str:
+    e = s.data.get("machine_info", {}).get("epic", {})
+    st = _steps(s)
+    if not st:
+        return ""
+    steps = "/".join(str(v["steps"]) for v in st.values())
+    fr = _fork_range(s)
+    lines = ["| engine (suite `make bench`) | result | where |", "|---|---|---|",
+             f"| fast `sample_step` vs reference sampler, one step at one prefix (both `advance=False`) | "
+             f"{_both(st, 'ref')} | [docs/benchmarks.md](docs/benchmarks.md) |",
+             f"| fast `sample_step` (with prefetch) vs naive batched baseline, {steps} decode steps, same tokens | "
+             f"{_both(st, 'naive')} | [docs/benchmarks.md](docs/benchmarks.md) |",
+             f"| model calls per step over those steps (`StepStats`) | {_both(st, 'calls', '{:.2f}')} | "
+             f"[docs/benchmarks.md](docs/benchmarks.md) |"]
+    if fr:
+        lines.append(f"| C++ fork attention vs its torch version, one layer at engine shapes ({e.get('threads', '?')} thread) | "
+                     f"{fr[0]:.1f}-{fr[1]:.1f}x faster | [docs/kernels.md](docs/kernels.md) |")
+    return "\n".join(lines)
+
+
+def t_summary_engine(s: Suite) -> str:
+    st = _steps(s)
+    rows = []
+    for k, v in st.items():
+        rows.append([f"fast vs reference sampler >= 10x ({k}, one step)", _x(v["ref"]),
+                     "" if v["ref"] is None else ("yes" if v["ref"] >= 10 else "no")])
+    for k, v in st.items():
+        rows.append([f"fast vs naive baseline >= 2x ({k}, {v['steps']} steps)", _x(v["naive"]),
+                     "" if v["naive"] is None else ("yes" if v["naive"] >= 2 else "no")])
+    for k, v in st.items():
+        rows.append([f"model calls per step <= horizon 4 ({k})", v["calls"],
+                     "" if v["calls"] is None else ("yes" if v["calls"] <= 4 else "no")])
+    for k, v in st.items():
+        rows.append([f"own + adopted rows vs the algorithmic minimum ({k}); rows on lost bets",
+                     None if v["own"] is None else f"{v['own']:.1f} vs {v['minimum']:.1f}; {v['lost']:.1f}", ""])
+    for k, v in st.items():
+        rows.append([f"survivors vs Lemma 4.1 ({k})",
+                     None if v["survivors"] is None else f"{v['survivors']:.1f} vs {v['lemma']:.1f} predicted", ""])
+    kv = [ratio(s.extra("fork_kv", c, "hf_copy", "added_bytes"), s.extra("fork_kv", c, "engine_pool", "added_bytes"))
+          for c in s.cases("fork_kv")]
+    kt = [ratio(s.median("fork_kv", c, "hf_copy"), s.median("fork_kv", c, "engine_pool")) for c in s.cases("fork_kv")]
+    kv, kt = [x for x in kv if x], [x for x in kt if x]
+    if kv and kt:
+        rows.append(["fork: bytes and time vs `deepcopy` + `batch_repeat_interleave`",
+                     f"bytes {min(kv):.0f}-{max(kv):.0f}x fewer; {min(kt):.1f}-{max(kt):.0f}x faster", "yes"])
+    return md(["target", "measured (suite)", "met?"], rows)
+
+
 def t_softmax_notes(s: Suite) -> str:
     """The figures of the AMD investigation (docs/kernels.md), from the same JSON."""
     e = s.data.get("machine_info", {}).get("epic", {})
@@ -427,6 +503,8 @@ def tables(suite: Suite | None, gen: dict | None, gen_path: Path) -> dict:
                     "block_size": t_block_size(suite) + "\n\n" + src,
                     "model_call": t_model_call(suite) + "\n\n" + src,
                     "readme_kernels": t_readme_kernels(suite),
+                    "readme_engine": t_readme_engine(suite),
+                    "summary_engine": t_summary_engine(suite) + "\n\n" + src,
                     "softmax_notes": t_softmax_notes(suite)})
     if gen is not None:
         out["bench_generate"] = t_generate(gen, gen_path)
