@@ -4,8 +4,10 @@ Runs ``pytest -c benchmarks/suites/pytest.ini benchmarks/suites --quick`` with o
 benchmark (a smoke test of the code, not a measurement), then the JSON -> tables script and the
 comparison script on its output: the machine info is in the JSON, every docs table renders, the
 work counts come from the engine's StepStats, the naive baseline returned the fast engine's tokens
-(the suite asserts it), a run compared with itself flags nothing. About half of its time is loading
-the embedded model once (~17 s of ~30 s on an idle 2-core machine).
+(the suite asserts it), a run compared with itself flags nothing. Most of its time is loading the
+embedded model once (17-25 s here); each model benchmark then runs one round of a few tokens.
+Measured back to back at load 6.5 on the 2-core machine: 49 s, the same as the smaller quick set
+it replaced (which had no fork, decode-step, block-size, model-call or streams benchmarks).
 """
 from __future__ import annotations
 
