@@ -16,7 +16,7 @@ VBIN   := $(VVENV)/bin
 # epic-generate runs in the vLLM env when asked for the vLLM engine or a server
 RUN_BIN = $(if $(or $(findstring --engine vllm,$(ARGS)),$(findstring --engine=vllm,$(ARGS)),$(findstring --server,$(ARGS))),$(VBIN)/python -m epic_kernels.cli.generate,$(BIN)/epic-generate)
 
-.PHONY: run test setup setup-vllm bench bench-compare gpu-check clean
+.PHONY: run test setup setup-vllm bench bench-noise bench-compare gpu-check clean
 run: setup $(if $(findstring $(VBIN),$(RUN_BIN)),setup-vllm)
 	$(RUN_BIN) $(ARGS)
 
@@ -72,18 +72,23 @@ $(VENV)/.stamp-cuda: $(VENV)/.stamp-deps $(CSRC)
 	PATH=$(abspath $(BIN)):$$PATH bash csrc/check_cuda.sh
 	touch $@
 
-# The benchmark suites (pytest-benchmark, benchmarks/suites/, their own pytest config): kernels,
-# engine step, short whole decodes, with their baselines in the same session; ~10 min on 2 cores.
+# The benchmark suites (pytest-benchmark, benchmarks/suites/, their own pytest config): kernels, the
+# fork, engine steps against the reference and the naive baseline, block sizes, model-call scaling,
+# short whole decodes, with their baselines in the same session; under 15 min on 2 cores.
 # JSON with the machine info -> benchmarks/results/bench.json; the docs' tables come from it
 # (benchmarks/bench_tables.py --docs). ARGS="--quick" for the CI smoke set, ARGS="--device cuda".
+# `make bench-noise` right after `make bench` (same revision) records the run-to-run noise.
 BENCH_JSON ?= benchmarks/results/bench.json
 BENCH_PYTEST = OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -c benchmarks/suites/pytest.ini benchmarks/suites -q
 bench: setup
 	$(BENCH_PYTEST) --benchmark-json=$(BENCH_JSON) $(ARGS)
 	$(BIN)/python benchmarks/bench_tables.py $(BENCH_JSON)
 
+bench-noise:
+	$(MAKE) bench BENCH_JSON=benchmarks/results/bench-noise.json
+
 # A new run against a saved one (BASELINE), regressions flagged beyond the noise measured between
-# two runs of one revision (NOISE1, NOISE2: e.g. two `make bench BENCH_JSON=...`), else beyond the
+# two runs of one revision (NOISE1, NOISE2: `make bench` then `make bench-noise`), else beyond the
 # runs' own spread (benchmarks/bench_compare.py).
 BASELINE ?= benchmarks/results/bench.json
 NOISE1 ?= benchmarks/results/bench.json
@@ -94,8 +99,9 @@ bench-compare: setup
 		$(if $(wildcard $(NOISE1)),$(if $(wildcard $(NOISE2)),--noise $(NOISE1) $(NOISE2)))
 
 # GPU readiness on a CUDA machine, with the system python3 (no .venv, no setup): builds the extension
-# with CUDA in place, runs the op and device tests on cuda, benchmarks the kernels; writes
-# report.md / report.json to $$OUT, else out/gpu-check/ (docs/kernels.md, "GPU check").
+# with CUDA in place, runs the op and device tests on cuda, runs the kernel suite with --device cuda;
+# writes report.md / report.json / bench.json / tables.md to $$OUT, else out/gpu-check/ (docs/kernels.md,
+# "GPU check"). It has never run on a GPU.
 # ARGS="--cpu --quick" runs the same steps on the CPU.
 gpu-check:
 	$(PYTHON) tools/gpu_check.py $(ARGS)

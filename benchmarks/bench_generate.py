@@ -31,6 +31,10 @@ quoting it).
     python benchmarks/bench_generate.py --json out/bench_generate.json          # ~30 min here
     python benchmarks/bench_generate.py --quick                                 # ~1 min smoke run
     python benchmarks/bench_tables.py --docs                                    # regenerate the docs tables
+
+A script, not a suite: its protocol (interleaved HF / EPIC pairs over 8 prompts x 128 tokens,
+resumable across processes, a floor re-measured after every pair) takes ~30 minutes and does not
+fit ``make bench``; the suite's ``generate`` table (``bench_model.py``) is its short version.
 """
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ step time, the median plain forward time and their ratio: a flat ratio means no 
 grows with the text beyond the model's own.
 
     python benchmarks/bench_long_decode.py --tokens 1024 --window 128 --json out/long_decode.json
+
+A script, not a suite: what it measures is a trend along one long decode (per-window medians of
+1,024 consecutive steps, ~10 minutes), not the repeated timing of one fixed piece of work that
+pytest-benchmark does; it would not fit ``make bench``'s 15 minutes either.
 """
 from __future__ import annotations
 

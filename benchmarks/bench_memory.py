@@ -10,6 +10,10 @@ growth of peak RSS during the step, the survivors, calls and rows.
 flat: full vocabulary (top_k=None, rollout_top_k=None), alpha 0.5, horizon 4, 2 rollouts, a
       256-token context of random tokens (nearly every token survives the first prune);
 long: top-50 defaults, a 2,048-token prefix of random tokens, 16 rollouts.
+
+A script, not a suite: it measures peak resident memory of a fresh process under an address-space
+cap (one subprocess per case, minutes each), which pytest-benchmark's repeated in-process timing
+cannot measure.
 """
 from __future__ import annotations
 

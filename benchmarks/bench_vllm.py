@@ -14,6 +14,9 @@ emitted token, seconds); ``--scaling 32`` repeats the batch run at batch 32 (vLL
 
     .venv-vllm/bin/python benchmarks/bench_vllm.py --json out/bench_vllm.json
     .venv-vllm/bin/python benchmarks/bench_vllm.py --quick
+
+A script, not a suite: it runs in the vLLM environment (``.venv-vllm``, another transformers), one
+long-lived ``vllm.LLM`` whose start-up alone takes minutes, outside the suites' environment.
 """
 from __future__ import annotations
 

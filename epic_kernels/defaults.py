@@ -19,7 +19,7 @@ README.md ("Why these defaults") and docs/benchmarks.md, with the commands that 
   reach it, so their calls are unchanged.
 * ``block_size = 32``: on a CPU a model call costs about the same for 1 or 30 rows, so refining more
   candidates per round (fewer rounds, fewer calls) wins; the tokens do not depend on it
-  (benchmarks/bench_block_size.py).
+  (the ``block_size`` suite of benchmarks/suites/bench_model.py, docs/benchmarks.md section 6).
 """
 ALPHA = 0.2
 HORIZON = 4

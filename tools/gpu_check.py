@@ -1,7 +1,7 @@
 """GPU readiness in one command: build with CUDA, test on CUDA, benchmark, report.
 
     make gpu-check                                   # = python3 tools/gpu_check.py
-    python3 tools/gpu_check.py --quick               # smaller benchmark grid
+    python3 tools/gpu_check.py --quick               # the suite's quick shapes only
     python3 tools/gpu_check.py --cpu --quick         # the same steps on the CPU (tests this script)
 
 Made for a rented CUDA machine with no network: a system ``python3`` with torch (a CUDA build),
@@ -23,7 +23,11 @@ an earlier one failed:
    on the device) and the op tests (``python_tests/ops``);
    junit XML and the log go to the output folder. Test files are named explicitly, so nothing that
    needs the embedded model is collected.
-5. ``bench``: ``tools/gpu_bench.py`` (the kernels vs torch eager, FlashInfer where it imports).
+5. ``bench``: the kernel suite of ``make bench`` (``benchmarks/suites/bench_kernels.py``, pytest-benchmark)
+   with ``--device cuda`` (``--cpu``: ``cpu``): ``softmax_entropy``, ``softmax_entropy_sample`` and
+   ``gumbel_topk_prune`` with every implementation that runs there (C++, Triton on CUDA, the public
+   op, torch eager, ``torch.logsumexp``, ``x.sum``, the reference prune); its JSON and the tables
+   ``benchmarks/bench_tables.py`` makes from it, the form of the docs' tables.
 
 Writes ``report.md`` and ``report.json`` (plus each step's log) to ``--out``, else ``$OUT``, else
 ``out/gpu-check/``; prints the report; exits 1 if any step failed. This script itself imports
@@ -46,9 +50,13 @@ import xml.etree.ElementTree as ET
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICE_TEST = "test_cuda.py"
 # per-step timeouts in seconds (the whole run is also capped by --deadline-s); on an H200 with 16
-# CPUs the expected times are about 10, 60-120, 10, 60 and 40-55 s
-TIMEOUTS = dict(environment=60, build=240, extension=60, tests=150, bench=90)
-BENCH_BUDGET_S = 55
+# CPUs the expected times are about 10, 60-120, 10, 60 and (never measured there) 60-90 s
+TIMEOUTS = dict(environment=60, build=240, extension=60, tests=150, bench=150)
+# the bench step: the device kernels of the suite (the host ops run on the CPU whatever the device:
+# `make bench` has them), pytest-benchmark's time per benchmark kept short for the GPU machine's limits
+BENCH_SELECT = "softmax_entropy or gumbel_topk_prune"
+BENCH_TABLES = ("softmax_entropy", "softmax_entropy_sample", "gumbel_topk_prune")
+BENCH_MAX_TIME_S = 0.1
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -338,24 +346,39 @@ class Run:
         return self.record("tests", "pass" if ok else "fail", detail, t, **res)
 
     def step_bench(self):
+        """The kernel suite (``benchmarks/suites/bench_kernels.py``, the ops ``make bench`` times on the
+        CPU) with ``--device`` this mode's device; the JSON is pytest-benchmark's, the tables are
+        ``benchmarks/bench_tables.py``'s, the same code that writes the docs' tables."""
         t = time.monotonic()
         path = os.path.join(self.out, "bench.json")
-        if os.path.exists(path):
-            os.remove(path)
-        budget = min(BENCH_BUDGET_S, self.timeout("bench") - 25)
-        cmd = [self.args.python, os.path.join(ROOT, "tools", "gpu_bench.py"), "--device", self.mode,
-               "--json", path, "--budget-s", str(round(max(budget, 1.0)))]
+        for old in (path, os.path.join(self.out, "tables.md")):
+            if os.path.exists(old):
+                os.remove(old)
+        cmd = [self.args.python, "-m", "pytest", "-c", os.path.join("benchmarks", "suites", "pytest.ini"),
+               os.path.join("benchmarks", "suites", "bench_kernels.py"), "-q", "-p", "no:randomly",
+               "--device", self.mode, "-k", BENCH_SELECT, f"--benchmark-json={path}",
+               f"--benchmark-max-time={BENCH_MAX_TIME_S}"]
         if self.args.quick:
             cmd.append("--quick")
         res = self.execute("bench", cmd)
+        self.bench = None
         if os.path.exists(path):
-            with open(path) as f:
-                self.bench = json.load(f)
-        ok = res["rc"] == 0 and self.bench is not None
-        rows = self.bench["rows"] if self.bench else []
-        measured = sum("median_us" in r for r in rows)
-        detail = (f"{measured} timings, {len(self.bench['not_run'])} configurations not run (time budget)"
-                  if self.bench else "no results")
+            self.bench = bench_summary(path)
+            tab = subprocess.run([self.args.python, os.path.join(ROOT, "benchmarks", "bench_tables.py"), path,
+                                  "--generate-json", os.path.join(self.out, "no-generate.json"),
+                                  "--command", "make gpu-check" + (" ARGS=--cpu" if self.mode == "cpu" else "")],
+                                 capture_output=True, text=True, timeout=60)
+            if tab.returncode == 0:
+                with open(os.path.join(self.out, "tables.md"), "w") as f:
+                    f.write(tab.stdout)
+                self.bench["tables"] = {name: body for name, body in _sections(tab.stdout).items()
+                                        if name in BENCH_TABLES}
+            else:
+                self.bench["tables_error"] = (tab.stderr or tab.stdout)[-500:]
+        b = self.bench or {}
+        ok = res["rc"] == 0 and b.get("benchmarks", 0) > 0 and "tables_error" not in b
+        detail = (f"{b['benchmarks']} timings ({', '.join(sorted(b['tables_timed']))}), {len(b['skipped'])} skipped"
+                  if b else "no results")
         if not ok:
             detail = _why(res, "the benchmark failed") + "; " + detail
         return self.record("bench", "pass" if ok else "fail", detail, t, **res)
@@ -368,7 +391,7 @@ class Run:
                    started_at=self.args.started_at, total_s=round(time.monotonic() - self.t0, 1),
                    out_dir=self.out, git=_git(), env=self.env, steps=self.steps, extension=self.extension,
                    tests=self.tests, bench=self.bench,
-                   note=("--cpu: CPU tensors, tiny benchmark sizes; a test of the script, not GPU results"
+                   note=("--cpu: CPU tensors; a test of the script, not GPU results"
                          if self.mode == "cpu" else None))
         with open(os.path.join(self.out, "report.json"), "w") as f:
             json.dump(rep, f, indent=1)
@@ -465,13 +488,38 @@ def _git() -> dict:
         return {}
 
 
-def _f(v, fmt="{:.1f}"):
-    return "" if v is None else fmt.format(v)
+def bench_summary(path: str) -> dict:
+    """What report.json keeps of the suite's JSON: machine, counts, and every median (ms)."""
+    with open(path) as f:
+        data = json.load(f)
+    rows = [dict(table=b["extra_info"].get("table"), case=b["extra_info"].get("case"),
+                 impl=b["extra_info"].get("impl"), median_ms=b["stats"]["median"] * 1e3,
+                 iqr_ms=b["stats"]["iqr"] * 1e3, rounds=b["stats"]["rounds"]) for b in data.get("benchmarks", [])]
+    skipped = _skipped(os.path.join(os.path.dirname(path), "bench.log"))
+    return dict(json=os.path.basename(path), machine=data.get("machine_info", {}).get("epic", {}),
+                datetime=data.get("datetime"), benchmarks=len(rows), rows=rows,
+                tables_timed=sorted({r["table"] for r in rows if r["table"]}), skipped=skipped)
 
 
-def _g(v) -> str:
-    """A bandwidth or percentage with sensible digits (0.018, 2.3, 4117)."""
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.2g}"
+def _skipped(log: str) -> list[str]:
+    """``SKIPPED [n] file:line: reason`` lines of pytest's ``-ra`` summary."""
+    try:
+        with open(log, errors="replace") as f:
+            return [ln.strip() for ln in f if ln.startswith("SKIPPED")]
+    except OSError:
+        return []
+
+
+def _sections(text: str) -> dict:
+    """bench_tables.py's printout (``## name`` then the table) as ``{name: body}``."""
+    out, name = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            name = line[3:].strip()
+            out[name] = []
+        elif name is not None:
+            out[name].append(line)
+    return {k: "\n".join(v).strip() for k, v in out.items()}
 
 
 def render_markdown(rep: dict) -> str:
@@ -499,33 +547,20 @@ def render_markdown(rep: dict) -> str:
             L += ["", "Failed:", ""] + [f"* `{n}`" for n in t["failed_tests"]]
     b = rep["bench"]
     if b:
+        m = b.get("machine", {})
         L += ["", "## Microbenchmarks", "",
-              f"{b['device_name']}, torch {b['torch']}; {b['timing']}; {b['repeats']} repeats. Measured copy "
-              f"bandwidth {b['copy_gbps']:.0f} GB/s" +
-              (f", theoretical {b['theoretical_gbps']:.0f} GB/s (memory clock x bus width)"
-               if b.get("theoretical_gbps") else " (no theoretical peak: this torch does not expose the memory clock)") +
-              ". GB/s = one read of the logits / time; `x eager` = torch eager's time / this time, same run. "
-              f"Prune: width {b['width']}, top_k {b['top_k']}.", ""]
-        if b.get("notes"):
-            L += [f"* `{k}`: {v}" for k, v in sorted(b["notes"].items())] + [""]
-        for op in ("softmax_entropy", "gumbel_topk_prune"):
-            rows = [r for r in b["rows"] if r["op"] == op]
-            if not rows:
-                continue
-            L += [f"### {op}", "", "| B | V | dtype | MB | impl | median us | GB/s | % copy BW | x eager | check |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-            for r in rows:
-                if "median_us" in r:
-                    L.append(f"| {r['B']} | {r['V']} | {r['dtype']} | {r['bytes'] / 1e6:.2f} | {r['impl']} | "
-                             f"{r['median_us']:.1f} | {_g(r['gbps'])} | {_g(r['pct_copy_bw'])} | "
-                             f"{_f(r.get('speedup_vs_eager'), '{:.2f}')} | {r.get('check', '')} |")
-                else:
-                    why = (r.get("skipped") or r.get("error", "")).replace("|", "/")
-                    L.append(f"| {r['B']} | {r['V']} | {r['dtype']} | {r['bytes'] / 1e6:.2f} | {r['impl']} | "
-                             f"not run: {why} | | | | |")
-            L.append("")
-        if b.get("not_run"):
-            L += ["Not run (time budget): " + ", ".join(f"{c['dtype']} B={c['B']} V={c['V']}" for c in b["not_run"]), ""]
+              f"`benchmarks/suites/bench_kernels.py --device {m.get('device', rep['mode'])}` (pytest-benchmark, "
+              f"`-k \"{BENCH_SELECT}\"`{', --quick' if m.get('quick') else ''}): {b['benchmarks']} timings in "
+              f"`{b['json']}`; tables by `benchmarks/bench_tables.py` (all of them in `tables.md`). "
+              f"GPU: {m.get('gpu') or 'none'}; CPU {m.get('cpu_model', '?')}, git {m.get('git', '?')}. "
+              "Medians of rounds (CUDA: synchronized after every call, no L2 flush); ratios within this run.", ""]
+        for name in BENCH_TABLES:
+            if b.get("tables", {}).get(name):
+                L += [f"### {name}", "", b["tables"][name], ""]
+        if b.get("tables_error"):
+            L += ["Tables failed: `" + b["tables_error"].replace("`", "'")[-300:] + "`", ""]
+        if b.get("skipped"):
+            L += ["Skipped:", ""] + [f"* {x}" for x in b["skipped"]] + [""]
     elif any(s["name"] == "bench" for s in rep["steps"]):
         L += ["", "## Microbenchmarks", "", "No results (see `bench.log`)."]
     return "\n".join(L) + "\n"
@@ -538,7 +573,7 @@ def default_out() -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cpu", action="store_true", help="run the steps with CPU tensors (no CUDA build)")
-    ap.add_argument("--quick", action="store_true", help="smaller benchmark grid (--cpu: the device test only)")
+    ap.add_argument("--quick", action="store_true", help="the suite's quick shapes (--cpu: the device test only)")
     ap.add_argument("--out", default=None, help="output folder (default: $OUT, else out/gpu-check)")
     ap.add_argument("--python", default=sys.executable, help="interpreter for every step (default: this one)")
     ap.add_argument("--arch", default=None, help="TORCH_CUDA_ARCH_LIST (default: this GPU's capability)")

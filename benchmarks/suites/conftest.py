@@ -3,8 +3,8 @@
 ``--device`` (default ``$EPIC_TEST_DEVICE`` or ``cpu``) puts every kernel's tensors there; host
 bookkeeping ops (row planner, manager) always run on the CPU. ``--threads`` sets torch's intra-op
 threads for the kernel suites (default 1, the figure the docs quote); the model suites use
-``--model-threads`` (default 2). ``--quick`` runs only the tests marked ``quick`` with tiny model
-runs (the CI smoke set). Every result carries ``extra_info``: ``table`` (the docs table it feeds),
+``--model-threads`` (default 2). ``--quick`` runs only the tests marked ``quick``, with tiny model
+runs of one round each (the CI smoke set: a test of the code, not a measurement). Every result carries ``extra_info``: ``table`` (the docs table it feeds),
 ``case`` (the row), ``impl`` (the column) and, for model runs, measured figures beside the time.
 The JSON's ``machine_info`` gains the CPU model, the C++ kernels' ISA body, threads, the OpenMP
 wait policy, the git revision and load averages (``machine_extra``).

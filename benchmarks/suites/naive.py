@@ -1,4 +1,5 @@
-"""A naive batched EPIC sampler, kept as the baseline the fast engine is measured against.
+"""A naive batched EPIC sampler: the baseline the fast engine is measured against (``bench_model.py``,
+table ``decode_steps``, which also checks at every step that it returns the fast engine's tokens).
 
 It is exact (same target distribution, same keyed noise, hence the library's tokens for the same
 seeds) but does what a first implementation would do:
@@ -19,25 +20,19 @@ returns the next logits and cache, from the winner's depth-1 row when every winn
 one plain forward of the winners (the forward any decoding loop makes; counted apart, as the fast
 engine does).
 
-    python benchmarks/naive_baseline.py --quick          # agreement with the fast engine, 3 steps
-    python benchmarks/naive_baseline.py --steps 16 --reference
+A helper module of the suites (not collected: only ``bench_*.py`` files are).
 """
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: no PYTHONPATH needed
-from experiments import common as C  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
+import torch
 
-import torch  # noqa: E402
-
-from epic_kernels.core import Prefix, StepStats, admissible_bound  # noqa: E402
-from epic_kernels.reference import (gumbel_argmax, perturbed_scores, policy_logits, rb_estimate,  # noqa: E402
-                                    score, score_bounds, softmax_entropy)
-from epic_kernels.truncation import truncate  # noqa: E402
+from epic_kernels.core import Prefix, StepStats, admissible_bound
+from epic_kernels.reference import (gumbel_argmax, perturbed_scores, policy_logits, rb_estimate, score,
+                                    score_bounds, softmax_entropy)
+from epic_kernels.truncation import truncate
 
 
 @dataclass
@@ -155,59 +150,3 @@ def naive_sample(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int 
         out.stats.finish_calls, out.stats.finish_tokens = 1, B
     out.kv, out.attention_mask = new_kv, next_mask
     return out
-
-
-@torch.no_grad()
-def main(argv=None):
-    p = C.base_parser(__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=12, help="teacher-forced steps per setting")
-    p.add_argument("--alpha", type=float, default=0.2)
-    p.add_argument("--horizon", type=int, default=4)
-    p.add_argument("--rollouts", type=int, default=2)
-    p.add_argument("--reference", action="store_true", help="also compare with the reference lazy sampler")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.steps = 3
-    C.setup_torch(args.threads)
-    import epic_kernels
-
-    model, tok, load_s = C.load(args.model)
-    ids = C.chat_prompts(tok, args.data, 1)[0]
-    settings = [("top-k 50", 50, 50), ("full vocab", None, None)]
-    rows, results = [], []
-    for name, top_k, rtop_k in settings:
-        kw = dict(alpha=args.alpha, horizon=args.horizon, rollouts=args.rollouts, seed=args.seed,
-                  rollout_top_k=rtop_k, top_k=top_k)
-        out = model(input_ids=ids, use_cache=True)
-        logits, kv = out.logits[:, -1, :], out.past_key_values
-        agree_fast = agree_ref = 0
-        t_naive, calls, ftoks = [], [], []
-        for _ in C.progress_bar(range(args.steps), args.no_progress, desc=name):
-            nv, dt = C.timed(lambda: naive_sample(logits, kv, model, advance=True, **kw))
-            fast = epic_kernels.sample_step(logits, kv, model, engine="fast", advance=True, **kw)
-            agree_fast += int(torch.equal(nv.tokens, fast.tokens))
-            if args.reference:
-                ref = epic_kernels.sample_step(logits, kv, model, engine="reference", advance=False, **kw)
-                agree_ref += int(torch.equal(nv.tokens, ref.tokens))
-            t_naive.append(dt)
-            calls.append(nv.stats.forward_calls)
-            ftoks.append(nv.stats.forward_tokens)
-            logits, kv = fast.next_logits, fast.kv                  # follow the fast engine's trajectory
-        r = dict(setting=name, steps=args.steps, agree_fast=agree_fast,
-                 agree_reference=agree_ref if args.reference else None, naive_ms=C.median(t_naive) * 1e3,
-                 calls_per_step=sum(calls) / len(calls), tokens_per_step=sum(ftoks) / len(ftoks))
-        results.append(r)
-        rows.append([name, args.steps, f"{agree_fast}/{args.steps}",
-                     f"{agree_ref}/{args.steps}" if args.reference else "-", r["naive_ms"],
-                     r["calls_per_step"], r["tokens_per_step"]])
-    print(f"\nnaive baseline, alpha {args.alpha}, horizon {args.horizon}, rollouts {args.rollouts}, "
-          f"{args.threads} threads (model loaded in {load_s:.0f}s)\n")
-    print(C.md_table(["setting", "steps", "tokens = fast", "tokens = reference", "naive ms/step (median)",
-                      "forward calls/step", "forward tokens/step"], rows))
-    C.write_json(args.json, dict(machine=C.machine(), args=vars(args), results=results))
-    bad = [r for r in results if r["agree_fast"] != r["steps"]]
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
