@@ -10,6 +10,9 @@ rollouts: ``reused_rows / (own rows + adopted rows + reused_rows)``. Counts are 
 same on any machine); wall-time ratios (reuse on / off, median of the repetitions, every value
 shown) are from this run only. The tokens with reuse on and off are checked equal.
 
+A script, not a suite: it is a 128-token decode protocol over 8 prompts whose figures are counts
+(20-40 min on this 2-core machine), beyond `make bench`'s 15 minutes; like ``bench_generate.py``.
+
     python benchmarks/bench_reuse.py --json benchmarks/results/bench_reuse.json
     python benchmarks/bench_reuse.py --quick
 """

@@ -17,8 +17,9 @@ README.md ("Why these defaults") and docs/benchmarks.md, with the commands that 
   full-vocabulary step on a flat distribution (49,152 survivors) stays under 1 GB of peak memory
   (benchmarks/bench_memory.py); top-50 steps (at most ~150 rows per call with prefetch) never
   reach it, so their calls are unchanged.
-* ``block_size = 32``: on a CPU a model call costs about the same for 1 or 30 rows, so refining more
-  candidates per round (fewer rounds, fewer calls) wins; the tokens do not depend on it
+* ``block_size = 32``: on a CPU a model call's cost grows far less than its rows (one call of 32
+  rows costs a few single-row calls: the ``model_call`` table of docs/benchmarks.md), so refining
+  more candidates per round (fewer rounds, fewer calls) wins; the tokens do not depend on it
   (the ``block_size`` suite of benchmarks/suites/bench_model.py, docs/benchmarks.md section 6).
 """
 ALPHA = 0.2

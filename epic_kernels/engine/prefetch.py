@@ -1,7 +1,7 @@
 """Prefetch: the next step's evaluations, folded into the model calls this step makes anyway.
 
-On a CPU (and for small batches on a GPU) a model call costs about the same for 1 row as for 10:
-a step's cost is its number of calls, and a step that must look 4 tokens ahead makes up to 4
+On a CPU (and for small batches on a GPU) a model call's cost grows far less than its rows (it
+streams every weight once): a step's cost is mostly its number of calls, and a step that must look 4 tokens ahead makes up to 4
 calls in a row, each one a depth deeper. The next step's own calls can start before this step
 ends, on a bet:
 
