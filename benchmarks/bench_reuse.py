@@ -5,8 +5,8 @@ library defaults (alpha 0.2, horizon 4, 2 rollouts, top-50) and, with ``--full``
 vocabulary. For each of prefetch off/on, a decode with reuse off and one with reuse on, over the
 same prompts and seeds, interleaved (off, on) per repetition. Per emitted token: model calls (the
 step's own and the finish calls for winners without an evaluation), rows fed, candidates reused
-and the share of the candidates' evaluations (rows) that came for free from the previous winner's
-rollouts: ``reused_rows / (own rows + adopted rows + reused_rows)``. Counts are deterministic (the
+and the share of the rows that came for free from the previous winner's rollouts:
+``reused_rows / (rows fed + reused_rows)`` (rows fed include prefetch rows for the next step). Counts are deterministic (the
 same on any machine); wall-time ratios (reuse on / off, median of the repetitions, every value
 shown) are from this run only. The tokens with reuse on and off are checked equal.
 
@@ -28,18 +28,18 @@ from experiments import common as C  # noqa: E402  (first: it sets OMP_WAIT_POLI
 
 import epic_kernels  # noqa: E402
 from bench_generate import prompt_set  # noqa: E402
+from bench_tables import t_reuse  # noqa: E402
 
 
 def counts(out) -> dict:
     n = max(sum(len(t) for t in out.new_tokens), 1)
     own = sum(s.forward_tokens for s in out.steps)
     reused_rows = sum(s.reused_rows for s in out.steps)
-    adopted_rows = sum(getattr(s, "adopted_rows", 0) for s in out.steps)
     calls = sum(s.forward_calls + s.finish_calls for s in out.steps)
     return dict(tokens=n, calls_per_token=calls / n, rows_per_token=own / n,
                 reused_per_token=sum(s.reused for s in out.steps) / n,
                 reused_rows_per_token=reused_rows / n, adopted_per_token=sum(s.prefetched for s in out.steps) / n,
-                free_share=reused_rows / max(own + adopted_rows + reused_rows, 1), seconds=sum(s.seconds for s in out.steps))
+                free_share=reused_rows / max(own + reused_rows, 1), seconds=sum(s.seconds for s in out.steps))
 
 
 def run(model, batches, kw, tokens: int, reps: int, quiet: bool) -> list[dict]:
@@ -60,24 +60,12 @@ def run(model, batches, kw, tokens: int, reps: int, quiet: bool) -> list[dict]:
                 res = {r: counts(o) for r, (o, _) in got.items()}
             rows.append(dict(batch=name, prefetch=prefetch, off=res[False], on=res[True],
                              time_ratio=C.median(pairs), pairs=pairs))
-            if not quiet:
+            if not quiet:   # --no-progress
                 print(f"  {name} prefetch={prefetch}: calls/token {res[False]['calls_per_token']:.3f} -> "
                       f"{res[True]['calls_per_token']:.3f}, rows/token {res[False]['rows_per_token']:.2f} -> "
                       f"{res[True]['rows_per_token']:.2f}, free share {res[True]['free_share']:.1%}, "
                       f"time on/off {[round(p, 3) for p in pairs]}", flush=True)
     return rows
-
-
-def table(rows) -> str:
-    body = []
-    for r in rows:
-        off, on = r["off"], r["on"]
-        body.append([r["batch"], "on" if r["prefetch"] else "off", f"{off['calls_per_token']:.3f}",
-                     f"{on['calls_per_token']:.3f}", f"{off['rows_per_token']:.2f}", f"{on['rows_per_token']:.2f}",
-                     f"{on['reused_per_token']:.2f}", f"{on['free_share']:.1%}", f"{r['time_ratio']:.3f}",
-                     " ".join(f"{p:.3f}" for p in r["pairs"])])
-    return C.md_table(["prompts", "prefetch", "calls/token off", "calls/token on", "rows/token off", "rows/token on",
-                       "reused cand./token", "free share of evaluations", "time on/off (median)", "pairs"], body)
 
 
 def main(argv=None) -> int:
@@ -105,8 +93,7 @@ def main(argv=None) -> int:
         print(f"{label}: {n} new tokens", flush=True)
         out["cases"][label] = dict(tokens=n, rows=run(model, batches, kw, n, args.reps, args.no_progress))
     out["load_after"] = C.loadavg()
-    for label, case in out["cases"].items():
-        print(f"\n{label} ({case['tokens']} new tokens)\n\n{table(case['rows'])}")
+    print("\n" + t_reuse(out, Path(args.json or "-")))
     if args.json:
         C.write_json(args.json, out)
     return 0
