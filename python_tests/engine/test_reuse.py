@@ -148,3 +148,19 @@ def test_carry_respects_max_rows(tiny):
             lg, c, m, pre = out.next_logits, out.kv, out.attention_mask, out.prefetched
         tokens[use] = toks
     assert tokens[True] == tokens[False]
+
+
+def test_hand_over_is_ignored_for_another_model(tiny):
+    """A hand-over made with one model object is not used with another (here an equal copy)."""
+    other = copy.deepcopy(tiny)
+    logits, kv, mask = prefill(tiny, random_prompts(32, [5, 6], seed=9))
+    kw = dict(alpha=0.9, horizon=3, rollouts=2, seed=[1, 2], top_k=6, rollout_top_k=6)
+    out = epic_kernels.sample_step(logits, kv, tiny, attention_mask=mask, engine="fast", **kw)
+    assert out.prefetched is not None
+    same = epic_kernels.sample_step(out.next_logits, out.kv, tiny, attention_mask=out.attention_mask, engine="fast",
+                                    prefetched=out.prefetched, **kw)
+    moved = epic_kernels.sample_step(out.next_logits, out.kv, other, attention_mask=out.attention_mask, engine="fast",
+                                     prefetched=out.prefetched, **kw)
+    assert same.stats.adopted + same.stats.reused > 0
+    assert moved.stats.adopted == moved.stats.reused == 0
+    assert torch.equal(same.tokens, moved.tokens)
