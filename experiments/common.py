@@ -231,6 +231,59 @@ def std_error(xs) -> float:
     return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5
 
 
+def bootstrap_indices(n: int, reps: int = 2000, seed: int = 0):
+    """``[reps, n]`` prompt indices drawn with replacement (numpy). The same ``(n, reps, seed)`` gives
+    the same draws, so statistics of different decoders on the same prompts are paired."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, n, size=(reps, n))
+
+
+def interval(draws, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap ``draws`` (NaNs left out)."""
+    import numpy as np
+
+    d = np.asarray(draws, dtype=float)
+    d = d[~np.isnan(d)]
+    if not len(d):
+        return (float("nan"), float("nan"))
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
+    return (float(lo), float(hi))
+
+
+def ratio_draws(num, den, idx):
+    """Bootstrap draws of ``sum(num) / sum(den)`` over resampled prompts ``idx`` (a token-weighted
+    mean when ``num`` are per-prompt sums and ``den`` per-prompt token counts)."""
+    import numpy as np
+
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num[idx].sum(1) / den[idx].sum(1)
+
+
+def mean_draws(values, idx):
+    """Bootstrap draws of the mean of per-prompt ``values`` (NaN prompts left out of each draw)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    ok = ~np.isnan(v)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, v, 0.0)[idx].sum(1) / ok[idx].sum(1)
+
+
+def final_number(text: str) -> str | None:
+    """The final number of a GSM8K-style solution: the one after ``####`` if there is one, else the
+    last number in the text; commas, a trailing ``.`` and ``.0...`` removed (``"1,200.00"`` -> ``"1200"``)."""
+    tail = text.split("####")[-1] if "####" in text else text
+    nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", tail)
+    if not nums:
+        return None
+    x = nums[-1 if "####" not in text else 0].replace(",", "")
+    if "." in x:
+        x = x.rstrip("0").rstrip(".")
+    return x
+
+
 def hf_topp(model, ids, mask, new_tokens: int, seed: int = 0, top_p: float = 0.9):
     """One ``model.generate(do_sample=True, top_p=0.9)`` run of exactly ``new_tokens`` tokens per row
     (``min_new_tokens`` forces the length, so EOS cannot make it cheaper); returns seconds.
@@ -259,16 +312,18 @@ def library_block_size() -> int:
 @dataclass(frozen=True)
 class Method:
     name: str                       # e.g. "top-p 0.9"
-    family: str                     # "top-p", "top-k", "min-p", "typical", "temperature", "EPIC"
+    family: str                     # "top-p", "top-k", "min-p", "typical", "eta", "temperature", "EPIC"
     hf: dict | None = None          # model.generate sampling options; None for EPIC
     alpha: float | None = None      # EPIC's alpha
 
 
 def baseline(family: str, value: float) -> Method:
     """HF ``generate`` options of a baseline. HF's default top-k 50 is switched off (top_k=0) unless
-    the method is top-k, so each baseline is exactly the named truncation at temperature 1."""
+    the method is top-k, so each baseline is exactly the named truncation at temperature 1. ``eta``
+    is eta-sampling (Hewitt et al., 2022; HF's ``eta_cutoff``)."""
     opts = {"top-p": dict(top_p=value, top_k=0), "top-k": dict(top_k=int(value)),
             "min-p": dict(min_p=value, top_k=0), "typical": dict(typical_p=value, top_k=0),
+            "eta": dict(eta_cutoff=value, top_k=0),
             "temperature": dict(temperature=value, top_k=0)}[family]
     opts.setdefault("temperature", 1.0)
     v = int(value) if family == "top-k" else value
