@@ -335,18 +335,55 @@ def epic(alpha: float) -> Method:
 
 
 def hf_generate(model, prompts: list[list[int]], method: Method, *, max_new_tokens: int, seed: int, eos,
-                batch_size: int = 16, pad_id: int = 0) -> list[list[int]]:
-    """Sample continuations with ``model.generate(do_sample=True, **method.hf)``; cut after EOS."""
+                batch_size: int = 16, pad_id: int = 0, measure: bool = False):
+    """Sample continuations with ``model.generate(do_sample=True, **method.hf)``; cut after EOS.
+    ``measure=True``: ``(continuations, [Scored])``, the entropy of the model's full distribution and
+    ``-log q`` of each chosen token recorded while decoding (what ``score`` computes by teacher
+    forcing afterwards, without its second pass over prompt and continuation)."""
     import torch
 
-    out = []
+    out, scored = [], []
     for s in range(0, len(prompts), batch_size):
         ids, mask = left_pad(prompts[s:s + batch_size], pad_id)
         torch.manual_seed(seed + s)
+        rec = _StepMeasure() if measure else None
         gen = model.generate(ids, attention_mask=mask, do_sample=True, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad_id, eos_token_id=list(eos), **method.hf)
-        out += [cut_at_eos(row.tolist(), set(eos)) for row in gen[:, ids.shape[1]:]]
-    return out
+                             pad_token_id=pad_id, eos_token_id=list(eos), **method.hf,
+                             **(dict(logits_processor=[rec]) if measure else {}))
+        new = gen[:, ids.shape[1]:]
+        rows = [cut_at_eos(row.tolist(), set(eos)) for row in new]
+        out += rows
+        if measure:
+            ent, nll = rec.finish(new)
+            scored += [Scored(ent[b, :len(r)].tolist(), nll[b, :len(r)].tolist()) for b, r in enumerate(rows)]
+    return (out, scored) if measure else out
+
+
+class _StepMeasure:
+    """A logits processor that changes nothing and records, per step, the entropy of the full
+    distribution it is given (HF passes custom processors the raw logits, before the sampling warpers)
+    and the log-probabilities, so that ``-log q`` of the token chosen at the step can be read at the next."""
+
+    def __init__(self):
+        self.entropy, self.nll, self.logp = [], [], None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.logp is not None:
+            self.nll.append(-self.logp.gather(1, input_ids[:, -1:]).flatten())
+        self.logp = torch.log_softmax(scores.to(torch.float64), -1)
+        self.entropy.append(-(self.logp.exp() * self.logp).sum(-1))
+        return scores
+
+    def finish(self, new_tokens):
+        """``(entropy [B, T], nll [B, T])`` for the generated tokens ``new_tokens [B, T]``."""
+        import torch
+
+        T = new_tokens.shape[1]
+        if len(self.nll) < T:
+            self.nll.append(-self.logp.gather(1, new_tokens[:, len(self.nll):len(self.nll) + 1]).flatten())
+        return torch.stack(self.entropy[:T], 1), torch.stack(self.nll[:T], 1)
 
 
 def epic_generate(model, prompts: list[list[int]], alpha: float, *, max_new_tokens: int, seed: int, eos,

@@ -45,8 +45,8 @@ from experiments import common as ev  # noqa: E402  (first: it sets OMP_WAIT_POL
 
 EVAL_START = 500
 # the decoders of the calibration table (issue #14); eta 0.001: inside Hewitt et al.'s suggested 3e-4..2e-3
-MAIN = [("temperature", 1.0), ("temperature", 0.7), ("temperature", 1.3), ("top-p", 0.9), ("top-p", 0.95),
-        ("top-k", 50), ("min-p", 0.05), ("min-p", 0.1), ("typical", 0.9), ("eta", 0.001)]
+MAIN = [("temperature", 1.0), ("temperature", 0.7), ("top-p", 0.9), ("top-p", 0.95), ("top-k", 50), ("min-p", 0.1),
+        ("min-p", 0.05), ("eta", 0.001), ("typical", 0.9), ("temperature", 1.3)]
 # the other operating points of each decoder's knob (Figure 4's trajectories, the diversity plot); few,
 # because HF sampling of 48 x 256 tokens takes ~4 min per point on the shared 2-core machine
 MORE = [("temperature", 0.85), ("temperature", 1.15), ("top-p", 0.8), ("top-k", 10), ("min-p", 0.2),
@@ -117,13 +117,19 @@ def measure(model, tok, method, prompts, div_prompts, args, eos, pad, gold) -> d
     """Decode, score and measure one operating point (the record stored in the JSON)."""
     t0 = time.perf_counter()
     main_args = argparse.Namespace(**dict(vars(args), max_new_tokens=args.max_new_tokens, seed=args.seed))
-    gens, stats = ev.decode(model, prompts, method, main_args, eos, pad, horizon=args.horizon,
-                            rollouts=args.rollouts)
+    if method.hf is not None:        # measured while decoding: no teacher-forced second pass
+        gens, scored = ev.hf_generate(model, prompts, method, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                      eos=eos, batch_size=args.batch_size, pad_id=pad, measure=True)
+        stats = None
+    else:
+        gens, stats = ev.decode(model, prompts, method, main_args, eos, pad, horizon=args.horizon,
+                                rollouts=args.rollouts)
     div_args = argparse.Namespace(**dict(vars(args), max_new_tokens=args.div_tokens, seed=args.seed + DIV_SEED))
     extra, extra_stats = ev.decode(model, div_prompts, method, div_args, eos, pad, horizon=args.horizon,
                                    rollouts=args.rollouts)
     decode_s = time.perf_counter() - t0
-    scored = ev.score(model, prompts, gens)
+    if method.hf is None:
+        scored = ev.score(model, prompts, gens)
     score_s = time.perf_counter() - t0 - decode_s
     texts = [tok.decode(g, skip_special_tokens=True) for g in gens]
     k = args.div_samples - 1
@@ -183,7 +189,8 @@ def run(args, model=None, tok=None) -> dict:
     star = ev.epic(alpha)
     others = [ev.epic(a) for a in args.epic_alphas if ev.epic(a).name != star.name]
     # the calibration table's decoders first, then the knobs: a run cut short still has the main table
-    order = main + [star] + others[:1] + more + others[1:]
+    # (alpha* early, after three baselines: EPIC is the point of the comparison and the slowest decode)
+    order = main[:3] + [star] + others[:1] + main[3:] + more + others[1:]
     results = []
     out = dict(experiment="evidence", complete=False, alpha=alpha, calibration=cal, calibration_seconds=cal_s,
                reference=reference, results=results, settings=settings, eval_start=EVAL_START)

@@ -94,6 +94,25 @@ def test_evidence_quick(smol, tmp_path, capsys):
         _quiet_main(mod, ["--quick", "--seed", "1", "--resume", str(out)], model, tok)
 
 
+@pytest.mark.parametrize("family,value", [("temperature", 0.7), ("top-p", 0.9), ("eta", 0.01)])
+def test_measured_while_decoding_is_the_teacher_forced_score(smol, family, value):
+    """hf_generate(measure=True) records H(q) and -log q of the untruncated temperature-1 distribution
+    (not of the warped one it samples from), the same numbers ``score`` computes afterwards."""
+    model, tok = smol
+    prompts = ev.prompt_ids(tok, [r["question"] for r in ev.load_gsm8k(ev.DEFAULT_DATA, 3, 500)])
+    from epic_kernels.models import eos_ids
+
+    eos = eos_ids(model, tok)
+    gens, measured = ev.hf_generate(model, prompts, ev.baseline(family, value), max_new_tokens=10, seed=0, eos=eos,
+                                    batch_size=3, measure=True)
+    assert gens == ev.hf_generate(model, prompts, ev.baseline(family, value), max_new_tokens=10, seed=0, eos=eos,
+                                  batch_size=3)
+    for m, s in zip(measured, ev.score(model, prompts, gens)):
+        assert len(m.entropy) == len(m.nll) == len(s.entropy) > 0
+        assert m.entropy == pytest.approx(s.entropy, abs=2e-3)
+        assert m.nll == pytest.approx(s.nll, abs=2e-3)
+
+
 def test_bootstrap_helpers():
     import numpy as np
 
