@@ -159,7 +159,7 @@ def run(args, model=None, tok=None) -> dict:
     pad = tok.pad_token_id or 0
     t_start = time.perf_counter()
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "from_json", "resume", "no_progress")}
-    done = {}
+    done, prior_s, resumed = {}, 0.0, None
     if args.resume and Path(args.resume).is_file():
         old = ev.read_json(args.resume)
         same = {k: v for k, v in old["settings"].items() if k not in ("threads",)} == \
@@ -168,6 +168,9 @@ def run(args, model=None, tok=None) -> dict:
             raise SystemExit(f"--resume {args.resume}: its settings differ from this run's")
         done = {r["method"]: r for r in old["results"]}
         alpha, cal, cal_s = old["alpha"], old["calibration"], old["calibration_seconds"]
+        prior_s = old.get("wall_seconds", 0.0)       # the wall time of the run(s) it continues
+        resumed = dict(file=str(args.resume), points=len(done), wall_seconds=prior_s, machine=old.get("machine"),
+                       resumed_from=old.get("resumed_from"))
         print(f"resuming: {len(done)} operating points from {args.resume}", file=sys.stderr)
     else:
         t0 = time.perf_counter()
@@ -193,7 +196,7 @@ def run(args, model=None, tok=None) -> dict:
     order = main[:3] + [star] + others[:1] + main[3:] + more + others[1:]
     results = []
     out = dict(experiment="evidence", complete=False, alpha=alpha, calibration=cal, calibration_seconds=cal_s,
-               reference=reference, results=results, settings=settings, eval_start=EVAL_START)
+               reference=reference, results=results, settings=settings, eval_start=EVAL_START, resumed_from=resumed)
     bar = ev.progress_bar(order, disable=args.no_progress, desc="operating points")
     for m in bar:
         bar.set_postfix_str(m.name)
@@ -208,10 +211,10 @@ def run(args, model=None, tok=None) -> dict:
         print(f"  {m.name:18s} ER {er:.3f}  Self-BLEU {ev.median(rec['self_bleu']):.1f}  "
               f"acc {sum(rec['correct'])}/{len(rec['correct'])}  ({rec['decode_seconds']:.0f}s decode)",
               file=sys.stderr)
-        out.update(machine=ev.machine(), wall_seconds=time.perf_counter() - t_start)
+        out.update(machine=ev.machine(), wall_seconds=prior_s + time.perf_counter() - t_start)
         if args.json:
             ev.write_json(args.json, out)
-    out.update(complete=True, machine=ev.machine(), wall_seconds=time.perf_counter() - t_start)
+    out.update(complete=True, machine=ev.machine(), wall_seconds=prior_s + time.perf_counter() - t_start)
     return out
 
 
