@@ -286,7 +286,9 @@ def calibration_table(out, st, L) -> str:
     star = star_of(out)
     c, cd = st.ce(L)
     h, hd = st.er(st.ref, L)
-    rows = [["human answers (CE; model entropy H_ref along them)", ci(c, cd), ci(h, hd), "", "", ""]]
+    # the human answers' row: their H_ref (the model's entropy along them) in the ER column, CE in the -log q one
+    rows = [["human answers (ER column: H_ref; -log q column: CE)", ci(h, hd), ci(c, cd), ci(h - c, hd - cd),
+             ci(abs(h - c), abs(hd - cd)), ""]]
     gaps = {}
     for r in main_results(out):
         g, gd = st.gap(r, L)
@@ -473,7 +475,7 @@ def plot(out, prefix) -> None:
                 ax.errorbar(x, y, yerr=_err(y, yd), color=COLORS[f], capsize=2, lw=0.8)
                 ax.annotate(f"{float(r['knob']):.3g}" + ("*" if r.get("calibrated") else ""), (x, y), fontsize=6,
                             xytext=(3, 3), textcoords="offset points", color=COLORS[f])
-        ax.plot([0, 8], [0, 8], color="0.6", lw=0.6, ls="--")
+        ax.plot([0, 8], [0, 8], color="0.6", lw=0.6, ls="--", label="ER = -log q (what T = 1 sampling satisfies)")
         xs_all = [st.er(r, L, attr="nll")[0] for r in out["results"]]
         ys_all = [st.er(r, L)[0] for r in out["results"]] + [c]
         ax.set_xlim(0, max(xs_all) * 1.05)
@@ -500,11 +502,13 @@ def plot(out, prefix) -> None:
         return ys
     ax.plot(mids, curve(st.ref, "nll"), color="gray", lw=2, marker="s", label="human answers: -log q (CE)")
     ax.plot(mids, curve(st.ref, "entropy"), color="gray", lw=2, ls=":", marker="s", label="human answers: H_ref")
+    seen = {}
     for r in main_results(out):
         if r["family"] == "temperature" and float(r["knob"]) > 1.0:
             continue                                        # off the scale; in the table
-        ax.plot(mids, curve(r, "entropy"), color=COLORS[r["family"]], marker="o", ms=3,
-                lw=2.5 if r.get("calibrated") else 1, label=label(r))
+        k = seen[r["family"]] = seen.get(r["family"], -1) + 1        # the family's colour, a style per knob
+        ax.plot(mids, curve(r, "entropy"), color=COLORS[r["family"]], marker="os^v"[k % 4], ms=4,
+                ls=["-", "--", "-.", ":"][k % 4], lw=2.5 if r.get("calibrated") else 1.2, label=label(r))
     ax.set_xlabel(f"position in the continuation (centre of a {s['window']}-token window)")
     ax.set_ylabel("mean H(q) in the window [nats/token]")
     ax.set_title("Entropy rate along the generations (windows with fewer than 5 prompts' tokens left out)",
@@ -530,6 +534,11 @@ def plot(out, prefix) -> None:
         ax.set_xlabel(f"entropy rate ER_{D} [nats/token] ({st.n} prompts)")
         ax.set_ylabel(what + (" (lower = more diverse)" if what == "Self-BLEU" else " (higher = more diverse)"))
         ax.set_xscale("log")
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks([t for t in (0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8)
+                       if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]])
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Diversity at matched entropy: {s['div_prompts']} prompts x {s['div_samples']} continuations x "
                  f"{D} tokens per operating point (95% CI over prompts; * = alpha*)", fontsize=10)
