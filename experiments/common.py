@@ -517,12 +517,13 @@ def md_table(headers: list[str], rows: list[list], digits: int | None = None) ->
     return "\n".join(lines)
 
 
-def write_json(path, payload: dict) -> None:
+def write_json(path, payload: dict, indent: int | None = 2) -> None:
+    """``payload`` as JSON (``indent=None``: one line, for records holding per-token arrays)."""
     if not path:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        json.dump(payload, f, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+        json.dump(payload, f, indent=indent, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -586,7 +587,7 @@ def save_figure(fig, path) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
-def experiment_main(argv, model, tok, *, parse, run, table, plot, headline) -> int:
+def experiment_main(argv, model, tok, *, parse, run, table, plot, headline, json_indent: int | None = 2) -> int:
     """The shared ``main`` of the experiment scripts: run (or reload ``--from-json``), print a
     headline and the markdown table, write ``--json`` and ``--plot``."""
     args = parse(argv)
@@ -599,7 +600,7 @@ def experiment_main(argv, model, tok, *, parse, run, table, plot, headline) -> i
     print(headline(args, out))
     print(table(out))
     if not args.from_json:
-        write_json(args.json, out)
+        write_json(args.json, out, json_indent)
     if args.plot:
         plot(out, args.plot)
     return 0

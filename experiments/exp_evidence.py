@@ -213,7 +213,7 @@ def run(args, model=None, tok=None) -> dict:
               file=sys.stderr)
         out.update(machine=ev.machine(), wall_seconds=prior_s + time.perf_counter() - t_start)
         if args.json:
-            ev.write_json(args.json, out)
+            ev.write_json(args.json, out, indent=None)         # per-token arrays: one line, a third of the size
     out.update(complete=True, machine=ev.machine(), wall_seconds=prior_s + time.perf_counter() - t_start)
     return out
 
@@ -547,7 +547,8 @@ def plot(out, prefix) -> None:
 
 
 def main(argv=None, model=None, tok=None) -> int:
-    return ev.experiment_main(argv, model, tok, parse=parse, run=run, table=table, plot=plot, headline=headline)
+    return ev.experiment_main(argv, model, tok, parse=parse, run=run, table=table, plot=plot, headline=headline,
+                              json_indent=None)
 
 
 if __name__ == "__main__":
