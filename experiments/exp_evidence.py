@@ -352,15 +352,24 @@ def drift_table(out, st) -> str:
 
 def diversity_table(out, st) -> str:
     D = out["settings"]["div_tokens"]
+    star = star_of(out)
+    sb_star = st.mean(star["self_bleu"]) if star else None
     rows = []
     for r in sorted(out["results"], key=lambda r: st.er(r, D)[0]):
         e, ed = st.er(r, D)
         d2 = [x[1] for x in r["distinct"]]
-        rows.append([label(r), ci(e, ed), ci(*st.mean(r["self_bleu"]), digits=1), ci(*st.mean(d2), digits=3),
+        sb, sbd = st.mean(r["self_bleu"])
+        if sb_star is None or r is star:
+            diff = ""
+        else:          # paired: the same resampled diversity prompts
+            dd = sbd - sb_star[1]
+            diff = ci(sb - sb_star[0], dd, digits=1) + (" **outside**" if outside(dd) else "")
+        rows.append([label(r), ci(e, ed), ci(sb, sbd, digits=1), diff, ci(*st.mean(d2), digits=3),
                      f"{ev.fmt(sum(x[0] for x in r['distinct']) / len(r['distinct']), 3)}",
                      f"{ev.fmt(sum(x[2] for x in r['distinct']) / len(r['distinct']), 3)}"])
     return ev.md_table([f"operating point (sorted by ER_{D})", f"ER_{D} (all prompts)",
-                        "Self-BLEU (lower = more diverse)", "distinct-2", "distinct-1", "distinct-3"], rows)
+                        "Self-BLEU (lower = more diverse)", "Self-BLEU minus EPIC alpha*'s (> 0: EPIC more diverse)",
+                        "distinct-2", "distinct-1", "distinct-3"], rows)
 
 
 def accuracy_table(out, st) -> str:
