@@ -485,13 +485,15 @@ def plot(out, prefix) -> None:
                 ax.annotate(f"{float(r['knob']):.3g}" + ("*" if r.get("calibrated") else ""), (x, y), fontsize=6,
                             xytext=(3, 3), textcoords="offset points", color=COLORS[f])
         ax.plot([0, 8], [0, 8], color="0.6", lw=0.6, ls="--", label="ER = -log q (what T = 1 sampling satisfies)")
-        xs_all = [st.er(r, L, attr="nll")[0] for r in out["results"]]
-        ys_all = [st.er(r, L)[0] for r in out["results"]] + [c]
-        ax.set_xlim(0, max(xs_all) * 1.05)
-        ax.set_ylim(0, max(ys_all) * 1.08)
+        # the axes stop short of the high-temperature points (ER > 3): they would squeeze the rest into a corner
+        near = [r for r in out["results"] if st.er(r, L)[0] <= 3] or out["results"]
+        ax.set_xlim(0, max(st.er(r, L, attr="nll")[0] for r in near) * 1.1)
+        ax.set_ylim(0.5 * min([st.er(r, L)[0] for r in near] + [h]), max([st.er(r, L)[0] for r in near] + [c]) * 1.1)
         ax.set_xlabel(f"mean -log q of the decoder's own tokens (first {L}) [nats/token]")
         ax.set_ylabel(f"entropy rate ER_{L} [nats/token]")
-        ax.set_title(f"L = {L}: where each knob's curve crosses the CE line, ER = CE", fontsize=9)
+        off = len(out["results"]) - len(near)
+        ax.set_title(f"L = {L}: a knob's curve crossing the CE line is ER = CE"
+                     + (f"; {off} with ER > 3 off the scale" if off else ""), fontsize=9)
     axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle("Figure 4: entropy rate of each decoder's operating points against the reference cross-entropy "
                  f"({st.n} prompts, 95% CI over prompts; * = alpha*)", fontsize=10)
