@@ -231,6 +231,59 @@ def std_error(xs) -> float:
     return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5
 
 
+def bootstrap_indices(n: int, reps: int = 2000, seed: int = 0):
+    """``[reps, n]`` prompt indices drawn with replacement (numpy). The same ``(n, reps, seed)`` gives
+    the same draws, so statistics of different decoders on the same prompts are paired."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, n, size=(reps, n))
+
+
+def interval(draws, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap ``draws`` (NaNs left out)."""
+    import numpy as np
+
+    d = np.asarray(draws, dtype=float)
+    d = d[~np.isnan(d)]
+    if not len(d):
+        return (float("nan"), float("nan"))
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
+    return (float(lo), float(hi))
+
+
+def ratio_draws(num, den, idx):
+    """Bootstrap draws of ``sum(num) / sum(den)`` over resampled prompts ``idx`` (a token-weighted
+    mean when ``num`` are per-prompt sums and ``den`` per-prompt token counts)."""
+    import numpy as np
+
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num[idx].sum(1) / den[idx].sum(1)
+
+
+def mean_draws(values, idx):
+    """Bootstrap draws of the mean of per-prompt ``values`` (NaN prompts left out of each draw)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    ok = ~np.isnan(v)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, v, 0.0)[idx].sum(1) / ok[idx].sum(1)
+
+
+def final_number(text: str) -> str | None:
+    """The final number of a GSM8K-style solution: the one after ``####`` if there is one, else the
+    last number in the text; commas, a trailing ``.`` and ``.0...`` removed (``"1,200.00"`` -> ``"1200"``)."""
+    tail = text.split("####")[-1] if "####" in text else text
+    nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", tail)
+    if not nums:
+        return None
+    x = nums[-1 if "####" not in text else 0].replace(",", "")
+    if "." in x:
+        x = x.rstrip("0").rstrip(".")
+    return x
+
+
 def hf_topp(model, ids, mask, new_tokens: int, seed: int = 0, top_p: float = 0.9):
     """One ``model.generate(do_sample=True, top_p=0.9)`` run of exactly ``new_tokens`` tokens per row
     (``min_new_tokens`` forces the length, so EOS cannot make it cheaper); returns seconds.
@@ -259,16 +312,18 @@ def library_block_size() -> int:
 @dataclass(frozen=True)
 class Method:
     name: str                       # e.g. "top-p 0.9"
-    family: str                     # "top-p", "top-k", "min-p", "typical", "temperature", "EPIC"
+    family: str                     # "top-p", "top-k", "min-p", "typical", "eta", "temperature", "EPIC"
     hf: dict | None = None          # model.generate sampling options; None for EPIC
     alpha: float | None = None      # EPIC's alpha
 
 
 def baseline(family: str, value: float) -> Method:
     """HF ``generate`` options of a baseline. HF's default top-k 50 is switched off (top_k=0) unless
-    the method is top-k, so each baseline is exactly the named truncation at temperature 1."""
+    the method is top-k, so each baseline is exactly the named truncation at temperature 1. ``eta``
+    is eta-sampling (Hewitt et al., 2022; HF's ``eta_cutoff``)."""
     opts = {"top-p": dict(top_p=value, top_k=0), "top-k": dict(top_k=int(value)),
             "min-p": dict(min_p=value, top_k=0), "typical": dict(typical_p=value, top_k=0),
+            "eta": dict(eta_cutoff=value, top_k=0),
             "temperature": dict(temperature=value, top_k=0)}[family]
     opts.setdefault("temperature", 1.0)
     v = int(value) if family == "top-k" else value
@@ -280,18 +335,55 @@ def epic(alpha: float) -> Method:
 
 
 def hf_generate(model, prompts: list[list[int]], method: Method, *, max_new_tokens: int, seed: int, eos,
-                batch_size: int = 16, pad_id: int = 0) -> list[list[int]]:
-    """Sample continuations with ``model.generate(do_sample=True, **method.hf)``; cut after EOS."""
+                batch_size: int = 16, pad_id: int = 0, measure: bool = False):
+    """Sample continuations with ``model.generate(do_sample=True, **method.hf)``; cut after EOS.
+    ``measure=True``: ``(continuations, [Scored])``, the entropy of the model's full distribution and
+    ``-log q`` of each chosen token recorded while decoding (what ``score`` computes by teacher
+    forcing afterwards, without its second pass over prompt and continuation)."""
     import torch
 
-    out = []
+    out, scored = [], []
     for s in range(0, len(prompts), batch_size):
         ids, mask = left_pad(prompts[s:s + batch_size], pad_id)
         torch.manual_seed(seed + s)
+        rec = _StepMeasure() if measure else None
         gen = model.generate(ids, attention_mask=mask, do_sample=True, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad_id, eos_token_id=list(eos), **method.hf)
-        out += [cut_at_eos(row.tolist(), set(eos)) for row in gen[:, ids.shape[1]:]]
-    return out
+                             pad_token_id=pad_id, eos_token_id=list(eos), **method.hf,
+                             **(dict(logits_processor=[rec]) if measure else {}))
+        new = gen[:, ids.shape[1]:]
+        rows = [cut_at_eos(row.tolist(), set(eos)) for row in new]
+        out += rows
+        if measure:
+            ent, nll = rec.finish(new)
+            scored += [Scored(ent[b, :len(r)].tolist(), nll[b, :len(r)].tolist()) for b, r in enumerate(rows)]
+    return (out, scored) if measure else out
+
+
+class _StepMeasure:
+    """A logits processor that changes nothing and records, per step, the entropy of the full
+    distribution it is given (HF passes custom processors the raw logits, before the sampling warpers)
+    and the log-probabilities, so that ``-log q`` of the token chosen at the step can be read at the next."""
+
+    def __init__(self):
+        self.entropy, self.nll, self.logp = [], [], None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.logp is not None:
+            self.nll.append(-self.logp.gather(1, input_ids[:, -1:]).flatten())
+        self.logp = torch.log_softmax(scores.to(torch.float64), -1)
+        self.entropy.append(-(self.logp.exp() * self.logp).sum(-1))
+        return scores
+
+    def finish(self, new_tokens):
+        """``(entropy [B, T], nll [B, T])`` for the generated tokens ``new_tokens [B, T]``."""
+        import torch
+
+        T = new_tokens.shape[1]
+        if len(self.nll) < T:
+            self.nll.append(-self.logp.gather(1, new_tokens[:, len(self.nll):len(self.nll) + 1]).flatten())
+        return torch.stack(self.entropy[:T], 1), torch.stack(self.nll[:T], 1)
 
 
 def epic_generate(model, prompts: list[list[int]], alpha: float, *, max_new_tokens: int, seed: int, eos,
@@ -425,12 +517,13 @@ def md_table(headers: list[str], rows: list[list], digits: int | None = None) ->
     return "\n".join(lines)
 
 
-def write_json(path, payload: dict) -> None:
+def write_json(path, payload: dict, indent: int | None = 2) -> None:
+    """``payload`` as JSON (``indent=None``: one line, for records holding per-token arrays)."""
     if not path:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        json.dump(payload, f, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+        json.dump(payload, f, indent=indent, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -494,7 +587,7 @@ def save_figure(fig, path) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
-def experiment_main(argv, model, tok, *, parse, run, table, plot, headline) -> int:
+def experiment_main(argv, model, tok, *, parse, run, table, plot, headline, json_indent: int | None = 2) -> int:
     """The shared ``main`` of the experiment scripts: run (or reload ``--from-json``), print a
     headline and the markdown table, write ``--json`` and ``--plot``."""
     args = parse(argv)
@@ -507,7 +600,7 @@ def experiment_main(argv, model, tok, *, parse, run, table, plot, headline) -> i
     print(headline(args, out))
     print(table(out))
     if not args.from_json:
-        write_json(args.json, out)
+        write_json(args.json, out, json_indent)
     if args.plot:
         plot(out, args.plot)
     return 0
