@@ -547,6 +547,14 @@ def chosen_alpha(args) -> float:
     return read_alpha(args.calibration) if args.calibration else DEFAULT_ALPHA
 
 
+def repo_relative(path) -> str:
+    """``path`` relative to the repository root when it lies inside it (as recorded in results), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def git_revision() -> str:
     """HEAD of the repository, with ``+dirty`` when the library's files have local changes."""
     import subprocess

@@ -159,6 +159,7 @@ def run(args, model=None, tok=None) -> dict:
     pad = tok.pad_token_id or 0
     t_start = time.perf_counter()
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "from_json", "resume", "no_progress")}
+    settings["data"] = ev.repo_relative(settings["data"])   # the same in every checkout
     done, prior_s, resumed = {}, 0.0, None
     if args.resume and Path(args.resume).is_file():
         old = ev.read_json(args.resume)
