@@ -590,6 +590,7 @@ def plt():
 
 
 def save_figure(fig, path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}", file=sys.stderr)
