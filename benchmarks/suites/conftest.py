@@ -108,21 +108,23 @@ def quick(request):
     return bool(request.config.getoption("--quick"))
 
 
+def _torch_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield torch.get_num_threads()
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def threads(request):
     """Kernel suites: ``--threads`` for the test, restored after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.config.getoption("--threads"))
-    yield torch.get_num_threads()
-    torch.set_num_threads(old)
+    yield from _torch_threads(request.config.getoption("--threads"))
 
 
 @pytest.fixture
 def model_threads(request):
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.config.getoption("--model-threads"))
-    yield torch.get_num_threads()
-    torch.set_num_threads(old)
+    """Model suites: ``--model-threads`` for the test, restored after."""
+    yield from _torch_threads(request.config.getoption("--model-threads"))
 
 
 @pytest.fixture(scope="session")

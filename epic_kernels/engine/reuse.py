@@ -51,9 +51,6 @@ class Carry:
     seed: int
     candidates: dict
 
-    def rows(self, K: int) -> int:
-        return sum(1 + K * (c.depth - 1) for c in self.candidates.values())
-
 
 def carry(ev, win: torch.Tensor) -> list:
     """Per sequence, the next step's candidates that ``ev``'s winners ``win [B]`` evaluated."""
@@ -95,14 +92,12 @@ def carry(ev, win: torch.Tensor) -> list:
     return out
 
 
-def load(ev, pr, prefix, carries: list) -> tuple[int, int]:
+def load(ev, pr, prefix, carries: list) -> None:
     """Give ``ev`` (a step's evaluator, its survivors ``pr``) the evaluations ``carries`` hold for
     sequences at the position and seed they were made for, where they go deeper than what it has
-    (a prefetch adopted first); returns (candidates, rows) taken."""
-    taken = rows = 0
-    K = ev.cfg.rollouts
+    (a prefetch adopted first); ``ev.reused`` / ``ev.reused_rows`` count them."""
     if len(carries) != len(pr.counts):
-        return 0, 0
+        return
     for b, c in enumerate(carries):
         if c is None or c.position != int(prefix.positions[b]) or c.seed != int(prefix.seeds[b]):
             continue
@@ -112,9 +107,6 @@ def load(ev, pr, prefix, carries: list) -> tuple[int, int]:
             if got is None or int(ev.depth[m]) >= got.depth:
                 continue
             ev.adopt(m, got.depth, got.table, got.last, got.logits, got.keys, got.values, reused=True)
-            taken += 1
-            rows += 1 + K * (got.depth - 1)
-    return taken, rows
 
 
 __all__ = ["Carry", "carry", "load"]
