@@ -77,6 +77,10 @@ def test_evidence_quick(smol, tmp_path, capsys):
         assert all(len(g) == s["div_samples"] for g in r["diversity_texts"])
     for L in s["lengths"]:
         assert f"### Calibration at L = {L}" in printed
+        # every EPIC point (alpha* and the other alphas) is a row of every length's calibration table
+        section = printed.split(f"### Calibration at L = {L}")[1].split("###")[0]
+        for r in rec["results"]:
+            assert (f"| {r['method']} " in section) == (r["family"] == "EPIC" or r["main"]), (L, r["method"])
     for part in ("Figure 4", "by position", "Diversity", "accuracy", "Cost", "EPIC"):
         assert part in printed
     for kind in ("calibration", "fig4", "drift", "diversity"):

@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Cross-step reuse and float32 near-ties on the evidence run's EPIC alpha* pass (docs/results.md section 2,
+docs/engine.md "Where the tokens can differ from the reference").
+
+The evidence prompts (48 GSM8K questions from line 500, one batch of 48, seed 0, alpha 0.2729, the engine's
+defaults otherwise), decoded with ``epic_kernels.generate``:
+
+    python experiments/reuse_ties.py --dtype float32 --tokens 256 --reuse off --texts-from OLD.json NEW.json
+        # reuse off: compares the continuations with the EPIC alpha* texts of each JSON (548 s here)
+    python experiments/reuse_ties.py --dtype float64 --tokens 64 --reuse both
+        # reuse on and off: the same tokens? (2 x ~5 min here)
+
+``OLD.json`` was the previous evidence JSON: ``git show 1c1f38d:experiments/results/evidence.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from experiments import common as ev  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
+
+ALPHA = 0.27294921875          # the evidence run's alpha*
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--reuse", choices=["on", "off", "both"], default="both")
+    p.add_argument("--texts-from", nargs="*", default=[], metavar="JSON",
+                   help="evidence JSONs whose EPIC alpha* texts the continuations are compared with")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from epic_kernels.generation import generate
+    from epic_kernels.models import eos_ids, load_model
+
+    ev.setup_torch(None)
+    model, tok = load_model(dtype=getattr(torch, args.dtype))
+    eos, pad = eos_ids(model, tok), tok.pad_token_id or 0
+    recs = ev.load_gsm8k(ROOT / "experiments/data/gsm8k/test.jsonl", 48, 500)
+    ids, mask = ev.left_pad(ev.prompt_ids(tok, [r["question"] for r in recs]), pad)
+    outs = {}
+    for reuse in {"on": [True], "off": [False], "both": [True, False]}[args.reuse]:
+        t0 = time.perf_counter()
+        res = generate(model, ids, attention_mask=mask, max_new_tokens=args.tokens, alpha=ALPHA, horizon=4,
+                       rollouts=2, seed=0, eos_token_id=list(eos), pad_token_id=pad, top_k=50, rollout_top_k=50,
+                       reuse=reuse)
+        outs[reuse] = [list(t) for t in res.new_tokens]
+        print(f"{args.dtype} reuse={reuse}: {time.perf_counter() - t0:.0f}s, {res.summary()['reused']} reused",
+              flush=True)
+    if len(outs) == 2:
+        differ = [i for i, (a, b) in enumerate(zip(outs[True], outs[False])) if a != b]
+        print(f"reuse on == off: {48 - len(differ)} of 48 continuations; differing prompts {differ}")
+    for path in args.texts_from:
+        rec = next(r for r in json.loads(Path(path).read_text())["results"] if r["method"] == ev.epic(ALPHA).name)
+        for reuse, toks in outs.items():
+            texts = [tok.decode(t, skip_special_tokens=True) for t in toks]
+            differ = [i for i, (a, b) in enumerate(zip(texts, rec["texts"])) if a != b]
+            print(f"reuse={reuse} == {path}: {48 - len(differ)} of 48 texts; differing prompts {differ}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
