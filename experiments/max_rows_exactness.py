@@ -4,9 +4,9 @@ float64, where no rounding tie can explain a difference, a cap that both trims a
 
 The first 9 evidence prompts (GSM8K lines 500-508, one batch, seed 0, alpha 0.2729, 40 tokens, the
 engine's defaults otherwise) in float64, with max_rows 24 and uncapped, reuse on and off; then the cap
-again with the evaluator's ``_trim`` or ``_evict`` disabled in turn. Prints, per configuration, each
-sequence's first token that differs from the uncapped reuse-off run (None: the same 40 tokens).
-About 8 min here.
+again with the evaluator's ``_trim`` or ``_evict`` disabled in turn, and with prefetch off (against the
+uncapped run without prefetch). Prints, per configuration, each sequence's first token that differs
+from the uncapped run (None: the same 40 tokens). About 10 min here.
 
     python experiments/max_rows_exactness.py
 """
@@ -34,10 +34,10 @@ def main() -> int:
     recs = ev.load_gsm8k(ROOT / "experiments/data/gsm8k/test.jsonl", 9, 500)
     ids, mask = ev.left_pad(ev.prompt_ids(tok, [r["question"] for r in recs]), pad)
 
-    def run(reuse, max_rows):
+    def run(reuse, max_rows, prefetch=True):
         res = generate(model, ids, attention_mask=mask, max_new_tokens=40, alpha=0.27294921875, horizon=4,
                        rollouts=2, seed=0, eos_token_id=list(eos), pad_token_id=pad, top_k=50, rollout_top_k=50,
-                       reuse=reuse, max_rows=max_rows)
+                       reuse=reuse, max_rows=max_rows, prefetch=prefetch)
         return [list(t) for t in res.new_tokens]
 
     def first_diff(out, base):
@@ -52,6 +52,10 @@ def main() -> int:
         print(f"reuse=False max_rows=24, no _trim: {first_diff(run(False, 24), base)}", flush=True)
         Evaluator._trim, Evaluator._evict = trim, (lambda self, room, busy: None)
         print(f"reuse=False max_rows=24, no _evict: {first_diff(run(False, 24), base)}", flush=True)
+        Evaluator._evict = evict
+        base_np = run(False, None, prefetch=False)
+        print(f"prefetch=False, reuse=False max_rows=24 vs uncapped: {first_diff(run(False, 24, prefetch=False), base_np)}",
+              flush=True)
     finally:
         Evaluator._trim, Evaluator._evict = trim, evict
     return 0
