@@ -389,8 +389,10 @@ class _StepMeasure:
 def epic_generate(model, prompts: list[list[int]], alpha: float, *, max_new_tokens: int, seed: int, eos,
                   batch_size: int = 16, pad_id: int = 0, horizon: int = defaults.HORIZON,
                   rollouts: int = defaults.ROLLOUTS, top_k: int = defaults.TOP_K,
-                  rollout_top_k: int = defaults.ROLLOUT_TOP_K, progress: bool = True, desc: str = "EPIC"):
-    """EPIC continuations (``epic_kernels.generate``, the engine's defaults) and decode statistics."""
+                  rollout_top_k: int = defaults.ROLLOUT_TOP_K, progress: bool = True, desc: str = "EPIC",
+                  **engine_kw):
+    """EPIC continuations (``epic_kernels.generate``, the engine's defaults unless ``engine_kw`` sets
+    ``reuse``, ``prefetch``, ``max_rows``, ...) and decode statistics."""
     from epic_kernels.generation import generate
 
     out, stats = [], []
@@ -405,7 +407,8 @@ def epic_generate(model, prompts: list[list[int]], alpha: float, *, max_new_toke
                 done[0] += len(rows)
             res = generate(model, ids, attention_mask=mask, max_new_tokens=max_new_tokens, alpha=alpha,
                            horizon=horizon, rollouts=rollouts, seed=seed + s, eos_token_id=list(eos),
-                           pad_token_id=pad_id, top_k=top_k, rollout_top_k=rollout_top_k, on_step=step)
+                           pad_token_id=pad_id, top_k=top_k, rollout_top_k=rollout_top_k, on_step=step,
+                           **engine_kw)
             bar.update(len(ids) * max_new_tokens - done[0])     # sequences that ended early
             out += [list(t) for t in res.new_tokens]
             stats.append(res.summary())
@@ -414,7 +417,8 @@ def epic_generate(model, prompts: list[list[int]], alpha: float, *, max_new_toke
     tokens = sum(x["tokens"] for x in stats)
     seconds = sum(x["seconds"] for x in stats)
     return out, dict(tokens=tokens, seconds=seconds, tokens_per_second=tokens / seconds if seconds else 0.0,
-                     mean_survivors=sum(x["mean_survivors"] * x["tokens"] for x in stats) / max(tokens, 1))
+                     mean_survivors=sum(x["mean_survivors"] * x["tokens"] for x in stats) / max(tokens, 1),
+                     reused=sum(x["reused"] for x in stats))
 
 
 # ------------------------------------------------------------------------------------------------ #

@@ -205,7 +205,7 @@ def run(args, model=None, tok=None) -> dict:
             rec = done[m.name]
         else:
             rec = measure(model, tok, m, prompts, div_prompts, args, eos, pad, gold)
-        rec["main"] = m in main or m.family == "EPIC"       # the calibration tables' rows (main_results)
+        rec["main"] = m in main or m == star
         rec["calibrated"] = m == star
         results.append(rec)
         er = ev.mean_of([ev.Scored(e, n) for e, n in zip(rec["entropy"], rec["nll"])], "entropy")
@@ -272,8 +272,8 @@ def outside(draws) -> bool:
 
 
 def main_results(out):
-    """The calibration tables' decoders: issue #14's list, which has EPIC at alpha* and at the other alphas
-    (a JSON written before EPIC's other alphas joined the tables marks only alpha* as main)."""
+    """The calibration tables' decoders: the main baselines and every EPIC point (issue #14's list has
+    EPIC at alpha* and at the other alphas; the JSON marks only the baselines and alpha* as main)."""
     return [r for r in out["results"] if r.get("main") or r["family"] == "EPIC"]
 
 

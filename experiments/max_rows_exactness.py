@@ -25,20 +25,17 @@ def main() -> int:
     import torch
 
     from epic_kernels.engine.evaluator import Evaluator
-    from epic_kernels.generation import generate
     from epic_kernels.models import eos_ids, load_model
 
     ev.setup_torch(None)
     model, tok = load_model(dtype=torch.float64)
     eos, pad = eos_ids(model, tok), tok.pad_token_id or 0
-    recs = ev.load_gsm8k(ROOT / "experiments/data/gsm8k/test.jsonl", 9, 500)
-    ids, mask = ev.left_pad(ev.prompt_ids(tok, [r["question"] for r in recs]), pad)
+    prompts = ev.prompt_ids(tok, [r["question"] for r in ev.load_gsm8k(ROOT / "experiments/data/gsm8k/test.jsonl",
+                                                                       9, 500)])
 
     def run(reuse, max_rows, prefetch=True):
-        res = generate(model, ids, attention_mask=mask, max_new_tokens=40, alpha=0.27294921875, horizon=4,
-                       rollouts=2, seed=0, eos_token_id=list(eos), pad_token_id=pad, top_k=50, rollout_top_k=50,
-                       reuse=reuse, max_rows=max_rows, prefetch=prefetch)
-        return [list(t) for t in res.new_tokens]
+        return ev.epic_generate(model, prompts, 0.27294921875, max_new_tokens=40, seed=0, eos=eos, batch_size=9,
+                                pad_id=pad, progress=False, reuse=reuse, max_rows=max_rows, prefetch=prefetch)[0]
 
     def first_diff(out, base):
         return [next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None) for a, b in zip(out, base)]

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""Cross-step reuse and float32 near-ties on the evidence run's EPIC alpha* pass (docs/results.md section 2,
+"""Cross-step reuse on and off on the evidence run's EPIC alpha* pass (docs/results.md section 2,
 docs/engine.md "Where the tokens can differ from the reference").
 
 The evidence prompts (48 GSM8K questions from line 500, one batch of 48, seed 0, alpha 0.2729, the engine's
-defaults otherwise), decoded with ``epic_kernels.generate``:
+defaults otherwise), decoded by ``experiments.common.epic_generate`` as ``exp_evidence.py`` does:
 
-    python experiments/reuse_ties.py --dtype float32 --tokens 256 --reuse off --texts-from OLD.json NEW.json
+    python experiments/reuse_compare.py --dtype float32 --tokens 256 --reuse off --texts-from OLD.json NEW.json
         # reuse off: compares the continuations with the EPIC alpha* texts of each JSON (548 s here)
-    python experiments/reuse_ties.py --dtype float64 --tokens 64 --reuse both
-        # reuse on and off: the same tokens? (2 x ~5 min here)
+    python experiments/reuse_compare.py --dtype float64 --tokens 64 --reuse both
+        # reuse on and off: the same tokens? (2 x ~7 min here; they are not: the max_rows defect)
 
 ``OLD.json`` was the previous evidence JSON: ``git show 1c1f38d:experiments/results/evidence.json``.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,23 +38,18 @@ def main(argv=None) -> int:
 
     import torch
 
-    from epic_kernels.generation import generate
     from epic_kernels.models import eos_ids, load_model
 
     ev.setup_torch(None)
     model, tok = load_model(dtype=getattr(torch, args.dtype))
-    eos, pad = eos_ids(model, tok), tok.pad_token_id or 0
-    recs = ev.load_gsm8k(ROOT / "experiments/data/gsm8k/test.jsonl", 48, 500)
-    ids, mask = ev.left_pad(ev.prompt_ids(tok, [r["question"] for r in recs]), pad)
+    eos = eos_ids(model, tok)
+    prompts = ev.prompt_ids(tok, [r["question"] for r in ev.load_gsm8k(ROOT / "experiments/data/gsm8k/test.jsonl",
+                                                                       48, 500)])
     outs = {}
     for reuse in {"on": [True], "off": [False], "both": [True, False]}[args.reuse]:
-        t0 = time.perf_counter()
-        res = generate(model, ids, attention_mask=mask, max_new_tokens=args.tokens, alpha=ALPHA, horizon=4,
-                       rollouts=2, seed=0, eos_token_id=list(eos), pad_token_id=pad, top_k=50, rollout_top_k=50,
-                       reuse=reuse)
-        outs[reuse] = [list(t) for t in res.new_tokens]
-        print(f"{args.dtype} reuse={reuse}: {time.perf_counter() - t0:.0f}s, {res.summary()['reused']} reused",
-              flush=True)
+        outs[reuse], stats = ev.epic_generate(model, prompts, ALPHA, max_new_tokens=args.tokens, seed=0, eos=eos,
+                                              batch_size=48, pad_id=tok.pad_token_id or 0, reuse=reuse)
+        print(f"{args.dtype} reuse={reuse}: {stats['seconds']:.0f}s, {stats['reused']} reused", flush=True)
     if len(outs) == 2:
         differ = [i for i, (a, b) in enumerate(zip(outs[True], outs[False])) if a != b]
         print(f"reuse on == off: {48 - len(differ)} of 48 continuations; differing prompts {differ}")
