@@ -196,7 +196,8 @@ class Evaluator:
         return bool((self.depth < self.goal).any()) or bool(self.to_restore)
 
     def kept(self, m: int) -> bool:
-        """Does candidate ``m`` hold its depth-1 logits and its slot?"""
+        """Does candidate ``m`` hold its depth-1 logits and its slot? (Kept logits mean the slot holds
+        the candidate's depth-1 KV: a slot taken for a ``restore`` row has no logits until that row ran.)"""
         return m in self.next_logits and bool(self.slots[m, 0] >= 0)
 
     def restore(self, idx) -> None:
@@ -298,6 +299,7 @@ class Evaluator:
         slot = self.slots[p.row_candidate, p.slot % K]
         for m in restore.tolist():
             self.to_restore.discard(m)
+            self.next_logits.pop(m, None)            # not kept until its row has run (``kept``)
         self.restored += len(restore)
         r = restore
         return Rows(p.first, p.deep, restore, torch.cat([p.row_candidate, r]), torch.cat([p.seq, self.seq[r]]),
@@ -340,9 +342,9 @@ class Evaluator:
             self._trim()
 
     def _trim(self) -> None:
-        """When the pool holds more than ``4 max_rows`` slots, give back the slots of candidates
-        evaluated through the horizon (they never go deeper; a winner among them has its depth-1
-        row run again for its KV), lowest extrapolated score first."""
+        """When the pool holds more than ``4 max_rows`` slots, give back the slots (and the kept
+        logits) of candidates evaluated through the horizon (they never go deeper; a winner among
+        them has its depth-1 row run again for its logits and KV), lowest extrapolated score first."""
         limit = 4 * self.max_rows
         if self.pool.used - len(self.pool.free) <= limit or not self.complete:
             return
@@ -357,6 +359,9 @@ class Evaluator:
             held = self.slots[m][self.slots[m] >= 0]
             self.pool.release(held.tolist())
             self.slots[m] = -1
+            # its depth-1 logits go too: kept logits promise the candidate's KV in slot 0, and a bet
+            # placed on it (prefetch.py) would copy that slot while its restored row is still unwritten
+            self.next_logits.pop(m, None)
             for r in range(self.cfg.rollouts):      # its paths are gone: nothing to carry over
                 self.second.pop((m, r), None)
 

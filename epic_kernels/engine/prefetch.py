@@ -289,6 +289,8 @@ class Prefetcher:
             if w < 0 or bet.child_tried:
                 continue
             bet.child_tried = True
+            if not bet.ev.kept(w):                   # its logits and slot went to max_rows
+                continue
             picks.append((bet.ev, bet.b, w, torch.cat([bet.tokens, bet.ids[w].view(1)]), None))
             parents.append(bet)
         for parent, child in zip(parents, self._place(picks)):

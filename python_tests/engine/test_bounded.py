@@ -80,3 +80,83 @@ def test_generate_warns_once_on_many_survivors(monkeypatch):
         epic_kernels.generate(model, ids, max_new_tokens=3, alpha=0.5, horizon=2, top_k=None, rollout_top_k=None,
                               max_rows=4)
     assert sum("candidates in its admissible" in str(w.message) for w in rec) == 1
+
+
+@pytest.fixture
+def poisoned_release(monkeypatch):
+    """Slots given back to the pool are overwritten with large noise, so a row that reads a slot
+    nobody wrote for it (rather than stale contents that happen to be right) changes the results."""
+    from epic_kernels.engine.attention import SlotPool
+
+    release = SlotPool.release
+    gen = torch.Generator().manual_seed(0)
+
+    def poison(pool, ids):
+        ids = [int(i) for i in ids]
+        for t in pool.keys + pool.values:
+            t[ids] = 50.0 * torch.randn(t[ids].shape, generator=gen, dtype=t.dtype).to(t.device)
+        release(pool, ids)
+    monkeypatch.setattr(SlotPool, "release", poison)
+
+
+def test_capped_prefetch_never_reads_an_unwritten_slot(monkeypatch, poisoned_release):
+    """A cap that trims completed candidates' slots, with prefetch on: a winner that lost its slot
+    has its depth-1 row run again, and no bet may copy that slot before the row has run (a bet is
+    placed on kept candidates only). Every step's winner estimate (where the search took the winner
+    to the same depth) and token are the uncapped run's."""
+    from epic_kernels.engine import prefetch
+    from epic_kernels.testing import tiny_llama
+
+    in_flight = {}
+    plan, absorb, bet_init, winner_kv = Evaluator.plan, Evaluator.absorb, prefetch._Bet.__init__, Evaluator.winner_kv
+    bets_on_unwritten, depths = [], []
+
+    def plan_spy(ev, *a, **k):
+        rows = plan(ev, *a, **k)
+        in_flight[id(ev)] = set() if rows is None else set(rows.restore.tolist())
+        return rows
+
+    def absorb_spy(ev, rows, logits):
+        in_flight[id(ev)] = set()
+        absorb(ev, rows, logits)
+
+    def bet_spy(bet, src, b, m, *a, **k):
+        if m in in_flight.get(id(src), ()):
+            bets_on_unwritten.append((b, m))
+        bet_init(bet, src, b, m, *a, **k)
+
+    def winner_kv_spy(ev, m):
+        depths.append(ev.depth[m].clone())
+        return winner_kv(ev, m)
+    monkeypatch.setattr(Evaluator, "plan", plan_spy)
+    monkeypatch.setattr(Evaluator, "absorb", absorb_spy)
+    monkeypatch.setattr(prefetch._Bet, "__init__", bet_spy)
+    monkeypatch.setattr(Evaluator, "winner_kv", winner_kv_spy)
+
+    model = tiny_llama(128, seed=1, init_range=0.2)
+    B = 8
+    logits0, kv0, mask0 = prefill(model, random_prompts(128, [3 + i % 7 for i in range(B)], seed=2))
+
+    def run(max_rows):
+        logits, kv, mask, handed = logits0, kv0, mask0, None
+        tokens, estimates, hits, restored = [], [], 0, 0
+        depths.clear()
+        for _ in range(8):
+            out = epic_kernels.sample_step(logits, kv, model, alpha=0.5, horizon=3, rollouts=2, seed=list(range(B)),
+                                           attention_mask=mask, top_k=None, rollout_top_k=None, engine="fast",
+                                           prefetched=handed, max_rows=max_rows)
+            tokens.append(out.tokens)
+            estimates.append(out.entropy)
+            hits += out.stats.prefetch_hits
+            restored += out.stats.restored
+            logits, kv, mask, handed = out.next_logits, out.kv, out.attention_mask, out.prefetched
+        return torch.stack(tokens), torch.stack(estimates), torch.stack(depths), hits, restored
+
+    free_tokens, free_est, free_depth, _, _ = run(None)
+    tokens, est, depth, hits, restored = run(24)
+    assert hits > 0 and restored > 0             # prefetch was used, and winners had lost their slots
+    assert bets_on_unwritten == []
+    assert torch.equal(tokens, free_tokens)
+    same = depth == free_depth
+    assert same.float().mean() > 0.8
+    torch.testing.assert_close(est[same], free_est[same], rtol=0, atol=1e-12)
