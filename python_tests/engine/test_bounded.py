@@ -104,24 +104,26 @@ def test_capped_prefetch_never_reads_an_unwritten_slot(monkeypatch, poisoned_rel
     has its depth-1 row run again, and no bet may copy that slot before the row has run (a bet is
     placed on kept candidates only). Every step's winner estimate (where the search took the winner
     to the same depth) and token are the uncapped run's."""
+    import weakref
+
     from epic_kernels.engine import prefetch
     from epic_kernels.testing import tiny_llama
 
-    in_flight = {}
+    in_flight = weakref.WeakKeyDictionary()      # evaluator -> candidates whose restore row is in this call
     plan, absorb, bet_init, winner_kv = Evaluator.plan, Evaluator.absorb, prefetch._Bet.__init__, Evaluator.winner_kv
     bets_on_unwritten, depths = [], []
 
     def plan_spy(ev, *a, **k):
         rows = plan(ev, *a, **k)
-        in_flight[id(ev)] = set() if rows is None else set(rows.restore.tolist())
+        in_flight[ev] = set() if rows is None else set(rows.restore.tolist())
         return rows
 
     def absorb_spy(ev, rows, logits):
-        in_flight[id(ev)] = set()
+        in_flight[ev] = set()
         absorb(ev, rows, logits)
 
     def bet_spy(bet, src, b, m, *a, **k):
-        if m in in_flight.get(id(src), ()):
+        if m in in_flight.get(src, ()):
             bets_on_unwritten.append((b, m))
         bet_init(bet, src, b, m, *a, **k)
 
