@@ -8,7 +8,9 @@ defaults otherwise), decoded by ``experiments.common.epic_generate`` as ``exp_ev
     python experiments/reuse_compare.py --dtype float32 --tokens 256 --reuse off --texts-from OLD.json NEW.json
         # reuse off: compares the continuations with the EPIC alpha* texts of each JSON (548 s here)
     python experiments/reuse_compare.py --dtype float64 --tokens 64 --reuse both
-        # reuse on and off: the same tokens? (2 x ~7 min here; they are not: the max_rows defect)
+        # reuse on and off: the same tokens? (2 x ~7 min here; before the max_rows fix they were not)
+    python experiments/reuse_compare.py --max-rows none --reuse on --texts-from experiments/results/evidence.json
+        # uncapped: the EPIC alpha* texts of the committed evidence run (decoded with the default cap, 256)?
 
 ``OLD.json`` was the previous evidence JSON: ``git show 1c1f38d:experiments/results/evidence.json``.
 """
@@ -32,9 +34,11 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--reuse", choices=["on", "off", "both"], default="both")
+    p.add_argument("--max-rows", default="256", help="the engine's max_rows ('none': uncapped)")
     p.add_argument("--texts-from", nargs="*", default=[], metavar="JSON",
                    help="evidence JSONs whose EPIC alpha* texts the continuations are compared with")
     args = p.parse_args(argv)
+    max_rows = None if args.max_rows.lower() == "none" else int(args.max_rows)
 
     import torch
 
@@ -48,7 +52,8 @@ def main(argv=None) -> int:
     outs = {}
     for reuse in {"on": [True], "off": [False], "both": [True, False]}[args.reuse]:
         outs[reuse], stats = ev.epic_generate(model, prompts, ALPHA, max_new_tokens=args.tokens, seed=0, eos=eos,
-                                              batch_size=48, pad_id=tok.pad_token_id or 0, reuse=reuse)
+                                              batch_size=48, pad_id=tok.pad_token_id or 0, reuse=reuse,
+                                              max_rows=max_rows)
         print(f"{args.dtype} reuse={reuse}: {stats['seconds']:.0f}s, {stats['reused']} reused", flush=True)
     if len(outs) == 2:
         differ = [i for i, (a, b) in enumerate(zip(outs[True], outs[False])) if a != b]
