@@ -56,6 +56,12 @@ QUICK_MORE = [("temperature", 0.7)]
 KNOB = {"temperature": "T", "top-p": "p", "top-k": "k", "min-p": "p_min", "typical": "tau", "eta": "eta",
         "EPIC": "alpha"}
 DIV_SEED = 10_000       # seed offset of the extra diversity samples
+RESULTS = ev.REPO_ROOT / "experiments" / "results" / "evidence.json"   # the committed run
+
+
+def eval_prompts(tok, n: int, data=ev.DEFAULT_DATA) -> list[list[int]]:
+    """The first ``n`` evaluation prompts (GSM8K questions from line ``EVAL_START``, chat template)."""
+    return ev.prompt_ids(tok, [r["question"] for r in ev.load_gsm8k(data, n, EVAL_START)])
 
 
 def parse(argv=None):

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from experiments import common as ev  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
+from experiments.exp_evidence import RESULTS, eval_prompts  # noqa: E402
 
 
 def main() -> int:
@@ -32,11 +33,10 @@ def main() -> int:
     ev.setup_torch(None)
     model, tok = load_model(dtype=torch.float64)
     eos, pad = eos_ids(model, tok), tok.pad_token_id or 0
-    prompts = ev.prompt_ids(tok, [r["question"] for r in ev.load_gsm8k(ROOT / "experiments/data/gsm8k/test.jsonl",
-                                                                       9, 500)])
+    prompts, alpha = eval_prompts(tok, 9), ev.read_alpha(RESULTS)
 
     def run(reuse, max_rows, prefetch=True):
-        return ev.epic_generate(model, prompts, 0.27294921875, max_new_tokens=40, seed=0, eos=eos, batch_size=9,
+        return ev.epic_generate(model, prompts, alpha, max_new_tokens=40, seed=0, eos=eos, batch_size=9,
                                 pad_id=pad, progress=False, reuse=reuse, max_rows=max_rows, prefetch=prefetch)[0]
 
     def first_diff(out, base):

@@ -17,7 +17,6 @@ defaults otherwise), decoded by ``experiments.common.epic_generate`` as ``exp_ev
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,8 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from experiments import common as ev  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
-
-ALPHA = 0.27294921875          # the evidence run's alpha*
+from experiments.exp_evidence import RESULTS, eval_prompts  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,11 +45,10 @@ def main(argv=None) -> int:
     ev.setup_torch(None)
     model, tok = load_model(dtype=getattr(torch, args.dtype))
     eos = eos_ids(model, tok)
-    prompts = ev.prompt_ids(tok, [r["question"] for r in ev.load_gsm8k(ROOT / "experiments/data/gsm8k/test.jsonl",
-                                                                       48, 500)])
+    prompts, alpha = eval_prompts(tok, 48), ev.read_alpha(RESULTS)
     outs = {}
     for reuse in {"on": [True], "off": [False], "both": [True, False]}[args.reuse]:
-        outs[reuse], stats = ev.epic_generate(model, prompts, ALPHA, max_new_tokens=args.tokens, seed=0, eos=eos,
+        outs[reuse], stats = ev.epic_generate(model, prompts, alpha, max_new_tokens=args.tokens, seed=0, eos=eos,
                                               batch_size=48, pad_id=tok.pad_token_id or 0, reuse=reuse,
                                               max_rows=max_rows)
         print(f"{args.dtype} reuse={reuse}: {stats['seconds']:.0f}s, {stats['reused']} reused", flush=True)
@@ -59,7 +56,7 @@ def main(argv=None) -> int:
         differ = [i for i, (a, b) in enumerate(zip(outs[True], outs[False])) if a != b]
         print(f"reuse on == off: {48 - len(differ)} of 48 continuations; differing prompts {differ}")
     for path in args.texts_from:
-        rec = next(r for r in json.loads(Path(path).read_text())["results"] if r["method"] == ev.epic(ALPHA).name)
+        rec = next(r for r in ev.read_json(path)["results"] if r["method"] == ev.epic(alpha).name)
         for reuse, toks in outs.items():
             texts = [tok.decode(t, skip_special_tokens=True) for t in toks]
             differ = [i for i, (a, b) in enumerate(zip(texts, rec["texts"])) if a != b]

@@ -196,8 +196,9 @@ class Evaluator:
         return bool((self.depth < self.goal).any()) or bool(self.to_restore)
 
     def kept(self, m: int) -> bool:
-        """Does candidate ``m`` hold its depth-1 logits and its slot? (Kept logits mean the slot holds
-        the candidate's depth-1 KV: a slot taken for a ``restore`` row has no logits until that row ran.)"""
+        """Does candidate ``m`` hold its depth-1 logits and its slot? Kept logits always mean the slot
+        holds the candidate's depth-1 KV: whatever gives a slot back drops the logits with it
+        (``_evict``, ``_trim``), so a slot taken for a ``restore`` row has no logits until that row ran."""
         return m in self.next_logits and bool(self.slots[m, 0] >= 0)
 
     def restore(self, idx) -> None:
@@ -205,7 +206,7 @@ class Evaluator:
         again (the winners' logits and KV at the end of a step); they are kept from then on."""
         for m in (int(i) for i in idx):
             self.protected.add(m)
-            if self.depth[m] >= 1 and (m not in self.next_logits or self.slots[m, 0] < 0):
+            if self.depth[m] >= 1 and not self.kept(m):
                 self.to_restore.add(m)
 
     # -- slots and kept logits (the max_rows bound) ---------------------------------------------
@@ -299,7 +300,6 @@ class Evaluator:
         slot = self.slots[p.row_candidate, p.slot % K]
         for m in restore.tolist():
             self.to_restore.discard(m)
-            self.next_logits.pop(m, None)            # not kept until its row has run (``kept``)
         self.restored += len(restore)
         r = restore
         return Rows(p.first, p.deep, restore, torch.cat([p.row_candidate, r]), torch.cat([p.seq, self.seq[r]]),
