@@ -5,7 +5,7 @@ no rounding tie can explain a difference.
 
 The first 9 evidence prompts (GSM8K lines 500-508, one batch, seed 0, alpha 0.2729, 40 tokens, the
 engine's defaults otherwise) in float64, with max_rows 24 and uncapped, reuse on and off; then the cap
-again with the evaluator's ``_trim`` or ``_evict`` disabled in turn (how the defect was narrowed), and
+again with the candidate state's ``trim`` or ``evict`` disabled in turn (how the defect was narrowed), and
 with prefetch off (against the uncapped run without prefetch). Prints, per configuration, each
 sequence's first token that differs from the uncapped run (None: the same 40 tokens; every entry is
 None since the fix, and before it 4 of 9 (reuse off) and 2 (reuse on) were not). About 11 min here.
@@ -27,7 +27,7 @@ from experiments.exp_evidence import RESULTS, eval_prompts  # noqa: E402
 def main() -> int:
     import torch
 
-    from epic_kernels.engine.evaluator import Evaluator
+    from epic_kernels.engine.state import CandidateState
     from epic_kernels.models import eos_ids, load_model
 
     ev.setup_torch(None)
@@ -45,18 +45,18 @@ def main() -> int:
     base = run(False, None)
     for reuse, max_rows in [(True, None), (False, 24), (True, 24)]:
         print(f"reuse={reuse} max_rows={max_rows}: {first_diff(run(reuse, max_rows), base)}", flush=True)
-    trim, evict = Evaluator._trim, Evaluator._evict
+    trim, evict = CandidateState.trim, CandidateState.evict
     try:
-        Evaluator._trim = lambda self: None
-        print(f"reuse=False max_rows=24, no _trim: {first_diff(run(False, 24), base)}", flush=True)
-        Evaluator._trim, Evaluator._evict = trim, (lambda self, room, busy: None)
-        print(f"reuse=False max_rows=24, no _evict: {first_diff(run(False, 24), base)}", flush=True)
-        Evaluator._evict = evict
+        CandidateState.trim = lambda self: None
+        print(f"reuse=False max_rows=24, no trim: {first_diff(run(False, 24), base)}", flush=True)
+        CandidateState.trim, CandidateState.evict = trim, (lambda self, room, busy: None)
+        print(f"reuse=False max_rows=24, no evict: {first_diff(run(False, 24), base)}", flush=True)
+        CandidateState.evict = evict
         base_np = run(False, None, prefetch=False)
         print(f"prefetch=False, reuse=False max_rows=24 vs uncapped: {first_diff(run(False, 24, prefetch=False), base_np)}",
               flush=True)
     finally:
-        Evaluator._trim, Evaluator._evict = trim, evict
+        CandidateState.trim, CandidateState.evict = trim, evict
     return 0
 
 

@@ -22,6 +22,7 @@ import types
 import torch
 
 from epic_kernels.engine import attention as A
+from epic_kernels.engine.runtime import SlotPool
 from epic_kernels.core import Prefix
 
 LAYERS, KV_HEADS, HEADS, HEAD_DIM = 30, 3, 9, 64
@@ -43,7 +44,7 @@ def hf_fork(cache, R):
 
 
 def engine_fork(R, horizon):
-    pool = A.SlotPool(LAYERS, KV_HEADS, HEAD_DIM, horizon, torch.float32)
+    pool = SlotPool(LAYERS, KV_HEADS, HEAD_DIM, horizon, torch.float32)
     pool.reserve(R)
     if R > 1:
         pool.copy_slots(torch.zeros(R - 1, dtype=torch.int64), torch.arange(1, R), 1)
@@ -98,7 +99,7 @@ def attention_fns(cache, R, horizon, seed=1):
     def hf():
         return torch.nn.functional.scaled_dot_product_attention(q, K_hf, V_hf, enable_gqa=True)
 
-    pool = A.SlotPool(1, KV_HEADS, HEAD_DIM, horizon, torch.float32)
+    pool = SlotPool(1, KV_HEADS, HEAD_DIM, horizon, torch.float32)
     pool.reserve(R)
     pool.keys[0][:R, :, 0] = own[:, :, 0]
     pool.values[0][:R, :, 0] = own[:, :, 0]
@@ -119,7 +120,7 @@ def engine_shape_fns(N, L, seed=2):
     q = torch.randn(N, HEADS, 1, HEAD_DIM, generator=g)
     k_new = torch.randn(N, KV_HEADS, 1, HEAD_DIM, generator=g)
     v_new = torch.randn(N, KV_HEADS, 1, HEAD_DIM, generator=g)
-    pool = A.SlotPool(1, KV_HEADS, HEAD_DIM, 5, torch.float32)
+    pool = SlotPool(1, KV_HEADS, HEAD_DIM, 5, torch.float32)
     pool.reserve(N)
     pool.keys[0].normal_(generator=g)
     pool.values[0].normal_(generator=g)

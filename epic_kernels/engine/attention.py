@@ -3,7 +3,7 @@ copying it.
 
 Registered with transformers' attention interface as ``"epic_fork"``; the engine switches a model to
 it only for its own forward calls (``fork_mode``). Each row n of such a call belongs to sequence
-``seq[n]`` and owns slot ``slot[n]`` of a small pool (``SlotPool``) holding its suffix (candidate
+``seq[n]`` and owns slot ``slot[n]`` of a small pool (``runtime.SlotPool``) holding its suffix (candidate
 token plus rollout tokens: up to ``horizon`` of them, ``horizon + 2`` with prefetch). The attention
 itself is the op ``epic_kernels.ops.fork_attention`` (contract, reference implementation, C++
 kernel and dispatch there); ``ForkBatch.build`` picks its backend once per model call.
@@ -21,72 +21,6 @@ from ..ops.fork_attention import ForkAux, fork_attention_backend, fork_attention
 
 ATTENTION_NAME = "epic_fork"
 _local = threading.local()
-
-
-class SlotPool:
-    """Per-layer suffix storage ``[slots, kv_heads, horizon, head_dim]`` for the rollout rows of a step."""
-
-    def __init__(self, n_layers: int, kv_heads: int, head_dim: int, slot_len: int, dtype, device=None):
-        self.shape = (kv_heads, slot_len, head_dim)
-        self.dtype = dtype
-        self.device = torch.device("cpu") if device is None else torch.device(device)
-        self.keys = [torch.empty(0, *self.shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
-        self.values = [torch.empty(0, *self.shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
-        self.used = 0
-        self.free: list[int] = []
-
-    @property
-    def slots(self) -> int:
-        return self.keys[0].shape[0]
-
-    def reset(self) -> None:
-        """Forget every slot (the storage is kept for the next step: stale contents are finite and
-        lie beyond every new row's fill, so they are masked out)."""
-        self.used = 0
-        self.free = []
-
-    def fits(self, n_layers: int, kv_heads: int, head_dim: int, slot_len: int, dtype, device=None) -> bool:
-        device = torch.device("cpu") if device is None else torch.device(device)
-        return (len(self.keys) == n_layers and self.shape[0] == kv_heads and self.shape[2] == head_dim
-                and self.shape[1] >= slot_len and self.dtype == dtype and self.device == device)
-
-    def take(self, n: int) -> torch.Tensor:
-        """Hand out ``n`` unused slots (released ones first, then new ones, growing the pool if
-        needed); returns their ids, int64 ``[n]``."""
-        got = self.free[:n]
-        self.free = self.free[n:]
-        rest = n - len(got)
-        if rest:
-            got = got + list(range(self.used, self.used + rest))
-            self.used += rest
-            self.reserve(self.used)
-        return torch.tensor(got, dtype=torch.int64)
-
-    def release(self, ids) -> None:
-        """Give slots back for reuse in this step (stale contents lie beyond every new row's fill)."""
-        self.free.extend(int(i) for i in ids)
-
-    def reserve(self, n: int) -> None:
-        """Make room for ``n`` slots (contents of existing slots kept). New slots are zeroed: tokens
-        beyond a row's fill are masked out, and a masked score must multiply a finite value."""
-        if n <= self.slots:
-            return
-        n = max(n, 2 * self.slots)
-        def grow(t):
-            out = torch.empty(n, *self.shape, dtype=self.dtype, device=self.device)
-            out[: t.shape[0]].copy_(t)
-            out[t.shape[0]:].zero_()               # only the new slots need zeroing
-            return out
-        self.keys = [grow(t) for t in self.keys]
-        self.values = [grow(t) for t in self.values]
-
-    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor, length: int) -> None:
-        """Copy the first ``length`` tokens of slots ``src`` into slots ``dst`` (rollout fan-out)."""
-        for t in self.keys + self.values:
-            t[dst, :, :length] = t[src, :, :length]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
 
 @dataclass

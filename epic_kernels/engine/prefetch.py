@@ -59,7 +59,7 @@ class _Entry:
     table: torch.Tensor            # [n, k, K] per-depth entropies
     last: torch.Tensor             # [n, K] last keyed rollout tokens
     next_logits: dict              # survivor index -> its depth-1 logits
-    kv: dict                       # survivor index -> per layer (keys, values) [K, kv_heads, depth, head_dim]
+    kv: dict                       # survivor index -> its paths' KV (the runtime's block, ``CandidateState.export``)
     nested: "_Entry | None" = None  # the step after, if the next step's winner is ``nested.token``
 
     def matches(self, logits_row, position: int, seed: int, ids=None) -> bool:
@@ -74,8 +74,8 @@ class _Entry:
 
     def load_into(self, ev, lo: int) -> None:
         """Give evaluator ``ev``, whose candidates ``lo, lo + 1, ...`` are ``self.ids``, these evaluations."""
-        for n, keys_values in self.kv.items():
-            ev.adopt(lo + n, int(self.depth[n]), self.table[n], self.last[n], self.next_logits[n], *keys_values)
+        for n, block in self.kv.items():
+            ev.state.adopt(lo + n, int(self.depth[n]), self.table[n], self.last[n], self.next_logits[n], block)
 
 
 class Prefetched:
@@ -134,11 +134,11 @@ class _Bet:
         self.b, self.m, self.logits, self.ids, self.position = b, m, logits, npr.ids, position
         self.tokens = tokens           # [lead] the tokens this bet's paths start with
         n = len(npr.ids)
-        lead = src.lead + 1
+        lead = src.state.lead + 1
         # the paths' lead tokens: src's slot of m (kept: bets are placed on kept candidates only)
         self.ev = Evaluator(src.model, src.prefix, torch.full((n,), b, dtype=torch.int64), npr.ids, cfg,
-                            src.backend, src.table.dtype, pool=src.pool, lead=lead,
-                            lead_slot=int(src.slots[m, 0]), z=npr.scores)
+                            src.backend, src.state.table.dtype, runtime=src.rt, lead=lead,
+                            lead_slot=int(src.state.paths[m, 0]), z=npr.scores)
         if carried is not None:        # a previous step already evaluated part of this one
             carried.load_into(self.ev, 0)
         bound = admissible_bound(logits.shape[-1], cfg.rollout_top_k)
@@ -156,7 +156,7 @@ class _Bet:
         if not self.done:
             return -1
         w = int(self.search.winners()[0])
-        return w if self.ev.depth[w] >= 1 else -1
+        return w if self.ev.state.depth[w] >= 1 else -1
 
     def plan(self, limit: int):
         """This bet's rows for the next call, at most ``limit`` (None: nothing to do)."""
@@ -169,21 +169,20 @@ class _Bet:
             self.done = True
         rows = ev.plan(limit, strict=True)
         if rows is not None:
-            self.rows_left -= len(rows.seq)
-            self.rows_fed += len(rows.seq)
+            self.rows_left -= len(rows)
+            self.rows_fed += len(rows)
         return rows
 
     def entry(self, token: int, seed: int) -> _Entry:
-        ev = self.ev
-        n = len(self.ids)
-        kv = {m: ev.path_kv(m) for m in range(n) if ev.depth[m] >= 1 and ev.kept(m)}
+        st = self.ev.state
+        kv = {m: st.export(m) for m in (st.depth >= 1).nonzero().flatten().tolist() if st.kept(m)}
         nested = None
         w = self.winner()
-        if self.child is not None and w == self.child.m and (self.child.ev.depth >= 1).any():
+        if self.child is not None and w == self.child.m and (self.child.ev.state.depth >= 1).any():
             nested = self.child.entry(int(self.ids[w]), seed)
         return _Entry(token=token, position=self.position, seed=seed, logits=self.logits, ids=self.ids,
-                      depth=ev.depth.clone(), table=ev.table.clone(), last=ev.last.clone(),
-                      next_logits={m: ev.next_logits[m] for m in kv}, kv=kv, nested=nested)
+                      depth=st.depth.clone(), table=st.table.clone(), last=st.last.clone(),
+                      next_logits={m: st.logits[m] for m in kv}, kv=kv, nested=nested)
 
 
 class Prefetcher:
@@ -212,24 +211,16 @@ class Prefetcher:
     def rows_fed(self) -> int:
         return sum(bet.rows_fed for bet in self.bets)
 
-    def _guess(self, b: int, decided: int):
-        ev, pr = self.ev, self.pr
+    def _guess(self, b: int, decided: int, kept: torch.Tensor):
+        """The candidate of sequence ``b`` to bet on: its decided winner, else the kept candidate
+        (``kept``: every kept candidate of the step, evaluated) with the best extrapolated score."""
+        st, pr = self.ev.state, self.pr
         if decided >= 0:                 # (a candidate that lost its logits to max_rows is not bet on)
-            return decided if ev.depth[decided] >= 1 and ev.kept(decided) else None
-        lo, hi = int(pr.offsets[b]), int(pr.offsets[b + 1])
-        best, best_s = None, -float("inf")
-        k, alpha = ev.cfg.horizon, ev.cfg.alpha
-        for m in sorted(ev.next_logits):  # the kept candidates: at most max_rows of them
-            if not lo <= m < hi or not ev.kept(m):
-                continue
-            d = int(ev.depth[m])
-            if d < 1:
-                continue
-            h = float(ev.table[m, :d].mean(-1).sum()) * k / d       # extrapolated to the horizon
-            s = float(pr.scores[m]) - alpha * h
-            if s > best_s:
-                best, best_s = m, s
-        return best
+            return decided if st.depth[decided] >= 1 and st.kept(decided) else None
+        mine = kept[(kept >= int(pr.offsets[b])) & (kept < int(pr.offsets[b + 1]))]
+        if len(mine) == 0:
+            return None
+        return int(mine[int(torch.argmax(st.priority(mine)))])
 
     def _place(self, picks):
         """Bets ``(src evaluator, sequence b, candidate m, tokens [lead], carried)``: predict each
@@ -239,7 +230,7 @@ class Prefetcher:
         ev = self.ev
         seqs = torch.tensor([p[1] for p in picks])
         tokens = torch.stack([p[3] for p in picks])
-        nxt = self.transform(torch.stack([p[0].next_logits[p[2]] for p in picks]), seqs, tokens)
+        nxt = self.transform(torch.stack([p[0].state.logits[p[2]] for p in picks]), seqs, tokens)
         positions = ev.prefix.positions[seqs] + tokens.shape[1]
         npr = prune_on_host(nxt, ev.prefix.seeds[seqs], positions, self.width, self.backend)
         out = []
@@ -258,8 +249,9 @@ class Prefetcher:
         return out
 
     def _new_bets(self, decided):
-        pr = self.pr
+        pr, st = self.pr, self.ev.state
         picks = []
+        kept = None
         for b in range(len(pr.counts)):
             bet = self.live.get(b)
             if bet is not None:
@@ -268,7 +260,10 @@ class Prefetcher:
                 del self.live[b]                     # another candidate won: the bet is lost
             if self.tries[b] >= MAX_GUESSES or (int(pr.counts[b]) < 2 and decided[b] < 0):
                 continue
-            m = self._guess(b, int(decided[b]))
+            if kept is None and decided[b] < 0:      # the kept, evaluated candidates: at most max_rows
+                kept = torch.tensor(sorted(m for m in st.logits if st.depth[m] >= 1 and st.paths[m, 0] >= 0),
+                                    dtype=torch.int64)
+            m = self._guess(b, int(decided[b]), kept)
             if m is None:
                 continue
             self.tries[b] += 1
@@ -289,7 +284,7 @@ class Prefetcher:
             if w < 0 or bet.child_tried:
                 continue
             bet.child_tried = True
-            if not bet.ev.kept(w):                   # its logits and slot went to max_rows
+            if not bet.ev.state.kept(w):             # its logits and path went to max_rows
                 continue
             picks.append((bet.ev, bet.b, w, torch.cat([bet.tokens, bet.ids[w].view(1)]), None))
             parents.append(bet)
@@ -307,15 +302,15 @@ class Prefetcher:
             rows = bet.plan(limit)
             if rows is not None:
                 self.in_flight.append((bet, rows))
-                limit -= len(rows.seq)
+                limit -= len(rows)
         return [rows for _, rows in self.in_flight] or None
 
     def absorb(self, logits: torch.Tensor) -> None:
         """File the outputs of the rows ``plan`` returned, bet by bet."""
         n = 0
         for bet, rows in self.in_flight:
-            bet.ev.absorb(rows, logits[n:n + len(rows.seq)])
-            n += len(rows.seq)
+            bet.ev.absorb(rows, logits[n:n + len(rows)])
+            n += len(rows)
         self.in_flight = []
 
     def hand_over(self, winners: torch.Tensor) -> list:
@@ -324,7 +319,7 @@ class Prefetcher:
         for b, m in enumerate(winners.tolist()):
             bet = self.live.get(b)
             token = int(self.pr.ids[m])
-            if bet is not None and bet.m == m and (bet.ev.depth >= 1).any():
+            if bet is not None and bet.m == m and (bet.ev.state.depth >= 1).any():
                 entries.append(bet.entry(token, int(self.ev.prefix.seeds[b])))
                 self.rows_won += bet.rows_fed + (bet.child.rows_fed if bet.child is not None else 0)
             elif self.carried[b] is not None and self.carried[b].token == token:

@@ -18,9 +18,9 @@ low-entropy positions, where a step often has a single survivor). Anything else 
 evaluated as usual; the tokens are the reference's either way (up to float rounding of a row
 computed in another call, as for any batching).
 
-``carry(ev, win, cfg)`` builds, at the end of step t, one ``Carry`` per sequence (None where the
-winner did not go deeper than depth 1); ``load(ev, pr, prefix, carries)`` gives step t + 1's
-evaluator what they hold, before its search starts. ``Prefetched`` hands them over with the
+``carry(ev, win)`` builds, at the end of step t, one ``Carry`` per sequence (None where the
+winner did not go deeper than depth 1) from the step's ``CandidateState``; ``load(ev, pr, prefix,
+carries)`` gives step t + 1's candidate state what they hold, before its search starts. ``Prefetched`` hands them over with the
 prefetch entries, so the same cache-identity check applies.
 """
 from __future__ import annotations
@@ -38,8 +38,7 @@ class _Carried:
     table: torch.Tensor            # [k, K] per-depth entropies (rows >= depth unused)
     last: torch.Tensor             # [K] each rollout's last keyed token
     logits: torch.Tensor           # [V] the candidate's depth-1 logits (raw model logits)
-    keys: list                     # per layer [K', kv_heads, depth, head_dim] (K' = 1 at depth 1)
-    values: list
+    block: object                  # its paths' KV, K' paths (K' = 1 at depth 1): the runtime's read()
 
 
 @dataclass
@@ -54,59 +53,58 @@ class Carry:
 
 def carry(ev, win: torch.Tensor) -> list:
     """Per sequence, the next step's candidates that ``ev``'s winners ``win [B]`` evaluated."""
-    cfg, K = ev.cfg, ev.cfg.rollouts
+    st, cfg, K = ev.state, ev.cfg, ev.cfg.rollouts
     out = []
     for b, w in enumerate(win.tolist()):
-        d = int(ev.depth[w])
-        if w < 0 or d < 2:
+        d = int(st.depth[w]) if w >= 0 else 0
+        if d < 2:
             out.append(None)
             continue
-        firsts = ev.drawn[w, 0].tolist()             # y^r_1 of each rollout r
+        firsts = st.drawn[w, 0].tolist()             # y^r_1 of each rollout r
         cands = {}
         for y in dict.fromkeys(firsts):              # distinct first tokens, rollout order
             through = [r for r in range(K) if firsts[r] == y]
-            r0 = next((r for r in through if (w, r) in ev.second and ev.slots[w, r] >= 0), None)
-            if r0 is None:                           # its row's logits or slot were dropped (max_rows)
+            r0 = next((r for r in through if (w, r) in st.second and st.paths[w, r] >= 0), None)
+            if r0 is None:                           # its row's logits or path were dropped (max_rows)
                 continue
-            logits = ev.second[(w, r0)]
-            deep = len(through) == K and d > 2 and bool((ev.slots[w] >= 0).all())
+            logits = st.second[(w, r0)]
+            deep = len(through) == K and d > 2 and bool((st.paths[w] >= 0).all())
             depth = d - 1 if deep else 1
-            table = torch.zeros(cfg.horizon, K, dtype=ev.table.dtype)
+            table = torch.zeros(cfg.horizon, K, dtype=st.table.dtype)
             if deep:
-                table[:depth] = ev.table[w, 1:d]
-                table[0] = ev.table[w, 1, r0]            # the depth-1 entropy is shared by the rollouts
-                last = ev.last[w].clone()
-                slots = ev.slots[w]
+                table[:depth] = st.table[w, 1:d]
+                table[0] = st.table[w, 1, r0]            # the depth-1 entropy is shared by the rollouts
+                last = st.last[w].clone()
+                paths = st.paths[w]
             else:                                    # depth 1: every rollout's first token from y's logits
-                table[0] = ev.table[w, 1, r0]
-                _, picks = ev.rollout_samples(logits.view(1, -1), ev.seq[w].view(1),
-                                              (1 + torch.arange(K)).view(1, K), ev.base[w].view(1) + 2)
+                table[0] = st.table[w, 1, r0]
+                _, picks = ev.rollout_samples(logits.view(1, -1), st.seq[w].view(1),
+                                              (1 + torch.arange(K)).view(1, K), st.base[w].view(1) + 2)
                 last = picks[0]
-                slots = ev.slots[w, r0].view(1)
-            a = ev.lead
-            keys = [t[slots, :, a + 1:a + 1 + depth].clone() for t in ev.pool.keys]
-            values = [t[slots, :, a + 1:a + 1 + depth].clone() for t in ev.pool.values]
-            cands[int(y)] = _Carried(depth, table, last, logits, keys, values)
-        b_pos = int(ev.base[w]) + 1
+                paths = st.paths[w, r0].view(1)
+            block = ev.rt.read(paths, st.lead + 1, depth)
+            cands[int(y)] = _Carried(depth, table, last, logits, block)
+        b_pos = int(st.base[w]) + 1
         out.append(Carry(b_pos, int(ev.prefix.seeds[b]), cands) if cands else None)
     return out
 
 
 def load(ev, pr, prefix, carries: list) -> None:
-    """Give ``ev`` (a step's evaluator, its survivors ``pr``) the evaluations ``carries`` hold for
-    sequences at the position and seed they were made for, where they go deeper than what it has
-    (a prefetch adopted first); ``ev.reused`` / ``ev.reused_rows`` count them."""
+    """Give ``ev``'s state (a step's candidates, its survivors ``pr``) the evaluations ``carries``
+    hold for sequences at the position and seed they were made for, where they go deeper than what
+    it has (a prefetch adopted first); ``state.reused`` / ``state.reused_rows`` count them."""
     if len(carries) != len(pr.counts):
         return
+    st = ev.state
     for b, c in enumerate(carries):
         if c is None or c.position != int(prefix.positions[b]) or c.seed != int(prefix.seeds[b]):
             continue
         lo, hi = int(pr.offsets[b]), int(pr.offsets[b + 1])
         for m in range(lo, hi):
             got = c.candidates.get(int(pr.ids[m]))
-            if got is None or int(ev.depth[m]) >= got.depth:
+            if got is None or int(st.depth[m]) >= got.depth:
                 continue
-            ev.adopt(m, got.depth, got.table, got.last, got.logits, got.keys, got.values, reused=True)
+            st.adopt(m, got.depth, got.table, got.last, got.logits, got.block, reused=True)
 
 
 __all__ = ["Carry", "carry", "load"]

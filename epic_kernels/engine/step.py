@@ -69,6 +69,7 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
         pool.reset()
     ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch * LEVELS,
                    pool=pool, z=pr.scores, carry=advance and reuse)
+    st, rt = ev.state, ev.rt
     mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, admissible_bound(V, cfg.rollout_top_k),
                        cfg.block_size, which)
     search = Search(mgr, ev, pr.scores, cfg.alpha)
@@ -81,30 +82,29 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
         ev.call(ride)
     win = search.winners()
     depth1, deeper = mgr.stats()
-    evaluated = ev.depth[win] >= 1
-    served = evaluated & torch.tensor([ev.kept(m) or not ev.keep_logits for m in win.tolist()], dtype=torch.bool)
-    stats = StepStats(pr.counts.clone(), depth1, deeper, ev.calls, ev.forward_tokens,
+    evaluated = st.depth[win] >= 1
+    served = evaluated & torch.tensor([st.kept(m) or not st.keep_logits for m in win.tolist()], dtype=torch.bool)
+    stats = StepStats(pr.counts.clone(), depth1, deeper, rt.calls, rt.rows,
                       forwards_saved=int(served.sum()) if advance else 0,
-                      adopted=ev.adopted, adopted_rows=ev.adopted_rows, reused=ev.reused,
-                      reused_rows=ev.reused_rows, depth_reached=ev.depth.clone(),
-                      min_forward_tokens=int((ev.depth >= 1).sum() + cfg.rollouts * (ev.depth - 1).clamp(min=0).sum()))
+                      adopted=st.adopted, adopted_rows=st.adopted_rows, reused=st.reused,
+                      reused_rows=st.reused_rows, depth_reached=st.depth.clone(),
+                      min_forward_tokens=int((st.depth >= 1).sum() + cfg.rollouts * (st.depth - 1).clamp(min=0).sum()))
     entropy = torch.full((B,), float("nan"), dtype=pr.scores.dtype)
     if evaluated.any():
-        entropy[evaluated] = torch.stack([ev.table[m, : int(ev.depth[m])].mean(-1).sum()
-                                          for m in win[evaluated].tolist()]).to(entropy.dtype)
+        entropy[evaluated] = torch.stack([st.estimate(m) for m in win[evaluated].tolist()]).to(entropy.dtype)
     out = FastStep(pr.ids[win], stats, entropy)
     if advance:
         # the forward a plain loop would have made, for winners never evaluated, and the depth-1
         # row again for winners that lost their logits to the max_rows bound
         missing = win[~evaluated]
         ev.want(missing, torch.ones_like(missing))
-        ev.restore(win)
+        st.restore(win)
         if ev.pending():
-            calls, toks = ev.calls, ev.forward_tokens
+            calls, toks = rt.calls, rt.rows
             while ev.call(ride):
                 pass
-            stats.finish_calls, stats.finish_tokens = ev.calls - calls, ev.forward_tokens - toks
-        out.next_logits = torch.stack([ev.next_logits[m] for m in win.tolist()])
+            stats.finish_calls, stats.finish_tokens = rt.calls - calls, rt.rows - toks
+        out.next_logits = torch.stack([st.logits[m] for m in win.tolist()])
         out.next_keys, out.next_values = ev.winner_kv(win)
         if reuse:
             out.carries = _reuse.carry(ev, win)
@@ -114,9 +114,9 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
         stats.prefetch_rows_won = ride.rows_won       # ... on bets that won
         stats.prefetch_hits = sum(e is not None for e in out.prefetched)
         stats.prefetch_carried = ride.carried_used    # two-steps-ahead entries used
-    stats.restored, stats.max_call_rows = ev.restored, ev.max_rows_fed
-    stats.kept_logits = len(ev.next_logits)
-    out.pool = ev.pool if ev.pool.slots <= POOL_KEEP_SLOTS else None
+    stats.restored, stats.max_call_rows = st.restored, rt.max_rows_fed
+    stats.kept_logits = len(st.logits)
+    out.pool = rt.pool if rt.pool.slots <= POOL_KEEP_SLOTS else None
     return out
 
 

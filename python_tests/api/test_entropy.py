@@ -71,4 +71,4 @@ def test_keeps_no_vocabulary_sized_logits(tiny16, monkeypatch):
     cands = torch.arange(16).view(1, 16).repeat(7, 1)
     h = lookahead_entropy(tiny16, torch.tensor(TEXT), candidates=cands, horizon=2, rollouts=2)
     assert h.shape == (7, 16) and torch.isfinite(h).all()
-    assert made and all(len(ev.next_logits) == 0 for ev in made)
+    assert made and all(len(ev.state.logits) == 0 for ev in made)

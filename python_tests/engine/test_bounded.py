@@ -6,6 +6,7 @@ import torch
 
 import epic_kernels
 from epic_kernels.engine.evaluator import Evaluator
+from epic_kernels.engine.runtime import ForkRuntime
 from epic_kernels.testing import left_padded, prefill, random_prompts
 
 
@@ -29,17 +30,17 @@ def test_same_tokens_with_any_cap(tiny, kw, prefetch):
 
 def _max_rows_seen(monkeypatch):
     seen = {"rows": 0, "kept": 0, "slots": 0}
-    forward, absorb = Evaluator._forward1, Evaluator.absorb
+    forward, absorb = ForkRuntime._forward, Evaluator.absorb
 
-    def forward_spy(ev, seq, *a, **k):
-        seen["rows"] = max(seen["rows"], len(seq))
-        return forward(ev, seq, *a, **k)
+    def forward_spy(rt, rows):
+        seen["rows"] = max(seen["rows"], len(rows))
+        return forward(rt, rows)
 
     def absorb_spy(ev, rows, logits):
         absorb(ev, rows, logits)
-        seen["kept"] = max(seen["kept"], len(ev.next_logits))
-        seen["slots"] = max(seen["slots"], ev.pool.used - len(ev.pool.free))
-    monkeypatch.setattr(Evaluator, "_forward1", forward_spy)
+        seen["kept"] = max(seen["kept"], len(ev.state.logits))
+        seen["slots"] = max(seen["slots"], ev.rt.in_use())
+    monkeypatch.setattr(ForkRuntime, "_forward", forward_spy)
     monkeypatch.setattr(Evaluator, "absorb", absorb_spy)
     return seen
 
@@ -86,7 +87,7 @@ def test_generate_warns_once_on_many_survivors(monkeypatch):
 def poisoned_release(monkeypatch):
     """Slots given back to the pool are overwritten with large noise, so a row that reads a slot
     nobody wrote for it (rather than stale contents that happen to be right) changes the results."""
-    from epic_kernels.engine.attention import SlotPool
+    from epic_kernels.engine.runtime import SlotPool
 
     release = SlotPool.release
     gen = torch.Generator().manual_seed(0)
@@ -128,7 +129,7 @@ def test_capped_prefetch_never_reads_an_unwritten_slot(monkeypatch, poisoned_rel
         bet_init(bet, src, b, m, *a, **k)
 
     def winner_kv_spy(ev, m):
-        depths.append(ev.depth[m].clone())
+        depths.append(ev.state.depth[m].clone())
         return winner_kv(ev, m)
     monkeypatch.setattr(Evaluator, "plan", plan_spy)
     monkeypatch.setattr(Evaluator, "absorb", absorb_spy)

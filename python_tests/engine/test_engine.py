@@ -106,7 +106,7 @@ def test_fork_memory_is_rollouts_times_horizon_not_prefix():
     evaluator().run(cands, torch.full((32,), 4))          # warm up the allocator and code paths
     ev = evaluator()
     added = _peak_added_bytes(lambda: ev.run(cands, torch.full((32,), 4)))
-    assert ev.forward_tokens == 32 * (1 + 2 * 3)
+    assert ev.rt.rows == 32 * (1 + 2 * 3)
     print(f"fork added {added / 2**20:.1f} MiB; 64 copies would be {copies / 2**20:.0f} MiB")
     assert added < 0.05 * copies, (added, copies)
 

@@ -81,12 +81,10 @@ def test_carried_evaluations_are_the_ones_the_next_step_computes(tiny, alpha, k,
                 ev = Evaluator(tiny, nprefix, torch.tensor([b]), torch.tensor([y]), cfg, "reference", got.table.dtype)
                 ev.run(torch.tensor([0]), torch.tensor([got.depth]))
                 d = got.depth
-                torch.testing.assert_close(got.table[:d], ev.table[0, :d], rtol=1e-5, atol=1e-5)
-                assert torch.equal(got.last, ev.last[0])
-                torch.testing.assert_close(got.logits, ev.next_logits[0], rtol=1e-5, atol=1e-5)
-                keys, values = ev.path_kv(0)
-                for a, e in zip(got.keys + got.values, keys + values):
-                    torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(got.table[:d], ev.state.table[0, :d], rtol=1e-5, atol=1e-5)
+                assert torch.equal(got.last, ev.state.last[0])
+                torch.testing.assert_close(got.logits, ev.state.logits[0], rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(got.block, ev.state.export(0), rtol=1e-5, atol=1e-5)
                 checked += 1
         logits, cache = step.next_logits, nxt
     assert checked > 0

@@ -15,6 +15,7 @@ import torch
 
 from epic_kernels import _ext
 from epic_kernels.engine import attention as A
+from epic_kernels.engine.runtime import SlotPool
 from epic_kernels.core import Prefix
 from epic_kernels.ops import fork_attention as fork_attention_op
 from epic_kernels.testing import require_extension
@@ -81,7 +82,7 @@ class Case:
         return Prefix([(self.K, self.V)], self.mask, self.mask.sum(-1), torch.zeros(len(self.mask), dtype=torch.int64))
 
     def pool(self):
-        pool = A.SlotPool(1, self.Hkv, self.D, self.pool_k0.shape[2], self.dtype)
+        pool = SlotPool(1, self.Hkv, self.D, self.pool_k0.shape[2], self.dtype)
         pool.keys[0] = self.pool_k0.clone()
         pool.values[0] = self.pool_v0.clone()
         return pool

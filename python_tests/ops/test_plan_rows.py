@@ -19,7 +19,8 @@ import torch
 import epic_kernels
 from epic_kernels import _ext
 from epic_kernels.ops.dispatch import choose
-from epic_kernels.engine.attention import ForkBatch, SlotPool
+from epic_kernels.engine.attention import ForkBatch
+from epic_kernels.engine.runtime import SlotPool
 from epic_kernels.engine.evaluator import Evaluator
 from epic_kernels.testing import random_prompts, require_extension
 
@@ -248,38 +249,39 @@ class _Recorder:
         plan, build, copy_slots = Evaluator.plan, ForkBatch.build.__func__, SlotPool.copy_slots
         rec = self
 
-        def copy_spy(pool, src, dst, length):
+        def copy_spy(pool, src, dst, length, src_start=0):
             rec.copies.append((src.clone(), dst.clone(), length))
-            return copy_slots(pool, src, dst, length)
+            return copy_slots(pool, src, dst, length, src_start)
 
         def plan_spy(ev, *args, **kwargs):
             # the engine calls the op with slot0 = 0 and maps path (m, r) to its pool slot
-            # ev.slots[m, r] (taken when first needed); no max_rows chunking at these sizes
-            K = ev.cfg.rollouts
-            state = [t.clone() for t in (ev.depth, ev.goal, ev.seq, ev.tokens, ev.last, ev.base)]
+            # st.paths[m, r] (taken when first needed); no max_rows chunking at these sizes
+            K, st = ev.cfg.rollouts, ev.state
+            state = [t.clone() for t in (st.depth, st.goal, st.seq, st.tokens, st.last, st.base)]
             rec.copies.clear()
             rows = plan(ev, *args, **kwargs)
-            want = R.plan_rows(*state, 0, K, ev.lead)
-            _equal(R.plan_rows_impl(*state, 0, K, ev.lead, "cpu"), want)
+            want = R.plan_rows(*state, 0, K, st.lead)
+            _equal(R.plan_rows_impl(*state, 0, K, st.lead, "cpu"), want)
             if rows is None:
                 assert len(want.row_candidate) == 0 and not rec.copies
             else:
                 assert len(rows.restore) == 0
-                want = want._replace(slot=ev.slots[want.row_candidate, want.slot % K])
+                want = want._replace(slot=st.paths[want.row_candidate, want.slot % K])
+                got_rows = dict(rows.call._asdict(), slot=rows.call.path, first=rows.first, deep=rows.deep)
                 for name in ("seq", "slot", "fill", "tokens", "positions", "first", "deep"):
-                    got = getattr(rows, name)
+                    got = got_rows[name]
                     assert torch.equal(got, getattr(want, name)), (name, got, getattr(want, name))
                     assert got.dtype == torch.int64
-                fans = [c for c in rec.copies if c[2] == ev.lead + 1]
+                fans = [c for c in rec.copies if c[2] == st.lead + 1]
                 if len(want.fan_src):
                     assert len(fans) == 1
                     src, dst, length = fans[0]
-                    assert torch.equal(src, ev.slots[want.fan_src // K, 0])
-                    assert torch.equal(dst, ev.slots[want.fan_dst // K, want.fan_dst % K])
+                    assert torch.equal(src, st.paths[want.fan_src // K, 0])
+                    assert torch.equal(dst, st.paths[want.fan_dst // K, want.fan_dst % K])
                 else:
                     assert not fans
                 rec.plans += 1
-                rec.leads.add(ev.lead)
+                rec.leads.add(st.lead)
                 rec.ks.add(K)
             return rows
 

@@ -1,0 +1,226 @@
+"""The runtime interface: the one place where the engine touches the model.
+
+The search, the candidate bookkeeping (``state.py``), prefetch and cross-step reuse are
+runtime-agnostic. What they need from a runtime is a set of **KV paths** and one batched call:
+
+* a *path* is a short suffix of KV owned by one (candidate, rollout): it sits after its sequence's
+  prefix (which the runtime reads in place and never copies) and grows by one token per call;
+* ``take(n)`` hands out ``n`` empty paths (int64 ids), ``release(ids)`` frees them;
+* ``fork(src, dst, length, src_start=0)`` makes path ``dst[i]`` start with the ``length`` tokens of
+  path ``src[i]`` from ``src_start`` on (a rollout forking from its candidate's path, a bet's paths
+  starting with the bet's token, a path moving one position left when the next step adopts it);
+* ``read(ids, start, length)`` / ``write(ids, start, block)``: a paths' tokens as one opaque block
+  (what a hand-over keeps of a path that must outlive its step);
+* ``run(rows)`` runs one model call over ``Rows`` (sequence, path, fill, token, position, limit):
+  row n appends ``token[n]`` at position ``fill[n]`` of path ``path[n]`` and returns its logits
+  ``[N, V]`` (after the prefix of sequence ``seq[n]`` — its first ``limit[n]`` tokens when given —
+  and the path's first ``fill[n]`` tokens).
+
+``ForkRuntime`` implements it with Hugging Face transformers and fork attention: a path is a slot of
+``SlotPool`` (every layer's keys and values in one tensor, so a fork or a read is one indexing op
+whatever the number of layers), and a call is one forward with the attention switched to the
+``ops.fork_attention`` op for the calling thread (``attention.fork_mode``). A second runtime
+(llama.cpp sequence ids, a paged GPU cache) implements the same few methods and gets the search,
+prefetch, reuse and bounded memory unchanged; ``docs/engine.md`` ("The runtime interface") shows
+the skeleton.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+import torch
+
+from .attention import ForkBatch, fork_mode
+
+
+class CallRows(NamedTuple):
+    """One model call's rows (int64 ``[N]`` each): row n appends ``tokens[n]`` at slot position
+    ``fill[n]`` of path ``path[n]``, at model position ``positions[n]``, after sequence ``seq[n]``'s
+    prefix (its first ``limit[n]`` tokens when ``limit`` is given)."""
+
+    seq: torch.Tensor
+    path: torch.Tensor
+    fill: torch.Tensor
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    limit: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def cat(self, others) -> "CallRows":
+        """These rows, then ``others``' (a list of ``CallRows`` without limits)."""
+        if not others:
+            return self
+        if self.limit is not None:
+            raise ValueError("rows with per-row prefix limits cannot share a call with other rows")
+        return CallRows(*(torch.cat([a] + [getattr(o, f) for o in others])
+                          for a, f in zip(self[:5], self._fields[:5])))
+
+    def part(self, lo: int, hi: int) -> "CallRows":
+        return CallRows(*(None if t is None else t[lo:hi] for t in self))
+
+
+class Runtime(Protocol):
+    """What the engine asks of a model runtime (see the module docstring)."""
+
+    def take(self, n: int) -> torch.Tensor: ...
+    def release(self, ids) -> None: ...
+    def fork(self, src: torch.Tensor, dst: torch.Tensor, length: int, src_start: int = 0) -> None: ...
+    def read(self, ids: torch.Tensor, start: int, length: int): ...
+    def write(self, ids: torch.Tensor, start: int, block) -> None: ...
+    def run(self, rows: CallRows) -> torch.Tensor: ...
+    def in_use(self) -> int: ...
+
+
+class SlotPool:
+    """Suffix storage of every path: one tensor ``[layers, 2 (keys, values), slots, kv_heads,
+    slot_len, head_dim]``; ``keys[l]`` / ``values[l]`` are contiguous views of layer ``l``."""
+
+    def __init__(self, n_layers: int, kv_heads: int, head_dim: int, slot_len: int, dtype, device=None):
+        self.shape = (kv_heads, slot_len, head_dim)
+        self.n_layers = n_layers
+        self.dtype = dtype
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self._set(torch.empty(n_layers, 2, 0, *self.shape, dtype=dtype, device=self.device))
+        self.used = 0
+        self.free: list[int] = []
+
+    def _set(self, storage: torch.Tensor) -> None:
+        self.storage = storage
+        self.keys = [storage[i, 0] for i in range(self.n_layers)]
+        self.values = [storage[i, 1] for i in range(self.n_layers)]
+
+    @property
+    def slots(self) -> int:
+        return self.storage.shape[2]
+
+    def in_use(self) -> int:
+        return self.used - len(self.free)
+
+    def reset(self) -> None:
+        """Forget every slot (the storage is kept for the next step: stale contents are finite and
+        lie beyond every new row's fill, so they are masked out)."""
+        self.used = 0
+        self.free = []
+
+    def fits(self, n_layers: int, kv_heads: int, head_dim: int, slot_len: int, dtype, device=None) -> bool:
+        device = torch.device("cpu") if device is None else torch.device(device)
+        return (self.n_layers == n_layers and self.shape[0] == kv_heads and self.shape[2] == head_dim
+                and self.shape[1] >= slot_len and self.dtype == dtype and self.device == device)
+
+    def take(self, n: int) -> torch.Tensor:
+        """Hand out ``n`` unused slots (released ones first, then new ones, growing the pool if
+        needed); returns their ids, int64 ``[n]``."""
+        got = self.free[:n]
+        self.free = self.free[n:]
+        rest = n - len(got)
+        if rest:
+            got = got + list(range(self.used, self.used + rest))
+            self.used += rest
+            self.reserve(self.used)
+        return torch.tensor(got, dtype=torch.int64)
+
+    def release(self, ids) -> None:
+        """Give slots back for reuse in this step (stale contents lie beyond every new row's fill)."""
+        self.free.extend(int(i) for i in ids)
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` slots (contents of existing slots kept). New slots are zeroed: tokens
+        beyond a row's fill are masked out, and a masked score must multiply a finite value."""
+        if n <= self.slots:
+            return
+        n = max(n, 2 * self.slots)
+        old = self.storage
+        out = torch.empty(self.n_layers, 2, n, *self.shape, dtype=self.dtype, device=self.device)
+        out[:, :, : old.shape[2]].copy_(old)
+        out[:, :, old.shape[2]:].zero_()               # only the new slots need zeroing
+        self._set(out)
+
+    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor, length: int, src_start: int = 0) -> None:
+        """Slot ``dst[i]``'s first ``length`` tokens := slot ``src[i]``'s from ``src_start`` on."""
+        if len(dst) and length > 0:
+            self.storage[:, :, dst, :, :length] = self.storage[:, :, src, :, src_start:src_start + length]
+
+    def read(self, ids: torch.Tensor, start: int, length: int) -> torch.Tensor:
+        """Tokens ``start .. start + length - 1`` of slots ``ids``: ``[layers, 2, n, kv_heads, length,
+        head_dim]`` (a copy)."""
+        return self.storage[:, :, ids, :, start:start + length]
+
+    def write(self, ids: torch.Tensor, start: int, block: torch.Tensor) -> None:
+        self.storage[:, :, ids, :, start:start + block.shape[4]] = block
+
+    def nbytes(self) -> int:
+        return self.storage.numel() * self.storage.element_size()
+
+
+class ForkRuntime:
+    """The Hugging Face runtime: paths are slots of ``pool``; a call is one forward of ``model``
+    with fork attention over ``prefix`` (read in place) and the rows' slots."""
+
+    def __init__(self, model, prefix, pool: SlotPool, max_rows: int | None = None):
+        self.model, self.prefix, self.pool = model, prefix, pool
+        self.max_rows = max_rows or (1 << 62)
+        self.calls = self.rows = self.max_rows_fed = 0
+
+    @classmethod
+    def for_step(cls, model, prefix, slot_len: int, pool: SlotPool | None = None,
+                 max_rows: int | None = None) -> "ForkRuntime":
+        """A runtime over ``prefix``, reusing ``pool`` when its geometry fits (else a new one)."""
+        keys = prefix.layers[0][0]
+        geometry = (len(prefix.layers), keys.shape[1], keys.shape[3], slot_len, keys.dtype, keys.device)
+        if pool is None or not pool.fits(*geometry):
+            pool = SlotPool(*geometry)
+        return cls(model, prefix, pool, max_rows)
+
+    # -- paths ------------------------------------------------------------------------------------
+    def take(self, n: int) -> torch.Tensor:
+        return self.pool.take(n)
+
+    def release(self, ids) -> None:
+        self.pool.release(ids)
+
+    def fork(self, src, dst, length: int, src_start: int = 0) -> None:
+        self.pool.copy_slots(src, dst, length, src_start)
+
+    def read(self, ids, start: int, length: int):
+        return self.pool.read(ids, start, length)
+
+    def write(self, ids, start: int, block) -> None:
+        self.pool.write(ids, start, block)
+
+    def in_use(self) -> int:
+        return self.pool.in_use()
+
+    def token_kv(self, ids, at: int):
+        """Per layer ``(keys, values)`` ``[n, kv_heads, head_dim]`` of token ``at`` of slots ``ids``."""
+        block = self.pool.storage[:, :, ids, :, at]
+        return [block[i, 0] for i in range(len(block))], [block[i, 1] for i in range(len(block))]
+
+    # -- one model call ---------------------------------------------------------------------------
+    def run(self, rows: CallRows) -> torch.Tensor:
+        """Logits ``[N, V]`` of the rows, in forwards of at most ``max_rows`` rows each (rows are
+        independent: each reads the prefix and its own slot only)."""
+        n, c = len(rows), self.max_rows
+        if n <= c:
+            return self._forward(rows)
+        return torch.cat([self._forward(rows.part(i, i + c)) for i in range(0, n, c)])
+
+    @torch.no_grad()
+    def _forward(self, rows: CallRows) -> torch.Tensor:
+        fb = ForkBatch.build(self.prefix, self.pool, rows.seq, rows.path, rows.fill, self.pool.dtype, rows.limit,
+                             max_position=int(rows.positions.max()))
+        device = self.prefix.device
+        with fork_mode(self.model, fb):
+            out = self.model(input_ids=rows.tokens.view(-1, 1).to(device),
+                             position_ids=rows.positions.view(-1, 1).to(device), use_cache=False)
+        if fb.calls != len(self.prefix.layers):     # every layer must have attended through the fork
+            raise RuntimeError(f"{type(self.model).__name__}: {fb.calls} of its {len(self.prefix.layers)} attention "
+                               "layers went through fork attention; the fast engine cannot run this model")
+        self.calls += 1
+        self.rows += len(rows)
+        self.max_rows_fed = max(self.max_rows_fed, len(rows))
+        return out.logits[:, -1, :]
+
+
+__all__ = ["CallRows", "Runtime", "SlotPool", "ForkRuntime"]
