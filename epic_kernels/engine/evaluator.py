@@ -222,7 +222,7 @@ class Evaluator:
         extra = ride.plan(self.max_rows - len(rows)) if ride is not None else None
         call = rows.call
         if self.row_limit is not None:
-            call = call._replace(limit=self.row_limit[rows.row_candidate])
+            call = call.with_limit(self.row_limit[rows.row_candidate])
         logits = self.rt.run(call.cat([e.call for e in extra]) if extra else call)
         n = len(rows)
         self.absorb(rows, logits[:n])

@@ -26,14 +26,16 @@ the skeleton.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from dataclasses import dataclass, replace
+from typing import ClassVar, Protocol
 
 import torch
 
 from .attention import ForkBatch, fork_mode
 
 
-class CallRows(NamedTuple):
+@dataclass(frozen=True)
+class CallRows:
     """One model call's rows (int64 ``[N]`` each): row n appends ``tokens[n]`` at slot position
     ``fill[n]`` of path ``path[n]``, at model position ``positions[n]``, after sequence ``seq[n]``'s
     prefix (its first ``limit[n]`` tokens when ``limit`` is given)."""
@@ -45,8 +47,13 @@ class CallRows(NamedTuple):
     positions: torch.Tensor
     limit: torch.Tensor | None = None
 
+    FIELDS: ClassVar[tuple] = ("seq", "path", "fill", "tokens", "positions")
+
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def with_limit(self, limit: torch.Tensor | None) -> "CallRows":
+        return replace(self, limit=limit)
 
     def cat(self, others) -> "CallRows":
         """These rows, then ``others``' (a list of ``CallRows`` without limits)."""
@@ -54,11 +61,12 @@ class CallRows(NamedTuple):
             return self
         if self.limit is not None:
             raise ValueError("rows with per-row prefix limits cannot share a call with other rows")
-        return CallRows(*(torch.cat([a] + [getattr(o, f) for o in others])
-                          for a, f in zip(self[:5], self._fields[:5])))
+        return CallRows(*(torch.cat([getattr(self, f)] + [getattr(o, f) for o in others]) for f in self.FIELDS))
 
     def part(self, lo: int, hi: int) -> "CallRows":
-        return CallRows(*(None if t is None else t[lo:hi] for t in self))
+        """Rows ``lo .. hi - 1``."""
+        return CallRows(*(getattr(self, f)[lo:hi] for f in self.FIELDS),
+                        None if self.limit is None else self.limit[lo:hi])
 
 
 class Runtime(Protocol):

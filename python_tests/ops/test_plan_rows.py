@@ -267,7 +267,7 @@ class _Recorder:
             else:
                 assert len(rows.restore) == 0
                 want = want._replace(slot=st.paths[want.row_candidate, want.slot % K])
-                got_rows = dict(rows.call._asdict(), slot=rows.call.path, first=rows.first, deep=rows.deep)
+                got_rows = dict(vars(rows.call), slot=rows.call.path, first=rows.first, deep=rows.deep)
                 for name in ("seq", "slot", "fill", "tokens", "positions", "first", "deep"):
                     got = got_rows[name]
                     assert torch.equal(got, getattr(want, name)), (name, got, getattr(want, name))
