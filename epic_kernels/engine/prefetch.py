@@ -59,8 +59,14 @@ class _Entry:
     table: torch.Tensor            # [n, k, K] per-depth entropies
     last: torch.Tensor             # [n, K] last keyed rollout tokens
     next_logits: dict              # survivor index -> its depth-1 logits
-    kv: dict                       # survivor index -> its paths' KV (the runtime's block, ``CandidateState.export``)
+    paths: dict                    # survivor index -> its runtime paths [K'] (``CandidateState.handed_paths``)
+    start: int                     # ... whose own tokens start after this many lead tokens
     nested: "_Entry | None" = None  # the step after, if the next step's winner is ``nested.token``
+
+    def path_ids(self) -> list:
+        """Every runtime path this entry (and its nested entry) refers to."""
+        own = [int(i) for t in self.paths.values() for i in t]
+        return own + (self.nested.path_ids() if self.nested is not None else [])
 
     def matches(self, logits_row, position: int, seed: int, ids=None) -> bool:
         """Made for exactly this position, seed and logits (and these survivors, if given)?"""
@@ -74,15 +80,19 @@ class _Entry:
 
     def load_into(self, ev, lo: int) -> None:
         """Give evaluator ``ev``, whose candidates ``lo, lo + 1, ...`` are ``self.ids``, these evaluations."""
-        for n, block in self.kv.items():
-            ev.state.adopt(lo + n, int(self.depth[n]), self.table[n], self.last[n], self.next_logits[n], block)
+        ns = list(self.paths)
+        ev.state.adopt([lo + n for n in ns], [int(self.depth[n]) for n in ns], [self.table[n] for n in ns],
+                       [self.last[n] for n in ns], [self.next_logits[n] for n in ns],
+                       [self.paths[n] for n in ns], self.start)
 
 
 class Prefetched:
     """What a step hands to the next one: at most one ``_Entry`` per sequence (None: nothing) and
     the winners' rollout carries (``reuse.Carry`` or None per sequence), made for one state of one
     cache (``cache``, an ``EpicCache``: its identity and ``version``), one step configuration
-    (``cfg``) and one model, and the step's slot pool for the next step to reuse (None: not kept)."""
+    (``cfg``) and one model, and the step's slot pool, whose paths the entries and carries refer to
+    (valid while the pool is in the epoch it was in when this was made: the next step that claims
+    it keeps those paths, and any later claim frees them)."""
 
     def __init__(self, entries: list | None, cache, pool=None, carries: list | None = None, cfg=None,
                  model=None):
@@ -92,17 +102,26 @@ class Prefetched:
         self._owner = weakref.ref(cache)
         self._version = cache.version
         self.pool = pool
+        self._epoch = pool.epoch if pool is not None else None
         self.cfg = cfg
         self._model = weakref.ref(model) if model is not None else None
 
     def made_for(self, cache, cfg=None, model=None) -> bool:
         """Was this made for ``cache`` exactly as it is now (same object, not modified since), and
-        for the step configuration ``cfg`` and the ``model`` (when given)?"""
+        for the step configuration ``cfg`` and the ``model`` (when given), with its pool not
+        claimed by another step since?"""
         if cfg is not None and self.cfg is not None and cfg != self.cfg:
             return False
         if model is not None and self._model is not None and self._model() is not model:
             return False
+        if self.pool is None or self.pool.epoch != self._epoch:
+            return False
         return self._owner() is cache and getattr(cache, "version", None) == self._version
+
+    def path_ids(self) -> list:
+        """Every path of ``pool`` the entries and carries refer to (the next step keeps them)."""
+        ids = [i for e in self.entries if e is not None for i in e.path_ids()]
+        return ids + [i for c in self.carries if c is not None for i in c.path_ids()]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -116,7 +135,7 @@ class Prefetched:
         keep = rows.tolist()
         out = Prefetched([self.entries[r] for r in keep], cache, self.pool, [self.carries[r] for r in keep],
                          self.cfg)
-        out._model = self._model
+        out._model, out._epoch = self._model, self._epoch
         return out
 
 
@@ -175,14 +194,14 @@ class _Bet:
 
     def entry(self, token: int, seed: int) -> _Entry:
         st = self.ev.state
-        kv = {m: st.export(m) for m in (st.depth >= 1).nonzero().flatten().tolist() if st.kept(m)}
+        paths = {m: st.handed_paths(m) for m in (st.depth >= 1).nonzero().flatten().tolist() if st.kept(m)}
         nested = None
         w = self.winner()
         if self.child is not None and w == self.child.m and (self.child.ev.state.depth >= 1).any():
             nested = self.child.entry(int(self.ids[w]), seed)
         return _Entry(token=token, position=self.position, seed=seed, logits=self.logits, ids=self.ids,
                       depth=st.depth.clone(), table=st.table.clone(), last=st.last.clone(),
-                      next_logits={m: st.logits[m] for m in kv}, kv=kv, nested=nested)
+                      next_logits={m: st.logits[m] for m in paths}, paths=paths, start=st.lead, nested=nested)
 
 
 class Prefetcher:

@@ -38,7 +38,8 @@ class _Carried:
     table: torch.Tensor            # [k, K] per-depth entropies (rows >= depth unused)
     last: torch.Tensor             # [K] each rollout's last keyed token
     logits: torch.Tensor           # [V] the candidate's depth-1 logits (raw model logits)
-    block: object                  # its paths' KV, K' paths (K' = 1 at depth 1): the runtime's read()
+    paths: torch.Tensor            # [K'] the runtime paths holding its KV (K' = 1 at depth 1) ...
+    start: int                     # ... from this token on
 
 
 @dataclass
@@ -49,6 +50,9 @@ class Carry:
     position: int
     seed: int
     candidates: dict
+
+    def path_ids(self) -> list:
+        return [int(i) for c in self.candidates.values() for i in c.paths]
 
 
 def carry(ev, win: torch.Tensor) -> list:
@@ -75,15 +79,14 @@ def carry(ev, win: torch.Tensor) -> list:
                 table[:depth] = st.table[w, 1:d]
                 table[0] = st.table[w, 1, r0]            # the depth-1 entropy is shared by the rollouts
                 last = st.last[w].clone()
-                paths = st.paths[w]
+                paths = st.paths[w].clone()
             else:                                    # depth 1: every rollout's first token from y's logits
                 table[0] = st.table[w, 1, r0]
                 _, picks = ev.rollout_samples(logits.view(1, -1), st.seq[w].view(1),
                                               (1 + torch.arange(K)).view(1, K), st.base[w].view(1) + 2)
                 last = picks[0]
                 paths = st.paths[w, r0].view(1)
-            block = ev.rt.read(paths, st.lead + 1, depth)
-            cands[int(y)] = _Carried(depth, table, last, logits, block)
+            cands[int(y)] = _Carried(depth, table, last, logits, paths, st.lead + 1)
         b_pos = int(st.base[w]) + 1
         out.append(Carry(b_pos, int(ev.prefix.seeds[b]), cands) if cands else None)
     return out
@@ -100,11 +103,15 @@ def load(ev, pr, prefix, carries: list) -> None:
         if c is None or c.position != int(prefix.positions[b]) or c.seed != int(prefix.seeds[b]):
             continue
         lo, hi = int(pr.offsets[b]), int(pr.offsets[b + 1])
-        for m in range(lo, hi):
-            got = c.candidates.get(int(pr.ids[m]))
-            if got is None or int(st.depth[m]) >= got.depth:
-                continue
-            st.adopt(m, got.depth, got.table, got.last, got.logits, got.block, reused=True)
+        ms, gots = [], []
+        for m, y in zip(range(lo, hi), pr.ids[lo:hi].tolist()):
+            got = c.candidates.get(y)
+            if got is not None and int(st.depth[m]) < got.depth:
+                ms.append(m)
+                gots.append(got)
+        if ms:                                       # every carry of one step starts after the same lead
+            st.adopt(ms, [g.depth for g in gots], [g.table for g in gots], [g.last for g in gots],
+                     [g.logits for g in gots], [g.paths for g in gots], gots[0].start, reused=True)
 
 
 __all__ = ["Carry", "carry", "load"]

@@ -6,11 +6,12 @@ runtime-agnostic. What they need from a runtime is a set of **KV paths** and one
 * a *path* is a short suffix of KV owned by one (candidate, rollout): it sits after its sequence's
   prefix (which the runtime reads in place and never copies) and grows by one token per call;
 * ``take(n)`` hands out ``n`` empty paths (int64 ids), ``release(ids)`` frees them;
-* ``fork(src, dst, length, src_start=0)`` makes path ``dst[i]`` start with the ``length`` tokens of
-  path ``src[i]`` from ``src_start`` on (a rollout forking from its candidate's path, a bet's paths
-  starting with the bet's token, a path moving one position left when the next step adopts it);
-* ``read(ids, start, length)`` / ``write(ids, start, block)``: a paths' tokens as one opaque block
-  (what a hand-over keeps of a path that must outlive its step);
+* ``fork(src, dst, length, src_start=0, dst_start=0)`` makes path ``dst[i]``'s tokens
+  ``dst_start ..`` the ``length`` tokens of path ``src[i]`` from ``src_start`` on (a rollout forking
+  from its candidate's path, a bet's paths starting with the bet's token, an evaluation handed
+  from one step to the next moving one position left);
+* paths outlive their step: a step hands the next one path ids (``prefetch.Prefetched``), and the
+  next step claims the runtime's storage keeping exactly those (``SlotPool.claim``);
 * ``run(rows)`` runs one model call over ``Rows`` (sequence, path, fill, token, position, limit):
   row n appends ``token[n]`` at position ``fill[n]`` of path ``path[n]`` and returns its logits
   ``[N, V]`` (after the prefix of sequence ``seq[n]`` — its first ``limit[n]`` tokens when given —
@@ -26,12 +27,15 @@ the skeleton.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
 import torch
 
 from .attention import ForkBatch, fork_mode
+
+SMALL_COPY = 8     # forks of at most this many paths copy slot by slot (basic slicing)
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,8 @@ class Runtime(Protocol):
 
     def take(self, n: int) -> torch.Tensor: ...
     def release(self, ids) -> None: ...
-    def fork(self, src: torch.Tensor, dst: torch.Tensor, length: int, src_start: int = 0) -> None: ...
-    def read(self, ids: torch.Tensor, start: int, length: int): ...
-    def write(self, ids: torch.Tensor, start: int, block) -> None: ...
+    def fork(self, src: torch.Tensor, dst: torch.Tensor, length: int, src_start: int = 0,
+             dst_start: int = 0) -> None: ...
     def run(self, rows: CallRows) -> torch.Tensor: ...
     def in_use(self) -> int: ...
 
@@ -93,6 +96,9 @@ class SlotPool:
         self._set(torch.empty(n_layers, 2, 0, *self.shape, dtype=dtype, device=self.device))
         self.used = 0
         self.free: list[int] = []
+        self.epoch = 0                 # bumped by every claim: a hand-over is valid for one epoch
+        self.busy = False              # claimed by a running step
+        self._lock = threading.Lock()
 
     def _set(self, storage: torch.Tensor) -> None:
         self.storage = storage
@@ -106,11 +112,23 @@ class SlotPool:
     def in_use(self) -> int:
         return self.used - len(self.free)
 
-    def reset(self) -> None:
-        """Forget every slot (the storage is kept for the next step: stale contents are finite and
-        lie beyond every new row's fill, so they are masked out)."""
-        self.used = 0
-        self.free = []
+    def claim(self, keep=()) -> bool:
+        """Take the pool for one step: every slot is free again except ``keep`` (the slots a hand-over
+        from the previous step refers to), and the epoch moves on. False (nothing changed) if another
+        step holds it. Stale contents of freed slots are finite and lie beyond every new row's fill,
+        so they are masked out."""
+        with self._lock:
+            if self.busy:
+                return False
+            self.busy = True
+        keep = {int(i) for i in keep}
+        self.used = max(keep) + 1 if keep else 0
+        self.free = [i for i in range(self.used) if i not in keep]
+        self.epoch += 1
+        return True
+
+    def unclaim(self) -> None:
+        self.busy = False
 
     def fits(self, n_layers: int, kv_heads: int, head_dim: int, slot_len: int, dtype, device=None) -> bool:
         device = torch.device("cpu") if device is None else torch.device(device)
@@ -145,18 +163,23 @@ class SlotPool:
         out[:, :, old.shape[2]:].zero_()               # only the new slots need zeroing
         self._set(out)
 
-    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor, length: int, src_start: int = 0) -> None:
-        """Slot ``dst[i]``'s first ``length`` tokens := slot ``src[i]``'s from ``src_start`` on."""
-        if len(dst) and length > 0:
-            self.storage[:, :, dst, :, :length] = self.storage[:, :, src, :, src_start:src_start + length]
+    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor, length: int, src_start: int = 0,
+                   dst_start: int = 0) -> None:
+        """Slot ``dst[i]``'s tokens ``dst_start ..`` := the ``length`` tokens of slot ``src[i]`` from
+        ``src_start`` on."""
+        if len(dst) == 0 or length <= 0:
+            return
+        st, a, b = self.storage, src_start, dst_start
+        if len(dst) <= SMALL_COPY:      # a few slots: plain slices copy faster than an indexed gather
+            for i, j in zip(src.tolist(), dst.tolist()):
+                st[:, :, j, :, b:b + length] = st[:, :, i, :, a:a + length]
+        else:
+            st[:, :, dst, :, b:b + length] = st[:, :, src, :, a:a + length]
 
     def read(self, ids: torch.Tensor, start: int, length: int) -> torch.Tensor:
         """Tokens ``start .. start + length - 1`` of slots ``ids``: ``[layers, 2, n, kv_heads, length,
-        head_dim]`` (a copy)."""
+        head_dim]`` (a copy; for tests and tools)."""
         return self.storage[:, :, ids, :, start:start + length]
-
-    def write(self, ids: torch.Tensor, start: int, block: torch.Tensor) -> None:
-        self.storage[:, :, ids, :, start:start + block.shape[4]] = block
 
     def nbytes(self) -> int:
         return self.storage.numel() * self.storage.element_size()
@@ -174,7 +197,8 @@ class ForkRuntime:
     @classmethod
     def for_step(cls, model, prefix, slot_len: int, pool: SlotPool | None = None,
                  max_rows: int | None = None) -> "ForkRuntime":
-        """A runtime over ``prefix``, reusing ``pool`` when its geometry fits (else a new one)."""
+        """A runtime over ``prefix`` on ``pool`` when its geometry fits (the caller claimed it),
+        else on a new pool."""
         keys = prefix.layers[0][0]
         geometry = (len(prefix.layers), keys.shape[1], keys.shape[3], slot_len, keys.dtype, keys.device)
         if pool is None or not pool.fits(*geometry):
@@ -188,14 +212,8 @@ class ForkRuntime:
     def release(self, ids) -> None:
         self.pool.release(ids)
 
-    def fork(self, src, dst, length: int, src_start: int = 0) -> None:
-        self.pool.copy_slots(src, dst, length, src_start)
-
-    def read(self, ids, start: int, length: int):
-        return self.pool.read(ids, start, length)
-
-    def write(self, ids, start: int, block) -> None:
-        self.pool.write(ids, start, block)
+    def fork(self, src, dst, length: int, src_start: int = 0, dst_start: int = 0) -> None:
+        self.pool.copy_slots(src, dst, length, src_start, dst_start)
 
     def in_use(self) -> int:
         return self.pool.in_use()

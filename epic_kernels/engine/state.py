@@ -16,8 +16,8 @@ field          shape              meaning
 ``second``     dict (m, r) ->     logits of rollout r's depth-2 row (cross-step reuse)
 =============  =================  ==============================================================
 
-and its operations: ``adopt`` (take an evaluation made by an earlier step), ``export`` (a
-candidate's paths, for a later step), ``evict`` and ``trim`` (the ``max_rows`` bound), ``restore``.
+and its operations: ``adopt`` (take evaluations made by an earlier step), ``handed_paths`` (a
+candidate's paths, as a hand-over to a later step refers to them), ``evict`` and ``trim`` (the ``max_rows`` bound), ``restore``.
 The invariant that keeps hand-overs exact: a candidate keeps depth-1 logits only while its path 0
 holds its depth-1 KV (``kept``); whatever gives a path back drops the logits with it.
 
@@ -109,29 +109,36 @@ class CandidateState:
         row.fill_(-1)
         self.logits.pop(m, None)
 
-    def export(self, m: int, shift: int = 0):
-        """Candidate ``m``'s paths' KV without the lead tokens (and ``shift`` more), depth ``d``:
-        the runtime's block of ``K'`` paths (``K' = 1`` at depth 1, where the rollouts share it)."""
-        K, d = self.cfg.rollouts, int(self.depth[m])
-        paths = self.paths[m, : K if d > 1 else 1]
-        return self.rt.read(paths, self.lead + shift, d - shift)
+    def handed_paths(self, m: int) -> torch.Tensor:
+        """Candidate ``m``'s paths as a hand-over refers to them (``K'`` ids: ``K' = 1`` at depth 1,
+        where the rollouts share it); its own tokens start after the ``lead`` tokens."""
+        return self.paths[m, : self.cfg.rollouts if self.depth[m] > 1 else 1].clone()
 
-    def adopt(self, m: int, depth: int, table, last, logits, block, reused: bool = False) -> None:
-        """Take candidate ``m``'s evaluation through ``depth`` from an earlier step (its prefetch, or
-        with ``reused`` its winner's rollouts): entropies ``table [k, K]``, rollout tokens ``last [K]``,
-        depth-1 logits and the paths' KV ``block`` (what ``export`` returned)."""
+    def adopt(self, ms, depths, tables, lasts, logits, src, src_start: int, reused: bool = False) -> None:
+        """Take candidates ``ms``' evaluations from an earlier step (its prefetch, or with ``reused``
+        its winner's rollouts): candidate ``ms[i]`` evaluated through ``depths[i]``, entropies
+        ``tables[i] [k, K]``, rollout tokens ``lasts[i] [K]``, depth-1 logits ``logits[i]``, and its
+        paths' KV in runtime paths ``src[i]`` (``K'`` ids) from token ``src_start`` on. The paths
+        are forked in one call (tokens past a path's depth are copied too, and masked as stale)."""
+        if not len(ms):
+            return
         K = self.cfg.rollouts
-        self.take(torch.tensor([m]), K if depth > 1 else 1)
-        self.depth[m] = depth
-        self.table[m] = table.to(self.table.dtype)
-        self.last[m] = last
-        self.keep(m, logits)
-        self.rt.write(self.paths[m, : K if depth > 1 else 1], self.lead, block)
-        rows = 1 + K * (depth - 1)
+        ms_t, d_t = torch.as_tensor(ms, dtype=torch.int64), torch.as_tensor(depths, dtype=torch.int64)
+        deep = d_t > 1
+        self.take(ms_t[~deep], 1)
+        self.take(ms_t[deep], K)
+        self.depth[ms_t] = d_t
+        self.table[ms_t] = torch.stack(list(tables)).to(self.table.dtype)
+        self.last[ms_t] = torch.stack(list(lasts))
+        for m, row in zip(ms, logits):
+            self.keep(int(m), row)
+        dst = torch.cat([self.paths[m, : K if d > 1 else 1] for m, d in zip(ms_t.tolist(), d_t.tolist())])
+        self.rt.fork(torch.cat(list(src)), dst, int(d_t.max()), src_start, self.lead)
+        rows = int(len(ms_t) + K * (d_t - 1).sum())
         if reused:
-            self.reused, self.reused_rows = self.reused + 1, self.reused_rows + rows
+            self.reused, self.reused_rows = self.reused + len(ms_t), self.reused_rows + rows
         else:
-            self.adopted, self.adopted_rows = self.adopted + 1, self.adopted_rows + rows
+            self.adopted, self.adopted_rows = self.adopted + len(ms_t), self.adopted_rows + rows
 
     # -- kept logits and the max_rows bound -------------------------------------------------------
     def keep(self, m: int, row: torch.Tensor) -> None:

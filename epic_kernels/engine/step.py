@@ -51,8 +51,10 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
     returns that as ``prefetched``; passing it to the next call lets it skip those evaluations.
     The tokens are the same with or without it.
 
-    ``pool``: the previous step's ``FastStep.pool`` to reuse (its contents are overwritten), which
-    saves allocating and zeroing the slot storage every step.
+    ``pool``: the previous step's ``FastStep.pool``: claimed for this step (``SlotPool.claim``), its
+    storage reused, and the paths that ``prefetched`` and ``carries`` refer to kept (they must be
+    that pool's hand-over of the previous step); if another step holds it, a new pool is used and
+    the hand-over ignored.
 
     Cross-step reuse (``reuse.py``): with ``advance`` and ``reuse``, the step returns as ``carries``
     what its winners' rollouts evaluated of the next step; passing them back (``carries``) lets the
@@ -65,19 +67,39 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
     pr = prune_on_host(logits, prefix.seeds, prefix.positions, width, which)
     seq = torch.repeat_interleave(torch.arange(B), pr.counts)
     prefetch = advance and transform is not None and prefetch_budget > 0
-    if pool is not None:
-        pool.reset()
+    # the pool: claimed for this step, keeping the paths the previous step's hand-over refers to
+    keep = [i for e in prefetched or () if e is not None for i in e.path_ids()]
+    keep += [i for c in carries or () if c is not None for i in c.path_ids()]
+    if pool is not None and not pool.claim(keep):    # another step holds it
+        pool = None
     ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch * LEVELS,
                    pool=pool, z=pr.scores, carry=advance and reuse)
     st, rt = ev.state, ev.rt
-    mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, k, admissible_bound(V, cfg.rollout_top_k),
-                       cfg.block_size, which)
+    if rt.pool is not pool:                          # a new pool: the hand-over's paths are not in it
+        if pool is not None:
+            pool.unclaim()
+        rt.pool.claim()
+        prefetched = carries = None
+    try:
+        return _run(ev, pr, logits, prefix, cfg, which, width, advance=advance, prefetched=prefetched,
+                    carries=carries, reuse=reuse, transform=transform if prefetch else None,
+                    prefetch_budget=prefetch_budget)
+    finally:
+        rt.pool.unclaim()
+
+
+def _run(ev, pr, logits, prefix, cfg, which, width, *, advance, prefetched, carries, reuse, transform,
+         prefetch_budget) -> FastStep:
+    """The step on a claimed runtime (``fast_sample``); ``transform`` None: no prefetch."""
+    (B, V), st, rt = logits.shape, ev.state, ev.rt
+    mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, cfg.horizon,
+                       admissible_bound(V, cfg.rollout_top_k), cfg.block_size, which)
     search = Search(mgr, ev, pr.scores, cfg.alpha)
     carried = _adopt(ev, pr, logits, prefix, prefetched) if prefetched is not None else None
     if carries is not None and reuse:
         _reuse.load(ev, pr, prefix, carries)
     ride = (Prefetcher(ev, pr, transform, width, which, search.winners, prefetch_budget, carried)
-            if prefetch else None)
+            if transform is not None else None)
     while search.advance():
         ev.call(ride)
     win = search.winners()
@@ -116,7 +138,8 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
         stats.prefetch_carried = ride.carried_used    # two-steps-ahead entries used
     stats.restored, stats.max_call_rows = st.restored, rt.max_rows_fed
     stats.kept_logits = len(st.logits)
-    out.pool = rt.pool if rt.pool.slots <= POOL_KEEP_SLOTS else None
+    handed = any(e is not None for e in out.prefetched or ()) or any(c is not None for c in out.carries or ())
+    out.pool = rt.pool if handed or rt.pool.slots <= POOL_KEEP_SLOTS else None
     return out
 
 
