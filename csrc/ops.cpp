@@ -43,6 +43,13 @@ TORCH_LIBRARY(epic_kernels, m) {
       "fork_attention(Tensor query, Tensor key, Tensor value, Tensor(a!) pool_k, Tensor(b!) pool_v,"
       " Tensor prefix_k, Tensor prefix_v, Tensor prefix_valid, Tensor seq, Tensor slot,"
       " Tensor fill, Tensor? row_limit, float scale) -> Tensor");
+  // The engine's KV-path fork in its slot pool (csrc/cpu/fork_slots.cpp; specification, fake and
+  // dispatch in epic_kernels/ops/fork_slots.py): storage (..., S, H, T, D) contiguous; for every
+  // i, slot dst[i]'s tokens dst_start .. dst_start + length - 1 := slot src[i]'s tokens src_start ..
+  // (dst distinct and disjoint from src). In place.
+  m.def(
+      "fork_slots(Tensor(a!) storage, Tensor src, Tensor dst, int length, int src_start,"
+      " int dst_start) -> ()");
   // Testing helpers: raw Philox words of tl.randint(seed, offset) (int64 in, int64 words out),
   // the float32 Gumbel noise (N, vocab) of keys (seeds[n], streams[n], positions[n], v), and the
   // float32 noise of given words (int64 holding uint32), through the same code as the kernels.

@@ -33,9 +33,9 @@ from typing import ClassVar, Protocol
 
 import torch
 
+from ..ops.dispatch import choose
+from ..ops.fork_slots import fork_slots_impl
 from .attention import ForkBatch, fork_mode
-
-SMALL_COPY = 8     # forks of at most this many paths copy slot by slot (basic slicing)
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ class SlotPool:
         self.n_layers = n_layers
         self.dtype = dtype
         self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.backend = choose(self.device, None, "fork_slots")
         self._set(torch.empty(n_layers, 2, 0, *self.shape, dtype=dtype, device=self.device))
         self.used = 0
         self.free: list[int] = []
@@ -167,14 +168,8 @@ class SlotPool:
                    dst_start: int = 0) -> None:
         """Slot ``dst[i]``'s tokens ``dst_start ..`` := the ``length`` tokens of slot ``src[i]`` from
         ``src_start`` on."""
-        if len(dst) == 0 or length <= 0:
-            return
-        st, a, b = self.storage, src_start, dst_start
-        if len(dst) <= SMALL_COPY:      # a few slots: plain slices copy faster than an indexed gather
-            for i, j in zip(src.tolist(), dst.tolist()):
-                st[:, :, j, :, b:b + length] = st[:, :, i, :, a:a + length]
-        else:
-            st[:, :, dst, :, b:b + length] = st[:, :, src, :, a:a + length]
+        if len(dst) and length > 0:
+            fork_slots_impl(self.storage, src, dst, length, src_start, dst_start, self.backend)
 
     def read(self, ids: torch.Tensor, start: int, length: int) -> torch.Tensor:
         """Tokens ``start .. start + length - 1`` of slots ``ids``: ``[layers, 2, n, kv_heads, length,

@@ -7,9 +7,10 @@ from .candidate_manager import PyCandidateManager, make_manager
 from .dispatch import BACKENDS, choose
 from .fork_attention import fork_attention
 from .fork_layout import fork_layout
+from .fork_slots import fork_slots
 from .gumbel_topk_prune import gumbel_topk_prune
 from .plan_rows import plan_rows
 from .softmax_entropy import softmax_entropy
 
-__all__ = ["softmax_entropy", "gumbel_topk_prune", "fork_attention", "plan_rows", "fork_layout",
+__all__ = ["softmax_entropy", "gumbel_topk_prune", "fork_attention", "plan_rows", "fork_layout", "fork_slots",
            "make_manager", "PyCandidateManager", "choose", "BACKENDS"]

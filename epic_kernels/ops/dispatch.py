@@ -40,7 +40,7 @@ from .. import _ext
 BACKENDS = ("reference", "cpp", "triton")
 ALIASES = {"cpu": "cpp"}
 OPS = ("softmax_entropy", "gumbel_topk_prune", "fork_attention", "plan_rows", "fork_layout",
-       "candidate_manager")
+       "fork_slots", "candidate_manager")
 
 # op -> device type -> backends implementing it (unforced preference order: AUTO; forced: IMPLEMENTED)
 _ROW_OPS = {"cuda": ("triton", "cpp"), "cpu": ("cpp", "triton")}
@@ -50,6 +50,7 @@ IMPLEMENTED = {
     "fork_attention": {"cpu": ("cpp",)},
     "plan_rows": {"cpu": ("cpp",)},
     "fork_layout": {"cpu": ("cpp",)},
+    "fork_slots": {"cpu": ("cpp",)},
     "candidate_manager": {"cpu": ("cpp",), "cuda": ("cpp",)},
 }
 AUTO = {op: {dev: tuple(b for b in backends if not (b == "triton" and dev != "cuda"))

@@ -53,7 +53,7 @@ def test_every_op_resolves_per_the_table(monkeypatch):
     """Ops without a Triton implementation take their own choice under a forced ``triton``; a
     forced backend reaches every op (fork_attention, plan_rows, fork_layout and the manager too)."""
     monkeypatch.delenv("EPIC_KERNELS_BACKEND", raising=False)
-    for op in ("fork_attention", "plan_rows", "fork_layout", "candidate_manager"):
+    for op in ("fork_attention", "plan_rows", "fork_layout", "fork_slots", "candidate_manager"):
         assert choose(CPU, None, op) == "cpp"
         assert choose(CPU, "triton", op) == "cpp"
         assert choose(CPU, "cpu", op) == "cpp"
@@ -100,7 +100,7 @@ def test_forced_but_unavailable_is_an_error(monkeypatch):
     with pytest.raises(RuntimeError, match="backend 'triton' was requested .* but cannot run"):
         choose(CPU, "triton")
     monkeypatch.setattr(_ext, "available", lambda: False)
-    for op in ("softmax_entropy", "fork_attention", "plan_rows", "fork_layout", "candidate_manager"):
+    for op in ("softmax_entropy", "fork_attention", "plan_rows", "fork_layout", "fork_slots", "candidate_manager"):
         with pytest.raises(RuntimeError, match="backend 'cpp' was requested .* but cannot run"):
             choose(CPU, "cpu", op)
 
