@@ -174,11 +174,14 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
     Returns
     -------
     StepOutput. Both engines return the same tokens for the same seeds.
+
+    Bad input is a ValueError before anything changes (``epic_kernels.validate``); a step with more
+    than ``defaults.WARN_SURVIVORS`` survivors warns before it starts (``warn_if_expensive``).
     """
     cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts,
                      rollout_top_k=rollout_top_k, block_size=block_size, max_rows=max_rows)
     check_config(cfg)
-    check_not_meta(model, logits=logits)
+    check_not_meta(model, first_only=True, logits=logits)
     check_logits(logits)
     check_vocab(logits, model)
     if prefetched is not None and not isinstance(prefetched, Prefetched):

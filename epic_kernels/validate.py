@@ -203,16 +203,23 @@ def check_attention_mask(mask: torch.Tensor, name: str = "attention_mask") -> to
     return mask
 
 
-def check_not_meta(model=None, **tensors) -> None:
+def check_not_meta(model=None, *, first_only: bool = False, **tensors) -> None:
     """Neither ``model``'s weights nor ``tensors`` may be on the ``meta`` device (shapes without
     values: every model call would return more of them, and the sampler's first read of a value
     would fail). A model that accelerate dispatched (``hf_device_map``) loads its offloaded weights
-    itself and is not checked."""
+    itself and is not checked. ``first_only``: look at the model's first parameter only (O(1), for
+    a per-step check whose tensors already came from the model), else at every one."""
     for name, t in tensors.items():
         if isinstance(t, torch.Tensor) and t.is_meta:
             raise ValueError(f"{name} is on the meta device (a shape without values); pass a tensor with data, "
                              "on the model's device")
     if model is None or getattr(model, "hf_device_map", None) or not hasattr(model, "named_parameters"):
+        return
+    if first_only:
+        first = next(model.parameters(), None)
+        if first is None or not first.is_meta:
+            return
+    if not any(t.is_meta for t in model.parameters()) and not any(t.is_meta for t in model.buffers()):
         return
     for what, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
         for pname, p in items:
@@ -226,14 +233,21 @@ _POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
 
 
 def position_limit(model) -> tuple[int, str] | None:
-    """``(positions, config field)`` of a model with learned absolute position embeddings (GPT-2's
-    ``wpe``: a table of ``n_positions`` rows, so a larger position id is an IndexError inside torch),
-    else None (rotary, ALiBi, sinusoidal positions have no table to run past)."""
-    for name, module in model.named_modules() if hasattr(model, "named_modules") else ():
-        if name.rsplit(".", 1)[-1] in _POSITION_TABLES and isinstance(module, torch.nn.Embedding):
-            config = getattr(model, "config", None)
-            field = "n_positions" if config is not None and "n_positions" in vars(config) else "max_position_embeddings"
-            return module.num_embeddings - int(getattr(module, "offset", 0)), field
+    """``(positions, config field)`` of a model with learned absolute position embeddings, else None
+    (rotary, ALiBi, sinusoidal positions have no table to run past). The table is an ``nn.Embedding``
+    named ``wpe`` / ``embed_positions`` / ``position_embeddings`` on the base model (GPT-2, GPT-Neo,
+    GPT-BigCode: ``transformer.wpe`` of ``n_positions`` rows, so a larger position id is an
+    IndexError inside torch), its ``decoder`` (OPT) or its ``embeddings``; looked up by attribute,
+    not by walking every module, since ``sample_step`` asks at every step."""
+    base = getattr(model, "base_model", None) or model
+    for owner in (base, getattr(base, "decoder", None), getattr(base, "embeddings", None), model):
+        for name in _POSITION_TABLES:
+            table = getattr(owner, name, None) if isinstance(owner, torch.nn.Module) else None
+            if isinstance(table, torch.nn.Embedding):
+                config = getattr(model, "config", None)
+                field = ("n_positions" if config is not None and "n_positions" in vars(config)
+                         else "max_position_embeddings")
+                return table.num_embeddings - int(getattr(table, "offset", 0)), field
     return None
 
 
