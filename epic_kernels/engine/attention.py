@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ ATTENTION_NAME = "epic_fork"
 _local = threading.local()
 _lock = threading.Lock()       # registration and the config classes' one-time routing
 _routed_classes: set = set()   # config classes whose _attn_implementation answers per thread
+_model_configs = weakref.WeakKeyDictionary()   # model -> (its config, the configs _configs found, their ids)
 
 
 class SlotPool:
@@ -204,9 +206,16 @@ def _route_class(cls) -> None:
     cls._attn_implementation = _RoutedAttnImplementation(prop)
 
 
-def _configs(model) -> list:
+def _configs(model) -> tuple[list, frozenset]:
     """The configs whose attention implementation a forward of ``model`` reads: the model's, its
-    sub-configs (recursively, as transformers' setter propagates), each attention layer's own."""
+    sub-configs (recursively, as transformers' setter propagates), each attention layer's own; and
+    their ids. Found once per model (walking the layers costs tens of microseconds, and every fork
+    call asks) and found again when ``model.config`` is another object; a layer whose config was
+    swapped alone would bypass fork attention, which the evaluator's per-call check of every layer
+    turns into an error."""
+    known = _model_configs.get(model)
+    if known is not None and known[0] is model.config:
+        return known[1], known[2]
     out, todo = [], [model.config] + [getattr(a, "config", None) for a in attention_layers(model) or []]
     while todo:
         cfg = todo.pop()
@@ -214,7 +223,10 @@ def _configs(model) -> list:
             continue
         out.append(cfg)
         todo += [getattr(cfg, key, None) for key in getattr(cfg, "sub_configs", None) or ()]
-    return out
+    ids = frozenset(id(c) for c in out)
+    with _lock:
+        _model_configs[model] = (model.config, out, ids)
+    return out, ids
 
 
 def _register():
@@ -233,7 +245,7 @@ def fork_mode(model, batch: ForkBatch):
     class, answers per thread), so other threads' forwards and fork calls on the same model, and
     everything after an exception, see the model as it is. Blocks nest (the outer routing and batch
     come back at exit)."""
-    configs = _configs(model)
+    configs, ids = _configs(model)
     if not _routed_classes.issuperset(type(c) for c in configs):
         with _lock:
             if not getattr(_register, "done", False):
@@ -243,7 +255,7 @@ def fork_mode(model, batch: ForkBatch):
                 _route_class(type(cfg))
                 _routed_classes.add(type(cfg))
     previous = getattr(_local, "routed", None), getattr(_local, "batch", None)
-    _local.routed = (previous[0] or frozenset()) | {id(c) for c in configs}
+    _local.routed = ids if not previous[0] else previous[0] | ids
     _local.batch = batch
     try:
         yield
