@@ -18,7 +18,7 @@ from .core import EpicConfig, Prefix, StepStats
 from .engine.prefetch import Prefetched
 from .reference import lazy_sample
 from .truncation import truncate
-from .validate import check_config, check_logits, check_vocab
+from .validate import check_config, check_logits, check_not_meta, check_position_limit, check_vocab
 
 ENGINES = ("auto", "fast", "reference")
 
@@ -75,6 +75,31 @@ def use_fast_engine(engine: str, model, max_position: int | None = None) -> bool
         warnings.warn(f"epic_kernels: the fast engine cannot run {type(model).__name__} exactly ({why}); "
                       "using the reference engine (same tokens, slower)", RuntimeWarning, stacklevel=3)
     return False
+
+
+def warn_if_expensive(logits: torch.Tensor, prefix: Prefix, cfg: EpicConfig, backend: str | None = None) -> bool:
+    """Before a step: warn (``RuntimeWarning``, pointing at the call of the ``torch.no_grad``-decorated
+    entry point that called this) when its first prune
+    will leave more than ``defaults.WARN_SURVIVORS`` candidates in a row (each costs at least one model
+    row: such a step can run for minutes), with the fix. ``logits`` are the step's, truncated. Runs
+    the step's own prune (keyed, so the same survivors) only when a row has that many finite
+    logits. Returns whether it warned."""
+    from .core import window
+    from .engine.search import prune_on_host
+    from .ops import choose
+
+    if int(torch.isfinite(logits).sum(-1).max()) <= defaults.WARN_SURVIVORS:
+        return False
+    width = window(cfg.alpha, cfg.horizon, logits.shape[-1], cfg.rollout_top_k)
+    survivors = int(prune_on_host(logits, prefix.seeds, prefix.positions, width, choose(logits.device, backend))
+                    .counts.max())
+    if survivors <= defaults.WARN_SURVIVORS:
+        return False
+    warnings.warn(f"epic_kernels: this step has {survivors} candidates in its admissible window (each costs at "
+                  "least one model row), so it will run for a long time: this configuration is intrinsically "
+                  "expensive. Truncate the rollout policy (rollout_top_k=50, --rollout-top-k 50), truncate the "
+                  f"candidates (top_k) or use a smaller |alpha| (now {cfg.alpha})", RuntimeWarning, stacklevel=4)
+    return True
 
 
 @torch.no_grad()
@@ -149,10 +174,14 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
     Returns
     -------
     StepOutput. Both engines return the same tokens for the same seeds.
+
+    Bad input is a ValueError before anything changes (``epic_kernels.validate``); a step with more
+    than ``defaults.WARN_SURVIVORS`` survivors warns before it starts (``warn_if_expensive``).
     """
     cfg = EpicConfig(alpha=alpha, horizon=horizon, rollouts=rollouts,
                      rollout_top_k=rollout_top_k, block_size=block_size, max_rows=max_rows)
     check_config(cfg)
+    check_not_meta(model, first_only=True, logits=logits)
     check_logits(logits)
     check_vocab(logits, model)
     if prefetched is not None and not isinstance(prefetched, Prefetched):
@@ -161,7 +190,11 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
     checked = Prefix.from_cache(kv, seed, logits.shape[0], attention_mask, model)   # validates kv, mask, seeds
     # rows reach the prefix length + horizon, + 2 with prefetch's lead tokens
     fast = use_fast_engine(engine, model, int(checked.positions.max()) + horizon + 2)
+    # the candidate sits at position L (the prefix length), its rollouts reach L + horizon - 1
+    check_position_limit(model, int(checked.positions.max()) + horizon - 1 + (2 if fast and advance else 0),
+                         "this step's lookahead", "use a shorter prompt or a smaller horizon")
     logits = truncate(logits, top_k, top_p, min_p)
+    warn_if_expensive(logits, checked, cfg, backend)
     cache = EpicCache.from_cache(kv) if advance else kv      # copied at most once per decode
     prefix = checked if cache is kv else Prefix.view(cache, checked.mask, checked.seeds)
     transform = (lambda x, seq, tokens: truncate(x, top_k, top_p, min_p)) if advance else None
@@ -169,4 +202,4 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
                     prefetched=prefetched, transform=transform)
 
 
-__all__ = ["StepOutput", "sample_step", "run_step", "use_fast_engine", "ENGINES"]
+__all__ = ["StepOutput", "sample_step", "run_step", "use_fast_engine", "warn_if_expensive", "ENGINES"]

@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import defaults, philox
-from .validate import check_int
+from .validate import check_int, check_not_meta, check_position_limit, model_vocab
 
 CALIBRATION_TAG = 0x43414C42          # "CALB": counter word 2 of the calibration sampling stream
 DEFAULT_CHUNK = 128                   # (prefix, candidate) pairs per lookahead_entropy call
@@ -140,20 +140,23 @@ class CalibrationData:
 
 
 def _as_ids(item, tokenizer, what: str) -> list[int]:
+    """One text (``what`` names it, e.g. ``texts[3]``) as a list of token ids."""
     if isinstance(item, str):
         if tokenizer is None:
-            raise ValueError(f"{what} are strings: pass tokenizer= (or give token ids)")
+            raise ValueError(f"{what} is a string: pass tokenizer= (or give token ids)")
         return list(tokenizer(item)["input_ids"])
     if isinstance(item, torch.Tensor):
+        check_not_meta(**{what: item})
         if item.dtype.is_floating_point or item.dim() > 2 or (item.dim() == 2 and item.shape[0] != 1):
-            raise ValueError(f"{what} given as tensors must be integer [T] or [1, T], got {tuple(item.shape)}")
+            raise ValueError(f"{what} given as a tensor must be integer [T] or [1, T], got {item.dtype} "
+                             f"{tuple(item.shape)}")
         return [int(v) for v in item.reshape(-1).tolist()]
     try:
         items = list(item)
     except TypeError:
-        raise ValueError(f"{what} must be strings or sequences of token ids, got {type(item).__name__}") from None
+        raise ValueError(f"{what} must be a string or a sequence of token ids, got {type(item).__name__}") from None
     if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
-        raise ValueError(f"{what} must be strings or sequences of integer token ids")
+        raise ValueError(f"{what} must be a string or a sequence of integer token ids")
     return [int(v) for v in items]
 
 
@@ -200,6 +203,7 @@ def collect_entropies(model, texts, *, contexts=None, horizon: int = defaults.HO
     """
     from tqdm.auto import tqdm
 
+    from .engine.attention import fork_refusal
     from .entropy import lookahead_entropy
 
     if isinstance(texts, (str, bytes)) or not hasattr(texts, "__len__"):
@@ -220,11 +224,23 @@ def collect_entropies(model, texts, *, contexts=None, horizon: int = defaults.HO
     started = time.perf_counter()
     n_texts = len(texts) if max_texts is None else min(max_texts, len(texts))
 
-    # plan: (text index, ids, scored prefix lengths) within the token budget
+    check_not_meta(model)
+    vocab = model_vocab(model)
+
+    # plan: (text index, ids, scored prefix lengths) within the token budget; every text used is
+    # checked before the first model call
     plan, budget = [], max_tokens
     for i in range(n_texts):
-        body = _as_ids(texts[i], tokenizer, "texts")
-        ctx = [] if contexts is None else _as_ids(contexts[i], tokenizer, "contexts")
+        body = _as_ids(texts[i], tokenizer, f"texts[{i}]")
+        ctx = [] if contexts is None else _as_ids(contexts[i], tokenizer, f"contexts[{i}]")
+        if not body:
+            raise ValueError(f"texts[{i}] is empty (no tokens): calibration scores the tokens of every text; "
+                             "remove it or give it text")
+        for name, part in ((f"texts[{i}]", body), (f"contexts[{i}]", ctx)):
+            bad = [(j, v) for j, v in enumerate(part) if v < 0 or (vocab is not None and v >= vocab)]
+            if bad:
+                raise ValueError(f"{name} holds token id {bad[0][1]} at index {bad[0][0]}, outside the model's "
+                                 f"vocabulary [0, {vocab}): tokenize it with this model's tokenizer")
         ids = ctx + body
         start = max(1, len(ctx))
         pos = torch.arange(start, len(ids))
@@ -237,6 +253,14 @@ def collect_entropies(model, texts, *, contexts=None, horizon: int = defaults.HO
             break
     if not plan:
         raise ValueError("no text has a token to score (each needs at least 2 tokens, or 1 after its context)")
+    longest = max(len(ids) for _, ids, _ in plan)
+    why = fork_refusal(model, longest + horizon)
+    if why is not None:
+        raise ValueError(f"calibration runs lookahead_entropy on the fast engine, which cannot run "
+                         f"{type(model).__name__} exactly: {why}")
+    # a text of T tokens: its forward feeds positions up to T - 1, the last candidate's rollouts T + horizon - 2
+    check_position_limit(model, longest + horizon - 2, f"calibrating on a text of {longest} tokens",
+                         "use shorter texts (max_tokens / max_texts, or cut them) or a smaller horizon")
 
     h_data, h_samp, tok_samp, which, evaluations = [], [], [], [], 0
     work = []

@@ -176,12 +176,6 @@ class Prefix:
 
         return cls(cache_layers(kv), mask, mask.sum(-1), seeds)
 
-    def bias(self, dtype) -> torch.Tensor:
-        """Additive attention bias ``[B, 1, 1, L]``: 0 on real tokens, -inf on padding."""
-        keep = self.mask.to(self.device).bool()
-        zero = torch.zeros((), dtype=dtype, device=self.device)
-        return torch.where(keep, zero, torch.tensor(float("-inf"), dtype=dtype, device=self.device))[:, None, None, :]
-
 
 @dataclass
 class StepStats:

@@ -13,10 +13,10 @@ README.md ("Why these defaults") and docs/benchmarks.md, with the commands that 
 * ``max_rows = 256``: the most rows one model call of the fast engine carries, and the most
   candidates that keep their depth-1 logits (``[V]`` each) and slots beyond those that go deeper
   (docs/engine.md, "Bounded memory"). A step with more pending work makes more calls; the tokens
-  do not depend on it. On the embedded model (V = 49,152) 256 rows of logits are 50 MB, and a
-  full-vocabulary step on a flat distribution (49,152 survivors) stays under 1 GB of peak memory
-  (benchmarks/bench_memory.py); top-50 steps (at most ~150 rows per call with prefetch) never
-  reach it, so their calls are unchanged.
+  do not depend on it. On the embedded model (V = 49,152) 256 rows of float32 logits are 50 MB, and
+  the peak memory of a full-vocabulary step no longer grows with its survivors (measured with
+  benchmarks/bench_memory.py in docs/engine.md, "Bounded memory"); top-50 steps at batch 1 do not
+  reach the cap there, so their calls are unchanged.
 * ``block_size = 32``: on a CPU a model call's cost grows far less than its rows (one call of 32
   rows costs a few single-row calls: the ``model_call`` table of docs/benchmarks.md), so refining
   more candidates per round (fewer rounds, fewer calls) wins; the tokens do not depend on it
@@ -29,4 +29,4 @@ TOP_K = 50
 ROLLOUT_TOP_K = 50
 BLOCK_SIZE = 32
 MAX_ROWS = 256
-WARN_SURVIVORS = 4096   # generate / epic-generate warn once when a step has more survivors
+WARN_SURVIVORS = 4096   # sample_step, generate and epic-generate warn before a step with more survivors

@@ -11,7 +11,8 @@ import torch
 
 from .cache import EpicCache
 from .core import EpicConfig, Prefix
-from .validate import cache_layers, check_config, check_input_ids, check_int, model_vocab
+from .validate import (cache_layers, check_config, check_input_ids, check_int, check_not_meta, check_position_limit,
+                       model_vocab)
 
 
 @torch.no_grad()
@@ -42,6 +43,7 @@ def lookahead_entropy(model, input_ids: torch.Tensor, *, positions: torch.Tensor
     check_config(cfg)
     check_int(seed, "seed", 0, 2**32 - 1)
     ids = torch.as_tensor(input_ids)
+    check_not_meta(model, input_ids=ids, positions=positions, candidates=candidates)
     if ids.dim() == 2 and ids.shape[0] != 1:
         raise ValueError(f"input_ids must be one text, [T] or [1, T], got shape {tuple(ids.shape)}; "
                          "call lookahead_entropy once per text")
@@ -74,6 +76,9 @@ def lookahead_entropy(model, input_ids: torch.Tensor, *, positions: torch.Tensor
     if candidates.numel() and (int(candidates.min()) < 0 or (vocab is not None and int(candidates.max()) >= vocab)):
         raise ValueError(f"candidates must lie in [0, {vocab}) (the model's vocabulary), got values in "
                          f"[{int(candidates.min())}, {int(candidates.max())}]")
+    # the text's forward feeds positions up to T - 1; a candidate at position t, its rollouts t + horizon - 1
+    check_position_limit(model, max(T - 1, int(positions.max()) + horizon - 1 if len(positions) else 0),
+                         "this lookahead", "use a shorter text, earlier positions or a smaller horizon")
     shape = candidates.shape
     if candidates.dim() == 1:
         candidates = candidates.view(-1, 1)

@@ -8,18 +8,17 @@ batch (their cache rows are dropped), so they cost nothing afterwards.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from . import defaults
-from .api import run_step, use_fast_engine
+from .api import run_step, use_fast_engine, warn_if_expensive
 from .cache import EpicCache
 from .core import EpicConfig, Prefix
 from .truncation import truncate
-from .validate import (check_config, check_input_ids, check_int, check_processed, check_seeds, check_token_ids,
-                       model_vocab)
+from .validate import (check_attention_mask, check_config, check_input_ids, check_int, check_not_meta,
+                       check_position_limit, check_processed, check_seeds, check_token_ids, model_vocab)
 
 
 @dataclass
@@ -74,20 +73,30 @@ def _so_far(input_ids, new_tokens, rows):
     return torch.cat([input_ids[rows], tails], dim=1)
 
 
-def _left_pad(input_ids, attention_mask):
+def _checked_mask(input_ids, attention_mask):
+    """The prompts' mask, int64 on the CPU: ``attention_mask`` checked (``validate.check_attention_mask``:
+    0/1, no empty prompt, left padding), or all ones when it is None."""
     if attention_mask is None:
-        return input_ids, torch.ones_like(input_ids)
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                         f"got {tuple(attention_mask.shape)}")
-    mask = attention_mask.to(torch.int64)
-    if ((mask != 0) & (mask != 1)).any():
-        raise ValueError("attention_mask must hold only 0 and 1")
-    if (mask.sum(-1) == 0).any():
-        raise ValueError("a prompt is empty (its attention_mask row has no 1)")
-    if (mask[:, 1:] < mask[:, :-1]).any():
-        raise ValueError("prompts must be left-padded (attention_mask 0s before 1s)")
-    return input_ids, mask
+        return torch.ones_like(input_ids)
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {shape}")
+    check_not_meta(attention_mask=attention_mask)
+    return check_attention_mask(attention_mask)
+
+
+def _stopped(criteria, input_ids, scores, n: int) -> torch.Tensor:
+    """``criteria(input_ids, scores)`` as a bool ``[n]`` on the CPU. Transformers' ``StoppingCriteria``
+    contract: a bool tensor with one entry per sequence; anything else (one value for the batch, a
+    string, ...) is a ValueError naming the criterion and what it returned."""
+    got = criteria(input_ids, scores)
+    if not isinstance(got, torch.Tensor) or got.dtype != torch.bool or tuple(got.shape) != (n,):
+        what = (f"a {got.dtype} tensor of shape {tuple(got.shape)}" if isinstance(got, torch.Tensor)
+                else f"{type(got).__name__} {got!r}"[:120])
+        name = getattr(criteria, "__name__", None) or type(criteria).__name__
+        raise ValueError(f"stopping_criteria {name} returned {what}; it must return a bool tensor of shape [{n}] "
+                         "(one entry per sequence still decoding, as transformers' StoppingCriteria do)")
+    return got.cpu()
 
 
 @torch.no_grad()
@@ -118,14 +127,16 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
         pass through (``engine.reuse``: fewer rows, sometimes fewer calls; same tokens).
     logits_processor : optional ``f(input_ids [n, T], logits [n, V]) -> logits`` applied before EPIC at
         every step (for example a Hugging Face ``LogitsProcessorList`` with top-k / top-p warpers).
-    stopping_criteria : optional ``f(input_ids [n, T], logits) -> bool [n]`` ending sequences early.
+    stopping_criteria : optional ``f(input_ids [n, T], logits) -> bool tensor [n]`` ending sequences
+        early (transformers' ``StoppingCriteria`` contract; anything else is a ValueError).
     on_step : optional callback ``on_step(step, rows, tokens)`` after each step (for streaming):
         ``tokens [n]`` were sampled for sequences ``rows [n]`` (the ones still active).
     output_scores, output_logits : keep, per step, the scores EPIC sampled from (the logits after
         ``logits_processor``, before truncation) and the model's raw logits, each ``[B, V]``; rows of
         sequences that already finished are ``-inf``.
     max_rows : the most rows one model call carries (bounded memory; the tokens do not depend on it).
-        A step with more than ``defaults.WARN_SURVIVORS`` survivors warns once per call, with the fix.
+        Before the first step with more than ``defaults.WARN_SURVIVORS`` survivors a warning gives
+        the count and the fix (once per call; ``api.warn_if_expensive``).
     Other parameters: as ``sample_step``; the defaults (top-50 candidates and rollout policy, ...)
     are explained in ``epic_kernels.defaults``. Pass ``top_k=None, rollout_top_k=None`` for the
     full vocabulary.
@@ -134,6 +145,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     from .ops.softmax_entropy import softmax_entropy_impl
 
     vocab = model_vocab(model)
+    check_not_meta(model, input_ids=input_ids)
     check_input_ids(input_ids, vocab)
     check_int(max_new_tokens, "max_new_tokens", 0)
     eos = set(check_token_ids(eos_token_id, "eos_token_id", vocab))
@@ -145,10 +157,17 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                      block_size=block_size, max_rows=max_rows)
     check_config(cfg)
     device = input_ids.device                       # the model's; the decode's bookkeeping stays on the CPU
-    input_ids, mask = _left_pad(input_ids.to(torch.int64).cpu(),
-                                None if attention_mask is None else attention_mask.cpu())
+    input_ids = input_ids.to(torch.int64).cpu()
+    mask = _checked_mask(input_ids, attention_mask)
     # the largest position id any row reaches: the longest prompt, the new tokens, the lookahead
-    fast = use_fast_engine(engine, model, int(mask.sum(-1).max()) + max_new_tokens + horizon + 2)
+    longest = int(mask.sum(-1).max())
+    fast = use_fast_engine(engine, model, longest + max_new_tokens + horizon + 2)
+    if max_new_tokens > 0:
+        # the last step's candidate sits at position longest + max_new_tokens - 1, its rollouts reach
+        # horizon - 1 beyond (2 more for the fast engine's prefetch)
+        check_position_limit(model, longest + max_new_tokens + horizon - 2 + (2 if fast else 0),
+                             "this generation (prompt, max_new_tokens and lookahead)",
+                             "use a shorter prompt, fewer max_new_tokens or a smaller horizon")
     batch = input_ids.shape[0]
     seeds = check_seeds(seed, batch)
 
@@ -194,7 +213,10 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             keep_rows(kept_scores, scores, rows)
             keep_rows(kept_logits, logits, rows)
             prefix = Prefix.view(cache, mask, seeds[rows])
-            res = run_step(truncate(scores, top_k, top_p, min_p), cache, prefix, model, cfg, fast=fast,
+            step_logits = truncate(scores, top_k, top_p, min_p)
+            if not warned:
+                warned = warn_if_expensive(step_logits, prefix, cfg, backend)
+            res = run_step(step_logits, cache, prefix, model, cfg, fast=fast,
                            backend=backend, advance=advance, prefetched=prefetched, transform=transform,
                            reuse=reuse)
             if advance:
@@ -205,21 +227,14 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                 entropies[r].append(float(h_q[i]))
             done = torch.tensor([int(t) in eos for t in tokens.tolist()], dtype=torch.bool)
             if stopping_criteria is not None:
-                done |= torch.as_tensor(stopping_criteria(_so_far(input_ids, new_tokens, rows).to(scores.device),
-                                                          scores)).bool().cpu()
+                done |= _stopped(stopping_criteria, _so_far(input_ids, new_tokens, rows).to(scores.device), scores,
+                                 len(rows))
             keep = (~done).nonzero().flatten()
             if advance and len(keep) < len(rows):     # finished sequences leave the batch's work
                 logits, mask = logits[keep], mask[keep]
                 cache.batch_select_indices(keep)
                 prefetched = prefetched.select(keep, cache) if prefetched is not None else None
             st = res.stats
-            if not warned and int(st.survivors.max()) > defaults.WARN_SURVIVORS:
-                warned = True
-                warnings.warn(f"epic_kernels: a step had {int(st.survivors.max())} candidates in its admissible "
-                              "window (each costs at least one model row); this configuration is intrinsically "
-                              "expensive. Truncate the rollout policy (rollout_top_k=50, --rollout-top-k 50), "
-                              f"truncate the candidates (top_k) or use a smaller alpha (now {alpha})",
-                              RuntimeWarning, stacklevel=2)
             records.append(StepRecord(
                 active=len(rows), survivors=float(st.survivors.double().mean()),
                 evaluated_depth1=float(st.evaluated_depth1.double().mean()),

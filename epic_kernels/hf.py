@@ -43,7 +43,6 @@ from . import defaults
 from .generation import generate
 
 CUSTOM_GENERATE_DIR = str(Path(__file__).resolve().parent / "hub")
-ENGINE_OPTIONS = ("auto", "fast", "reference")
 
 
 def _refuse(config, model_kwargs) -> None:
@@ -130,13 +129,11 @@ def custom_generate(model, input_ids, logits_processor=None, stopping_criteria=N
     else:
         criteria = None
     B = input_ids.shape[0]
-    finished = torch.zeros(B, dtype=torch.bool)
 
     def on_step(step, rows, tokens):
         if streamer is not None:                    # every row, pad where finished (as HF streams)
             full = torch.full((B,), pad, dtype=torch.int64)
-            full[rows] = tokens.cpu()
-            full[finished] = pad
+            full[rows] = tokens.cpu()               # rows: the sequences still decoding
             streamer.put(full)
     want_scores = bool(getattr(config, "output_scores", False))
     want_logits = bool(getattr(config, "output_logits", False))

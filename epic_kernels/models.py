@@ -25,20 +25,36 @@ def embedded_model_path() -> Path:
     return path
 
 
-def load_model(path: str | os.PathLike | None = None, *, dtype=None):
-    """Load ``(model, tokenizer)`` in eval mode, float32 by default.
-
-    ``path`` is None (the embedded SmolLM2), a ``.gguf`` file, or a Hugging Face model directory.
-    Raises ``FileNotFoundError`` with a readable message when it does not exist, and
-    ``extras.MissingDependency`` for a ``.gguf`` file without the ``gguf`` extra (transformers reads
-    GGUF with the gguf package and requires accelerate for it).
-    """
-    path = embedded_model_path() if path is None else Path(path)
+def check_model_path(path: str | os.PathLike) -> Path:
+    """``path`` must be a ``.gguf`` file or a Hugging Face model directory (one holding
+    ``config.json``); otherwise ``FileNotFoundError`` says what it is instead."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
     if path.is_file():
         if path.suffix != ".gguf":
             raise FileNotFoundError(f"{str(path)!r} is a file but not a .gguf model")
+        return path
+    if not (path / "config.json").is_file():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = (f"; to load a GGUF model, pass the file itself ({path / ggufs[0]})" if ggufs else
+                " and no .gguf file: give a Hugging Face model directory (config.json, weights, tokenizer) "
+                "or a .gguf file")
+        raise FileNotFoundError(f"{str(path)!r} is not a model directory (no config.json{hint})")
+    return path
+
+
+def load_model(path: str | os.PathLike | None = None, *, dtype=None):
+    """Load ``(model, tokenizer)`` in eval mode, float32 by default.
+
+    ``path`` is None (the embedded SmolLM2), a ``.gguf`` file, or a Hugging Face model directory.
+    Raises ``FileNotFoundError`` with a readable message when it does not exist or is neither
+    (``check_model_path``), and
+    ``extras.MissingDependency`` for a ``.gguf`` file without the ``gguf`` extra (transformers reads
+    GGUF with the gguf package and requires accelerate for it).
+    """
+    path = embedded_model_path() if path is None else check_model_path(path)
+    if path.is_file():
         check_installed("gguf", "accelerate", extra="gguf", purpose=f"loading the GGUF model {path.name}")
         kwargs = dict(gguf_file=path.name)
         directory = str(path.parent)

@@ -184,6 +184,83 @@ def check_token_ids(value, name: str, vocab: int | None = None, allow_none: bool
     return out
 
 
+def check_attention_mask(mask: torch.Tensor, name: str = "attention_mask") -> torch.Tensor:
+    """0 and 1 only, a 1 in every row, and left padding (every 0 before the row's first 1): EPIC keys
+    each token's noise by its position among the real tokens and appends new tokens after the last
+    column, so a right-padded row would put them after its padding. Returns the mask as int64 on the
+    CPU."""
+    mask = mask.to(torch.int64).cpu()
+    if ((mask != 0) & (mask != 1)).any():
+        raise ValueError(f"{name} must hold only 0 and 1")
+    if (mask.sum(-1) == 0).any():
+        rows = (mask.sum(-1) == 0).nonzero().flatten().tolist()
+        raise ValueError(f"{name} rows {rows[:8]} have no 1: a prompt is empty (no real token)")
+    late = (mask[:, 1:] < mask[:, :-1]).any(-1)
+    if late.any():
+        raise ValueError(f"{name} must be left-padded (0s before 1s), but rows {late.nonzero().flatten().tolist()[:8]} "
+                         "have a 0 after a 1: the new token would follow the padding. Pad on the left "
+                         "(tokenizer.padding_side = 'left')")
+    return mask
+
+
+def check_not_meta(model=None, *, first_only: bool = False, **tensors) -> None:
+    """Neither ``model``'s weights nor ``tensors`` may be on the ``meta`` device (shapes without
+    values: every model call would return more of them, and the sampler's first read of a value
+    would fail). A model that accelerate dispatched (``hf_device_map``) loads its offloaded weights
+    itself and is not checked. ``first_only``: look at the model's first parameter only (O(1), for
+    a per-step check whose tensors already came from the model), else at every one."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_meta:
+            raise ValueError(f"{name} is on the meta device (a shape without values); pass a tensor with data, "
+                             "on the model's device")
+    if model is None or getattr(model, "hf_device_map", None) or not hasattr(model, "named_parameters"):
+        return
+    if first_only:
+        first = next(model.parameters(), None)
+        if first is None or not first.is_meta:
+            return
+    if not any(t.is_meta for t in model.parameters()) and not any(t.is_meta for t in model.buffers()):
+        return
+    for what, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for pname, p in items:
+            if p.is_meta:
+                raise ValueError(f"the model's {what} {pname} is on the meta device: its weights were never loaded "
+                                 "(e.g. built under torch.device('meta') or init_empty_weights()); load them first "
+                                 "(from_pretrained, or to_empty(device=...) then load_state_dict)")
+
+
+_POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
+
+
+def position_limit(model) -> tuple[int, str] | None:
+    """``(positions, config field)`` of a model with learned absolute position embeddings, else None
+    (rotary, ALiBi, sinusoidal positions have no table to run past). The table is an ``nn.Embedding``
+    named ``wpe`` / ``embed_positions`` / ``position_embeddings`` on the base model (GPT-2, GPT-Neo,
+    GPT-BigCode: ``transformer.wpe`` of ``n_positions`` rows, so a larger position id is an
+    IndexError inside torch), its ``decoder`` (OPT) or its ``embeddings``; looked up by attribute,
+    not by walking every module, since ``sample_step`` asks at every step."""
+    base = getattr(model, "base_model", None) or model
+    for owner in (base, getattr(base, "decoder", None), getattr(base, "embeddings", None), model):
+        for name in _POSITION_TABLES:
+            table = getattr(owner, name, None) if isinstance(owner, torch.nn.Module) else None
+            if isinstance(table, torch.nn.Embedding):
+                config = getattr(model, "config", None)
+                field = ("n_positions" if config is not None and "n_positions" in vars(config)
+                         else "max_position_embeddings")
+                return table.num_embeddings - int(getattr(table, "offset", 0)), field
+    return None
+
+
+def check_position_limit(model, last: int, what: str, fix: str) -> None:
+    """``last``: the largest position id that ``what`` would feed ``model``; beyond a learned
+    position table it is a ``ValueError`` naming the position, the limit and ``fix``."""
+    limit = position_limit(model)
+    if limit is not None and last >= limit[0]:
+        n, field = limit
+        raise ValueError(f"{what} would feed position {last}, but {type(model).__name__} has learned absolute "
+                         f"positions only up to {n - 1} ({field}={n}); {fix}")
+
+
 PREFILL_HINT = ("prefill with a cache that keeps every token, e.g. "
                 "model(..., past_key_values=epic_kernels.EpicCache(), use_cache=True)")
 
@@ -236,6 +313,7 @@ def check_prefix(kv, seeds, batch: int, attention_mask, model):
     """Check a cache, its mask and seeds against the batch and the model; return (mask, seeds)."""
     layers = cache_layers(kv)
     keys = layers[0][0]
+    check_not_meta(kv=keys)
     if keys.shape[0] != batch:
         raise ValueError(f"kv has batch size {keys.shape[0]} but logits have {batch}")
     if model is not None:
@@ -258,11 +336,7 @@ def check_prefix(kv, seeds, batch: int, attention_mask, model):
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (batch, length):
             shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
             raise ValueError(f"attention_mask must have shape [{batch}, {length}] (batch, cached length), got {shape}")
-        mask = attention_mask.to(torch.int64).cpu()
-        if ((mask != 0) & (mask != 1)).any():
-            raise ValueError("attention_mask must hold only 0 and 1")
-        if (mask.sum(-1) == 0).any():
-            raise ValueError("attention_mask has a row with no real token (empty prefix)")
+        mask = check_attention_mask(attention_mask)
     if mask.sum(-1).max() >= MAX_POSITION:
         raise ValueError("sequence too long for the noise key (positions must be < 2**31)")
     return mask, check_seeds(seeds, batch)

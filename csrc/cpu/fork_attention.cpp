@@ -100,8 +100,9 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
     for (int64_t r0 = start[b]; r0 < start[b + 1]; r0 += chunk)
       for (int64_t h = 0; h < Hkv; ++h) tasks.push_back({b, h, r0, std::min(r0 + chunk, start[b + 1])});
   const int64_t n_tasks = static_cast<int64_t>(tasks.size());
-  // Each thread gets at least kParallelWork multiply-adds: below that (~50 us), waking the other
-  // threads costs more than it saves, so small calls stay on the calling thread.
+  // Each thread gets at least kParallelWork multiply-adds: below that, waking the other threads
+  // costs more than it saves, so small calls stay on the calling thread (docs/kernels.md,
+  // "Fork attention").
   constexpr int64_t kParallelWork = int64_t(1) << 20;
   const int64_t grain = std::max<int64_t>(1, n_tasks * kParallelWork / std::max<int64_t>(1, work));
   const T* pkp = prefix_k.const_data_ptr<T>();

@@ -60,6 +60,18 @@ def existing_path(text: str) -> str:
     return text
 
 
+def model_path(text: str) -> str:
+    """``--model``: a ``.gguf`` file or a Hugging Face model directory (``models.check_model_path``)."""
+    from ..models import check_model_path
+
+    existing_path(text)
+    try:
+        check_model_path(text)
+    except FileNotFoundError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def output_file(suffix: str | None = None):
     """A file to write: its folder exists and is writable, it is not a folder, and it ends in ``suffix``."""
     def parse(text: str) -> str:

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strip", default=None, metavar="REGEX", type=types.regex,
                    help="remove every match of this regular expression from the texts first "
                         "(e.g. GSM8K's calculator annotations: '<<[^>]*>>')")
-    p.add_argument("--model", default=None, type=types.existing_path,
+    p.add_argument("--model", default=None, type=types.model_path,
                    help="HF model directory or .gguf file (default: embedded SmolLM2)")
     p.add_argument("--max-texts", type=types.int_in(1), default=None, metavar="N", help="use at most N texts")
     p.add_argument("--max-tokens", type=types.int_in(0), default=2000, metavar="N",

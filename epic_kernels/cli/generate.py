@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="epic-generate", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="user message (wrapped in the chat template)")
-    p.add_argument("--model", default=None, type=types.existing_path,
+    p.add_argument("--model", default=None, type=types.model_path,
                    help="HF model directory or .gguf file (default: embedded SmolLM2)")
     p.add_argument("--max-new-tokens", type=types.int_in(0), default=48)
     p.add_argument("--alpha", type=_alpha, default=defaults.ALPHA,

@@ -1,8 +1,9 @@
 """Fork attention's glue to transformers: many rollout rows share their sequence's prefix KV without
 copying it.
 
-Registered with transformers' attention interface as ``"epic_fork"``; the engine switches a model to
-it only for its own forward calls (``fork_mode``). Each row n of such a call belongs to sequence
+Registered with transformers' attention interface as ``"epic_fork"``; the engine routes only its own
+forward calls to it (``fork_mode``), per thread, without changing the model (see ``fork_mode``).
+Each row n of such a call belongs to sequence
 ``seq[n]`` and owns slot ``slot[n]`` of a small pool (``runtime.SlotPool``) holding its suffix (candidate
 token plus rollout tokens: up to ``horizon`` of them, ``horizon + 2`` with prefetch). The attention
 itself is the op ``epic_kernels.ops.fork_attention`` (contract, reference implementation, C++
@@ -11,7 +12,9 @@ kernel and dispatch there); ``ForkBatch.build`` picks its backend once per model
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +23,12 @@ from ..ops.dispatch import choose
 from ..ops.fork_attention import ForkAux, fork_attention_backend, fork_attention_impl, fork_aux
 
 ATTENTION_NAME = "epic_fork"
+# per thread: ``batch``, the ForkBatch of the fork call in flight, and ``routed``, the ids of the
+# configs whose attention implementation reads as ATTENTION_NAME in this thread during that call
 _local = threading.local()
+_lock = threading.Lock()       # registration and the config classes' one-time routing
+_routed_classes: set = set()   # config classes whose _attn_implementation answers per thread
+_model_configs = weakref.WeakKeyDictionary()   # model -> (its config, the configs _configs found, their ids)
 
 
 @dataclass
@@ -71,7 +79,11 @@ def fork_attention(module, query, key, value, attention_mask=None, scaling=None,
     Writes each row's key / value into its slot of the pool and returns ``(out [N, 1, H, D], None)``
     by ``ops.fork_attention.fork_attention_impl`` on the batch's backend.
     """
-    fb: ForkBatch = _local.batch
+    fb: ForkBatch | None = getattr(_local, "batch", None)
+    if fb is None:
+        raise RuntimeError("fork attention was called outside the fast engine's model calls (no fork call is "
+                           "in flight in this thread): it runs only inside engine.attention.fork_mode, which "
+                           "sets up the rows it attends over; do not set attn_implementation='epic_fork' yourself")
     layer = module.layer_idx
     fb.calls += 1
     window = kwargs.get("sliding_window")
@@ -93,6 +105,64 @@ def fork_attention(module, query, key, value, attention_mask=None, scaling=None,
     return out, None
 
 
+class _RoutedAttnImplementation:
+    """Replaces a config class's ``_attn_implementation`` property (transformers 5 reads it in every
+    attention layer's forward, ``ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+    ...)``, and in mask creation): a config that ``fork_mode`` routes *in the reading thread* reads
+    as ``"epic_fork"``; every other read, and every write, is the original property's."""
+
+    def __init__(self, prop: property):
+        self.prop = prop
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        routed = getattr(_local, "routed", None)
+        if routed and id(obj) in routed:
+            return ATTENTION_NAME
+        return self.prop.__get__(obj, owner)
+
+    def __set__(self, obj, value):
+        self.prop.__set__(obj, value)
+
+
+def _route_class(cls) -> None:
+    """Install ``_RoutedAttnImplementation`` on config class ``cls`` once (under ``_lock``)."""
+    if isinstance(cls.__dict__.get("_attn_implementation"), _RoutedAttnImplementation):
+        return
+    prop = inspect.getattr_static(cls, "_attn_implementation", None)
+    if isinstance(prop, _RoutedAttnImplementation):          # inherited from a routed class
+        return
+    if not isinstance(prop, property):
+        raise RuntimeError(f"{cls.__name__}._attn_implementation is not transformers' property (got "
+                           f"{type(prop).__name__}), so fork attention cannot be routed per thread; use "
+                           "engine='reference'")
+    cls._attn_implementation = _RoutedAttnImplementation(prop)
+
+
+def _configs(model) -> tuple[list, frozenset]:
+    """The configs whose attention implementation a forward of ``model`` reads: the model's, its
+    sub-configs (recursively, as transformers' setter propagates), each attention layer's own; and
+    their ids. Found once per model (walking the layers costs tens of microseconds, and every fork
+    call asks) and found again when ``model.config`` is another object; a layer whose config was
+    swapped alone would bypass fork attention, which the evaluator's per-call check of every layer
+    turns into an error."""
+    known = _model_configs.get(model)
+    if known is not None and known[0] is model.config:
+        return known[1], known[2]
+    out, todo = [], [model.config] + [getattr(a, "config", None) for a in attention_layers(model) or []]
+    while todo:
+        cfg = todo.pop()
+        if cfg is None or any(c is cfg for c in out):
+            continue
+        out.append(cfg)
+        todo += [getattr(cfg, key, None) for key in getattr(cfg, "sub_configs", None) or ()]
+    ids = frozenset(id(c) for c in out)
+    with _lock:
+        _model_configs[model] = (model.config, out, ids)
+    return out, ids
+
+
 def _register():
     from transformers import AttentionInterface
 
@@ -101,19 +171,30 @@ def _register():
 
 @contextlib.contextmanager
 def fork_mode(model, batch: ForkBatch):
-    """Run ``model`` with fork attention over ``batch`` for the duration of the block."""
-    if not getattr(_register, "done", False):
-        _register()
-        _register.done = True
-    config = model.config
-    previous = config._attn_implementation
-    config._attn_implementation = ATTENTION_NAME
+    """Run ``model``'s forward calls made *in this thread* with fork attention over ``batch`` for the
+    duration of the block.
+
+    Nothing of the model changes: its configs' ``_attn_implementation`` reads as ``"epic_fork"`` only
+    in this thread while the block runs (``_RoutedAttnImplementation``, installed once per config
+    class, answers per thread), so other threads' forwards and fork calls on the same model, and
+    everything after an exception, see the model as it is. Blocks nest (the outer routing and batch
+    come back at exit)."""
+    configs, ids = _configs(model)
+    if not _routed_classes.issuperset(type(c) for c in configs):
+        with _lock:
+            if not getattr(_register, "done", False):
+                _register()
+                _register.done = True
+            for cfg in configs:
+                _route_class(type(cfg))
+                _routed_classes.add(type(cfg))
+    previous = getattr(_local, "routed", None), getattr(_local, "batch", None)
+    _local.routed = ids if not previous[0] else previous[0] | ids
     _local.batch = batch
     try:
         yield
     finally:
-        config._attn_implementation = previous
-        _local.batch = None
+        _local.routed, _local.batch = previous
 
 
 def attention_layers(model) -> list | None:

@@ -57,7 +57,8 @@ AUTO = {op: {dev: tuple(b for b in backends if not (b == "triton" and dev != "cu
              for dev, backends in table.items()} for op, table in IMPLEMENTED.items()}
 
 _warned: set = set()
-_triton: list = []          # cached: is triton importable (find_spec costs ~10 us per call)
+_triton: list = []          # cached: is triton importable (find_spec searches sys.path on every call;
+                            # choose runs several times per step: docs/kernels.md, "Dispatch")
 
 
 def _triton_installed() -> bool:

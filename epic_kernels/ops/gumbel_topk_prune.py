@@ -52,7 +52,7 @@ def _cpp(logits, seeds, positions, width, top_k) -> reference.PruneResult:
 def gumbel_topk_prune_impl(logits, seeds, positions, width, top_k, backend="reference"):
     """No validation (the engine's hot loop); ``backend`` from ``dispatch.choose``. Returns a
     ``reference.PruneResult``."""
-    if backend in ("cpp", "cpu"):
+    if backend == "cpp":
         return _cpp(logits, seeds, positions, width, top_k)
     if backend == "triton":
         from ..triton_kernels import gumbel_topk_prune_triton

@@ -85,7 +85,7 @@ def softmax_entropy_reference(logits, seeds=None, streams=0, positions=None):
 def softmax_entropy_impl(logits, seeds=None, streams=0, positions=None, backend: str = "reference"):
     """No validation (the engine's hot loop); ``backend`` from ``dispatch.choose``. Returns
     ``(entropy, lse, tokens or None)``; ``streams`` an int, ``[N]`` or ``[N, S]``."""
-    if backend in ("cpp", "cpu"):
+    if backend == "cpp":
         return _cpp(logits, seeds, streams, positions)
     if backend == "triton":
         from ..triton_kernels import softmax_entropy_triton
@@ -121,11 +121,12 @@ def softmax_entropy(logits: torch.Tensor, *, seeds: torch.Tensor | None = None, 
     """
     # The C++ CPU kernel reads every entry anyway, and a row with NaN, +inf or no finite entry gives
     # it a non-finite lse (csrc/include/cpu_softmax.h): there the scans of the logits run only
-    # then, to name the problem. Scanning first reads the logits three more times, tens of times the
-    # kernel's own time at B=64, V=49152 (docs/kernels.md).
+    # then, to name the problem. Scanning first reads the logits three more times, which costs more
+    # than the kernel itself at the engine's shapes (docs/kernels.md, "C++ CPU kernels": the
+    # "scans first" column of the softmax_entropy table, with its command).
     check_softmax_entropy(logits, seeds, streams, positions, values=False)
     which = choose(logits.device, backend, OP)
-    after = which in ("cpp", "cpu") and logits.device.type == "cpu"
+    after = which == "cpp" and logits.device.type == "cpu"
     if not after:
         check_logits(logits, empty_batch=True)
     h, lse, tokens = softmax_entropy_impl(logits, seeds, 0 if streams is None else streams, positions, which)

@@ -99,12 +99,6 @@ class ServingOutput:
                     mean_survivors=tot("survivors") / n, mean_evaluated=tot("evaluated") / n,
                     engine_seconds=self.engine_seconds, library_seconds=self.seconds - self.engine_seconds)
 
-    def to_json(self) -> dict:
-        return dict(tokens=self.new_tokens, text=self.texts, finish_reasons=self.finish_reasons,
-                    summary=self.summary(),
-                    steps=[[{k: v for k, v in r.__dict__.items() if k != "trace" or v is not None} for r in seq]
-                           for seq in self.steps])
-
 
 class EpicServingDecoder:
     """Exact EPIC decoding whose model calls all go through a serving-engine ``Transport``.

@@ -69,10 +69,13 @@ def no_model(*_, **__):
     (['{"text": "abcd"}'], ["--out", "/no/such/dir/alpha.json"],
      "argument --out: cannot write '/no/such/dir/alpha.json': folder '/no/such/dir' does not exist"),
     (['{"text": "abcd"}'], ["--model", "/no/such/model"], "argument --model: '/no/such/model' does not exist"),
+    (['{"text": "abcd"}'], ["--model", "{dir}"], "argument --model: '.*' is not a model directory \\(no config.json"),
 ])
 def test_bad_input_exits_2_before_the_model_loads(tmp_path, capsys, monkeypatch, lines, extra, match):
     monkeypatch.setattr(models, "load_model", no_model)
     path = str(tmp_path / "missing.jsonl") if lines is None else _write(tmp_path, lines)
+    (tmp_path / "not_a_model").mkdir()
+    extra = [str(tmp_path / "not_a_model") if a == "{dir}" else a for a in extra]
     code = _run(["--data", path, "--field", "text", *extra])
     err = capsys.readouterr().err
     assert code == 2

@@ -64,6 +64,9 @@ def _run(argv) -> int:
 
 @pytest.mark.parametrize("argv,message", [
     (["--model", "/no/such/model"], "argument --model: '/no/such/model' does not exist"),
+    (["--model", "{dir}"], "is not a model directory (no config.json and no .gguf file"),
+    (["--model", "{dir_gguf}"], "is not a model directory (no config.json; to load a GGUF model, pass the file itself"),
+    (["--model", "{txt}"], "is a file but not a .gguf model"),
     (["--alpha", "auto"], "--alpha auto needs --calibration"),
     (["--alpha", "auto", "--calibration", "/no/such.json"], "argument --calibration: file '/no/such.json' not found"),
     (["--alpha", "auto", "--calibration", "{not_a_record}"], "is not a calibration record"),
@@ -94,8 +97,12 @@ def test_bad_arguments_fail_before_the_model_loads(tmp_path, capsys, monkeypatch
     (tmp_path / "rec.json").write_text(json.dumps({"settings": {}}))
     (tmp_path / "band.jsonl").write_text(json.dumps({"text": "Some held-out text."}) + "\n")
     paths = {"{not_a_record}": str(tmp_path / "rec.json"), "{band}": str(tmp_path / "band.jsonl"),
-             "{png}": str(tmp_path / "x.png"), "{gguf}": str(tmp_path / "m.gguf")}
+             "{png}": str(tmp_path / "x.png"), "{gguf}": str(tmp_path / "m.gguf"),
+             "{dir}": str(tmp_path / "empty"), "{dir_gguf}": str(tmp_path / "ggufs"), "{txt}": str(tmp_path / "rec.json")}
     (tmp_path / "m.gguf").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "ggufs").mkdir()
+    (tmp_path / "ggufs" / "w.gguf").write_bytes(b"")
     code = _run([paths.get(a, a) for a in argv])
     err = capsys.readouterr().err
     assert code == 2
