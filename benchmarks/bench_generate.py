@@ -50,7 +50,7 @@ quoting it).
 
     python benchmarks/bench_generate.py --cases topk50 --json benchmarks/results/bench_generate.json   # ~25 min (3 pairs)
     python benchmarks/bench_generate.py --cases full --json benchmarks/results/bench_generate.json --resume  # adds full (~25 min)
-    python benchmarks/bench_generate.py --quick                                 # smoke run, ~2 min
+    python benchmarks/bench_generate.py --quick                                 # smoke run, ~1 min
     python benchmarks/bench_tables.py --docs                                    # regenerate the docs tables
 
 A script, not a suite: its protocol (interleaved HF / EPIC pairs over 8 prompts x 128 tokens,
