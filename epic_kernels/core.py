@@ -88,9 +88,8 @@ def top_k_mask(logits: torch.Tensor, k: int | None) -> torch.Tensor:
     boundary to the lower id: the rollout policy's and the top-k truncation's support)."""
     if k is None or k >= logits.shape[-1]:
         return logits
-    _, ids = topk_support(logits, k)
-    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, ids, True)
-    return logits.masked_fill(~keep, float("-inf"))
+    vals, ids = topk_support(logits, k)
+    return torch.full_like(logits, float("-inf")).scatter_(-1, ids, vals)
 
 
 # --------------------------------------------------------------------------------------------- #

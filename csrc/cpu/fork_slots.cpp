@@ -53,7 +53,7 @@ void fork_slots_cpu(at::Tensor& storage, const at::Tensor& src_in, const at::Ten
   const int64_t bytes = length * D * elem;
   char* base = static_cast<char*>(storage.data_ptr());
   const int64_t slot_stride = H * T * D * elem, head_stride = T * D * elem, tok = D * elem;
-  at::parallel_for(0, outer * n, 64, [&](int64_t begin, int64_t end) {
+  auto copy = [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
       const int64_t o = job / n, i = job % n;
       char* slab = base + o * S * slot_stride;
@@ -61,7 +61,14 @@ void fork_slots_cpu(at::Tensor& storage, const at::Tensor& src_in, const at::Ten
       char* to = slab + dst[i] * slot_stride + dst_start * tok;
       for (int64_t h = 0; h < H; ++h) std::memcpy(to + h * head_stride, from + h * head_stride, bytes);
     }
-  });
+  };
+  // a fork moves a few hundred KB: waking a thread pool costs more than the copy below ~4 MB
+  const int64_t total = outer * n * H * bytes;
+  if (total < (int64_t(4) << 20)) {
+    copy(0, outer * n);
+  } else {
+    at::parallel_for(0, outer * n, 64, copy);
+  }
 }
 
 }  // namespace
