@@ -163,3 +163,39 @@ def test_prefetch_with_sequences_leaving_the_batch(tiny):
     lengths = [len(t) for t in on.new_tokens]
     assert min(lengths) < max(lengths)            # some sequences did leave early
     assert on.summary()["prefetched"] > 0
+
+
+def test_a_hand_over_is_used_once(tiny):
+    """A hand-over refers to paths in its step's slot pool: the next step that claims the pool keeps
+    them and frees the rest. Passing the same ``prefetched`` to a second step (branching from one
+    state) must not adopt paths the first step has since overwritten: the second step ignores it
+    and still returns the reference tokens."""
+    logits, kv, mask = prefill(tiny, random_prompts(32, [5, 3], seed=7))
+    kw = dict(alpha=0.9, horizon=3, rollouts=2, seed=[3, 4], engine="fast")
+    first = epic_kernels.sample_step(logits, kv, tiny, attention_mask=mask, **kw)
+    args = (first.next_logits, first.kv, tiny)
+    ref = epic_kernels.sample_step(*args, attention_mask=first.attention_mask, **{**kw, "engine": "reference"})
+    a = epic_kernels.sample_step(*args, attention_mask=first.attention_mask, prefetched=first.prefetched, **kw)
+    b = epic_kernels.sample_step(*args, attention_mask=first.attention_mask, prefetched=first.prefetched, **kw)
+    assert a.stats.adopted > 0 and b.stats.adopted == 0
+    assert torch.equal(a.tokens, ref.tokens) and torch.equal(b.tokens, ref.tokens)
+    assert not first.prefetched.made_for(first.kv)
+
+
+def test_a_pool_held_by_a_running_step_is_not_shared(tiny):
+    """A step whose pool another step holds (threads sharing one ``prefetched``) runs on a new pool
+    and ignores the hand-over: same tokens, nothing adopted."""
+    logits, kv, mask = prefill(tiny, random_prompts(32, [5, 3], seed=7))
+    kw = dict(alpha=0.9, horizon=3, rollouts=2, seed=[3, 4], engine="fast")
+    first = epic_kernels.sample_step(logits, kv, tiny, attention_mask=mask, **kw)
+    args = (first.next_logits, first.kv, tiny)
+    ref = epic_kernels.sample_step(*args, attention_mask=first.attention_mask, **{**kw, "engine": "reference"})
+    pool = first.prefetched.pool
+    assert first.prefetched.made_for(first.kv)
+    pool.busy = True                     # claimed by a step in another thread, after our check
+    try:
+        out = epic_kernels.sample_step(*args, attention_mask=first.attention_mask, prefetched=first.prefetched, **kw)
+    finally:
+        pool.unclaim()
+    assert out.stats.adopted == 0 and out.prefetched.pool is not pool
+    assert torch.equal(out.tokens, ref.tokens)
