@@ -60,11 +60,11 @@ TORCH_LIBRARY(epic_kernels, m) {
   // specification, fake and dispatch in epic_kernels/ops/plan_rows.py, ops/fork_layout.py).
   // int64 CPU tensors.
   // plan_rows: the rows of one depth advance of candidates with depth[m] < goal[m] (M candidates,
-  // path (m, r) in slot slot0 + m K + r): depth-0 candidates first (one row each), then deeper ones
+  // path (m, r) numbered m K + r): depth-0 candidates first (one row each), then deeper ones
   // (K rows each); the fan-out slot copies of depth-1 candidates. Sizes are data-dependent.
   m.def(
       "plan_rows(Tensor depth, Tensor goal, Tensor seq, Tensor tokens, Tensor last, Tensor base,"
-      " int slot0, int K, int lead) -> (Tensor first, Tensor deep, Tensor row_candidate,"
+      " int K, int lead) -> (Tensor first, Tensor deep, Tensor row_candidate,"
       " Tensor row_seq, Tensor row_slot, Tensor row_fill, Tensor row_tokens, Tensor row_positions,"
       " Tensor fan_src, Tensor fan_dst)");
   // fork_layout: row_j (N,) = index of row n within its sequence seq[n] in [0, B); pad_index

@@ -2,7 +2,7 @@
 // model call belongs to which sequence, candidate, rollout and slot. Plain loops over int64
 // tensors; the readable specification is epic_kernels/ops/plan_rows.py (plan_rows_reference),
 // which python_tests/ops/test_plan_rows.py compares with this op on random states. Path (m, r)
-// owns slot slot0 + m * K + r.
+// is numbered m * K + r (the engine maps it to its runtime path).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -21,18 +21,17 @@ using PlanOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::T
                            at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // Candidate m is pending when depth[m] < goal[m]. Rows: the pending candidates at depth 0
-// ("first", ascending; one row in slot slot0 + m K, fill lead, token tokens[m], position base[m]),
-// then those at depth d > 0 ("deep", ascending; K rows r = 0..K-1 in slots slot0 + m K + r, fill
+// ("first", ascending; one row in path m K, fill lead, token tokens[m], position base[m]),
+// then those at depth d > 0 ("deep", ascending; K rows r = 0..K-1 in paths m K + r, fill
 // lead + d, token last[m, r], position base[m] + d). Fan-out: each deep candidate at depth 1
-// copies slot slot0 + m K to slots slot0 + m K + r, r = 1..K-1.
+// copies path m K to paths m K + r, r = 1..K-1.
 PlanOut plan_rows_cpu(const at::Tensor& depth_in, const at::Tensor& goal_in, const at::Tensor& seq_in,
                       const at::Tensor& tokens_in, const at::Tensor& last_in, const at::Tensor& base_in,
-                      int64_t slot0, int64_t K, int64_t lead) {
+                      int64_t K, int64_t lead) {
   constexpr const char* kOp = "plan_rows";
   TORCH_CHECK(depth_in.dim() == 1, kOp, ": depth must have shape (M,), got ", depth_in.sizes());
   const int64_t M = depth_in.size(0);
   TORCH_CHECK(K >= 1, kOp, ": K (rollouts) must be >= 1, got ", K);
-  TORCH_CHECK(slot0 >= 0, kOp, ": slot0 must be >= 0, got ", slot0);
   TORCH_CHECK(lead >= 0, kOp, ": lead must be >= 0, got ", lead);
   const at::Tensor depth_t = check_long(depth_in, kOp, "depth", {M}, "(M,)");
   const at::Tensor goal_t = check_long(goal_in, kOp, "goal", {M}, "(M,)");
@@ -76,7 +75,7 @@ PlanOut plan_rows_cpu(const at::Tensor& depth_in, const at::Tensor& goal_in, con
   for (int64_t m = 0; m < M; ++m) {
     const int64_t d = depth[m];
     if (d >= goal[m]) continue;
-    const int64_t s0 = slot0 + m * K;
+    const int64_t s0 = m * K;
     if (d == 0) {
       pf[i] = pc[i] = m;
       ps[i] = seq[m];

@@ -159,7 +159,7 @@ class Evaluator:
                 return None
         goal = st.depth.clone()
         goal[go] = st.goal[go]
-        p = plan_rows_impl(st.depth, goal, st.seq, st.tokens, st.last, st.base, 0, K, a, self.backend)
+        p = plan_rows_impl(st.depth, goal, st.seq, st.tokens, st.last, st.base, K, a, self.backend)
         busy = torch.cat([p.first, p.deep, restore])
         st.evict(len(p.first) + len(restore), busy)
         st.take(torch.cat([p.first, restore]), 1)

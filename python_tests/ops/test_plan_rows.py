@@ -73,11 +73,10 @@ def test_plan_rows_equals_spec_on_random_states(K, lead):
         M = rng.choice([0, 1, 2, 3, 5, 8, 13, 40, 140])
         mix = rng.choice(["any", "any", "any", "zero", "one", "deep", "done"])
         state = random_state(rng, M, K, rng.randint(1, 6), mix)
-        slot0 = rng.choice([0, 7, 512])
-        want = R.plan_rows(*state, slot0, K, lead)
-        _equal(R.PlannedRows(*OPS.plan_rows(*state, slot0, K, lead)), want, (K, lead, trial))
-        _equal(R.plan_rows_impl(*state, slot0, K, lead, "cpu"), want)
-        _equal(R.plan_rows_impl(*state, slot0, K, lead, "reference"), want)
+        want = R.plan_rows(*state, K, lead)
+        _equal(R.PlannedRows(*OPS.plan_rows(*state, K, lead)), want, (K, lead, trial))
+        _equal(R.plan_rows_impl(*state, K, lead, "cpu"), want)
+        _equal(R.plan_rows_impl(*state, K, lead, "reference"), want)
         assert len(want.row_candidate) == len(want.first) + K * len(want.deep)
         if mix == "zero":
             assert len(want.deep) == 0 and len(want.fan_src) == 0
@@ -90,30 +89,30 @@ def test_plan_rows_layout_by_hand():
     depth, goal = torch.tensor([0, 1, 2, 0, 3, 1]), torch.tensor([1, 3, 3, 0, 4, 2])
     seq, tokens = torch.tensor([0, 0, 1, 1, 2, 2]), torch.arange(10, 16)
     last, base = torch.arange(100, 112).view(6, 2), torch.arange(50, 56)
-    for rows in (R.plan_rows(depth, goal, seq, tokens, last, base, 3, 2, 1),
-                 R.plan_rows_impl(depth, goal, seq, tokens, last, base, 3, 2, 1, "cpu")):
+    for rows in (R.plan_rows(depth, goal, seq, tokens, last, base, 2, 1),
+                 R.plan_rows_impl(depth, goal, seq, tokens, last, base, 2, 1, "cpu")):
         assert rows.first.tolist() == [0] and rows.deep.tolist() == [1, 2, 4, 5]
         assert rows.row_candidate.tolist() == [0, 1, 1, 2, 2, 4, 4, 5, 5]
         assert rows.seq.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2]
-        assert rows.slot.tolist() == [3, 5, 6, 7, 8, 11, 12, 13, 14]
+        assert rows.slot.tolist() == [0, 2, 3, 4, 5, 8, 9, 10, 11]
         assert rows.fill.tolist() == [1, 2, 2, 3, 3, 4, 4, 2, 2]
         assert rows.tokens.tolist() == [10, 102, 103, 104, 105, 108, 109, 110, 111]
         assert rows.positions.tolist() == [50, 52, 52, 54, 54, 57, 57, 56, 56]
-        assert rows.fan_src.tolist() == [5, 13] and rows.fan_dst.tolist() == [6, 14]
+        assert rows.fan_src.tolist() == [2, 10] and rows.fan_dst.tolist() == [3, 11]
 
 
 def test_plan_rows_empty_and_strided():
     e = torch.empty(0, dtype=torch.int64)
     for K in (1, 3):
-        got = R.plan_rows_impl(e, e, e, e, e.view(0, K), e, 0, K, 0, "cpu")
-        _equal(got, R.plan_rows(e, e, e, e, e.view(0, K), e, 0, K, 0))
+        got = R.plan_rows_impl(e, e, e, e, e.view(0, K), e, K, 0, "cpu")
+        _equal(got, R.plan_rows(e, e, e, e, e.view(0, K), e, K, 0))
         assert all(len(t) == 0 for t in got)
     rng = random.Random(5)
     state = random_state(rng, 30, 3, 4)
     big = [torch.stack([t, t + 1], -1)[..., 0] for t in state]       # same values, non-contiguous
     big[4] = state[4].t().contiguous().t()                             # last [M, K] column-major
     assert not any(t.is_contiguous() for t in big)
-    _equal(R.PlannedRows(*OPS.plan_rows(*big, 2, 3, 1)), R.plan_rows(*state, 2, 3, 1))
+    _equal(R.PlannedRows(*OPS.plan_rows(*big, 3, 1)), R.plan_rows(*state, 3, 1))
 
 
 def test_fork_layout_equals_spec():
@@ -147,11 +146,11 @@ def test_backends_and_their_resolution(monkeypatch):
     monkeypatch.setattr(FL, "fork_layout_reference", lambda *a: calls.append("layout") or "spec")
     monkeypatch.delenv("EPIC_KERNELS_BACKEND", raising=False)
     state = random_state(random.Random(1), 4, 2, 2)
-    assert R.plan_rows_impl(*state, 0, 2, 0, "reference") == "spec"
+    assert R.plan_rows_impl(*state, 2, 0, "reference") == "spec"
     assert R.fork_layout_impl(state[2], 2, "reference") == "spec"
     assert calls == ["plan", "layout"]
     for backend in ("cpp", "cpu", "triton"):
-        assert isinstance(R.plan_rows_impl(*state, 0, 2, 0, backend), R.PlannedRows)
+        assert isinstance(R.plan_rows_impl(*state, 2, 0, backend), R.PlannedRows)
         assert isinstance(R.fork_layout_impl(state[2], 2, backend), R.ForkLayout)
     assert calls == ["plan", "layout"]
     for op in ("plan_rows", "fork_layout"):
@@ -165,16 +164,16 @@ def test_backends_and_their_resolution(monkeypatch):
 def test_validated_functions():
     """``ops.plan_rows`` / ``ops.fork_layout`` validate (ValueError) and agree on every backend."""
     state = random_state(random.Random(5), 7, 3, 2)
-    want = R.plan_rows(*state, 1, 3, 2)
+    want = R.plan_rows(*state, 3, 2)
     for backend in ("reference", "cpp"):
-        _equal(PR.plan_rows(*state, 1, 3, 2, backend=backend), want)
+        _equal(PR.plan_rows(*state, 3, 2, backend=backend), want)
         _equal(FL.fork_layout(state[2], 2, backend=backend), R.fork_layout(state[2], 2))
     with pytest.raises(ValueError, match="int64 CPU tensor"):
-        PR.plan_rows(state[0].int(), *state[1:], 1, 3, 2)
+        PR.plan_rows(state[0].int(), *state[1:], 3, 2)
     with pytest.raises(ValueError, match=r"last must have shape \(7, 2\)"):
-        PR.plan_rows(*state, 1, 2, 2)
+        PR.plan_rows(*state, 2, 2)
     with pytest.raises(ValueError, match="K >= 1"):
-        PR.plan_rows(*state, 1, 0, 2)
+        PR.plan_rows(*state, 0, 2)
     with pytest.raises(ValueError, match=r"seq values must lie in \[0, 1\)"):
         FL.fork_layout(torch.tensor([0, 1]), 1)
     with pytest.raises(ValueError, match="B must be an int >= 0"):
@@ -189,7 +188,7 @@ def test_validated_functions():
 def test_opcheck():
     """Every output size is data-dependent: the fakes use ``get_ctx().new_dynamic_size()``."""
     state = random_state(random.Random(2), 9, 2, 3)
-    for args in [(*state, 4, 2, 1), (*random_state(random.Random(3), 5, 1, 2), 0, 1, 0)]:
+    for args in [(*state, 2, 1), (*random_state(random.Random(3), 5, 1, 2), 1, 0)]:
         result = torch.library.opcheck(OPS.plan_rows.default, args)
         assert all(v == "SUCCESS" for v in result.values()), result
     for args in [(torch.tensor([1, 0, 1, 1, 3]), 5), (torch.empty(0, dtype=torch.int64), 2)]:
@@ -201,12 +200,12 @@ def test_plan_rows_errors():
     state = list(random_state(random.Random(4), 6, 2, 2))
     names = ["depth", "goal", "seq", "tokens", "last", "base"]
 
-    def bad(match, i=None, value=None, slot0=0, K=2, lead=0):
+    def bad(match, i=None, value=None, K=2, lead=0):
         args = list(state)
         if i is not None:
             args[i] = value
         with pytest.raises(RuntimeError, match=match):
-            OPS.plan_rows(*args, slot0, K, lead)
+            OPS.plan_rows(*args, K, lead)
 
     for i, name in enumerate(names):
         bad(f"plan_rows: {name} must be an int64 tensor, got Int", i, state[i].int())
@@ -218,7 +217,6 @@ def test_plan_rows_errors():
     bad(r"plan_rows: last must have shape \(M, K\) = \[6, 2\], got \[6, 3\]", 4, torch.zeros(6, 3, dtype=torch.int64))
     bad(r"plan_rows: last must have shape \(M, K\) = \[6, 2\], got \[6\]", 4, state[4][:, 0])
     bad("plan_rows: K \\(rollouts\\) must be >= 1, got 0", K=0)
-    bad("plan_rows: slot0 must be >= 0, got -1", slot0=-1)
     bad("plan_rows: lead must be >= 0, got -2", lead=-2)
     bad(r"plan_rows: depth\[2\] = -1 is negative", 0, torch.tensor([0, 1, -1, 0, 0, 0]))
 
@@ -249,19 +247,19 @@ class _Recorder:
         plan, build, copy_slots = Evaluator.plan, ForkBatch.build.__func__, SlotPool.copy_slots
         rec = self
 
-        def copy_spy(pool, src, dst, length, src_start=0):
+        def copy_spy(pool, src, dst, length, src_start=0, dst_start=0):
             rec.copies.append((src.clone(), dst.clone(), length))
-            return copy_slots(pool, src, dst, length, src_start)
+            return copy_slots(pool, src, dst, length, src_start, dst_start)
 
         def plan_spy(ev, *args, **kwargs):
-            # the engine calls the op with slot0 = 0 and maps path (m, r) to its pool slot
+            # the engine maps the op's path (m, r) = m K + r to its pool slot
             # st.paths[m, r] (taken when first needed); no max_rows chunking at these sizes
             K, st = ev.cfg.rollouts, ev.state
             state = [t.clone() for t in (st.depth, st.goal, st.seq, st.tokens, st.last, st.base)]
             rec.copies.clear()
             rows = plan(ev, *args, **kwargs)
-            want = R.plan_rows(*state, 0, K, st.lead)
-            _equal(R.plan_rows_impl(*state, 0, K, st.lead, "cpu"), want)
+            want = R.plan_rows(*state, K, st.lead)
+            _equal(R.plan_rows_impl(*state, K, st.lead, "cpu"), want)
             if rows is None:
                 assert len(want.row_candidate) == 0 and not rec.copies
             else:
