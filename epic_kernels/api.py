@@ -124,16 +124,13 @@ def run_step(logits: torch.Tensor, cache: EpicCache, prefix: Prefix, model, cfg:
 
     usable = prefetched is not None and prefetched.made_for(cache, cfg, model)
     step = fast_sample(logits, prefix, model, cfg, backend, advance=advance,
-                       prefetched=prefetched.entries if usable else None, transform=transform,
-                       pool=prefetched.pool if prefetched is not None else None,
-                       carries=prefetched.carries if usable else None, reuse=reuse)
+                       prefetched=prefetched if usable else None, transform=transform,
+                       pool=prefetched.pool if prefetched is not None else None, reuse=reuse)
     if not advance:
         return StepOutput(step.tokens, step.stats, step.entropy)
     new_kv = cache.fork()
     new_kv.append(step.next_keys, step.next_values)
-    handed = None
-    if step.prefetched is not None or step.carries is not None:
-        handed = Prefetched(step.prefetched, new_kv, step.pool, step.carries, cfg, model)
+    handed = step.prefetched.bind(new_kv) if step.prefetched is not None else None
     return StepOutput(step.tokens, step.stats, step.entropy, step.next_logits, new_kv, next_mask, handed)
 
 

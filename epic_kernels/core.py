@@ -203,7 +203,7 @@ class StepStats:
     prefetch_rows: int = 0             # rows fed for the next step's bets
     prefetch_rows_won: int = 0         # ... on bets that won
     prefetch_hits: int = 0             # sequences handed a usable prefetch
-    prefetch_carried: int = 0          # two-steps-ahead entries used or handed on
+    prefetch_ahead: int = 0            # two-steps-ahead entries used or handed on
     restored: int = 0                  # depth-1 rows run again because max_rows dropped their logits
     max_call_rows: int = 0             # the most rows one model forward of the step took (<= max_rows)
     kept_logits: int = 0               # depth-1 logits rows held at the end of the step

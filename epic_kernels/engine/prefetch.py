@@ -94,17 +94,23 @@ class Prefetched:
     (valid while the pool is in the epoch it was in when this was made: the next step that claims
     it keeps those paths, and any later claim frees them)."""
 
-    def __init__(self, entries: list | None, cache, pool=None, carries: list | None = None, cfg=None,
+    def __init__(self, entries: list | None, cache=None, pool=None, carries: list | None = None, cfg=None,
                  model=None):
         n = len(entries if entries is not None else carries)
         self.entries = entries if entries is not None else [None] * n
         self.carries = carries if carries is not None else [None] * n
-        self._owner = weakref.ref(cache)
-        self._version = cache.version
+        self._owner = self._version = None
+        if cache is not None:
+            self.bind(cache)
         self.pool = pool
         self._epoch = pool.epoch if pool is not None else None
         self.cfg = cfg
         self._model = weakref.ref(model) if model is not None else None
+
+    def bind(self, cache) -> "Prefetched":
+        """Make this the hand-over of ``cache`` as it is now (the cache the step returned)."""
+        self._owner, self._version = weakref.ref(cache), cache.version
+        return self
 
     def made_for(self, cache, cfg=None, model=None) -> bool:
         """Was this made for ``cache`` exactly as it is now (same object, not modified since), and
@@ -116,7 +122,8 @@ class Prefetched:
             return False
         if self.pool is None or self.pool.epoch != self._epoch:
             return False
-        return self._owner() is cache and getattr(cache, "version", None) == self._version
+        return (self._owner is not None and self._owner() is cache
+                and getattr(cache, "version", None) == self._version)
 
     def path_ids(self) -> list:
         """Every path of ``pool`` the entries and carries refer to (the next step keeps them)."""
@@ -147,7 +154,7 @@ class _Bet:
     """
 
     def __init__(self, src, b: int, m: int, logits, npr, position: int, budget_rows: int, tokens,
-                 carried: _Entry | None = None):
+                 ahead: _Entry | None = None):
 
         cfg = src.cfg
         self.b, self.m, self.logits, self.ids, self.position = b, m, logits, npr.ids, position
@@ -158,8 +165,8 @@ class _Bet:
         self.ev = Evaluator(src.model, src.prefix, torch.full((n,), b, dtype=torch.int64), npr.ids, cfg,
                             src.backend, src.state.table.dtype, runtime=src.rt, lead=lead,
                             lead_slot=int(src.state.paths[m, 0]), z=npr.scores)
-        if carried is not None:        # a previous step already evaluated part of this one
-            carried.load_into(self.ev, 0)
+        if ahead is not None:          # a previous step already evaluated part of this one
+            ahead.load_into(self.ev, 0)
         bound = admissible_bound(logits.shape[-1], cfg.rollout_top_k)
         mgr = make_manager(npr.offsets, npr.ids, npr.scores, cfg.alpha, cfg.horizon, bound, cfg.block_size,
                            src.backend)
@@ -208,22 +215,22 @@ class Prefetcher:
     """Chooses, during one step, the bets and their rows (``Evaluator.run`` calls ``plan`` before
     each model call and ``absorb`` after it); ``hand_over(winners)`` keeps the bets that won.
 
-    ``carried[b]``: what an earlier step already evaluated of this step's next step (a level-2
+    ``ahead[b]``: what an earlier step already evaluated of this step's next step (a level-2
     entry); a bet on its token starts from it, and it is handed on as it is if no bet was made.
     """
 
     def __init__(self, ev, pr, transform, width: float, backend: str, winners, budget: int = DEFAULT_BUDGET,
-                 carried: list | None = None):
+                 ahead: list | None = None):
         self.ev, self.pr, self.transform = ev, pr, transform
         self.width, self.backend, self.budget = width, backend, budget
         B = len(pr.counts)
-        self.carried = carried if carried is not None else [None] * B
+        self.ahead = ahead if ahead is not None else [None] * B
         self.tries = [0] * B
         self.live: dict[int, _Bet] = {}              # sequence -> its live bet
         self.in_flight = []                          # (bet, rows) of the call in flight
         self.bets = []                               # every bet made (for the row accounting)
         self.rows_won = 0                            # rows of the bets that won (set by hand_over)
-        self.carried_used = 0                        # level-2 entries continued or handed on
+        self.ahead_used = 0                        # level-2 entries continued or handed on
         self.winners = winners                       # () -> [B] the manager's decided winners (-1: not yet)
 
     @property
@@ -242,7 +249,7 @@ class Prefetcher:
         return int(mine[int(torch.argmax(st.priority(mine)))])
 
     def _place(self, picks):
-        """Bets ``(src evaluator, sequence b, candidate m, tokens [lead], carried)``: predict each
+        """Bets ``(src evaluator, sequence b, candidate m, tokens [lead], ahead)``: predict each
         next step's logits and survivors; returns the ``_Bet`` per pick (None: over budget)."""
         if not picks:
             return []
@@ -254,15 +261,15 @@ class Prefetcher:
         npr = prune_on_host(nxt, ev.prefix.seeds[seqs], positions, self.width, self.backend)
         out = []
         K, k = ev.cfg.rollouts, ev.cfg.horizon
-        for n, (src, b, m, toks, carried) in enumerate(picks):
+        for n, (src, b, m, toks, ahead) in enumerate(picks):
             count = int(npr.counts[n])
             if count > self.budget:
                 out.append(None)
                 continue
             one = npr.row(n)
-            if carried is not None and not carried.matches(nxt[n], int(positions[n]), int(ev.prefix.seeds[b]), one.ids):
-                carried = None
-            bet = _Bet(src, b, m, nxt[n], one, int(positions[n]), count * (1 + K * (k - 1)) + 1, toks, carried)
+            if ahead is not None and not ahead.matches(nxt[n], int(positions[n]), int(ev.prefix.seeds[b]), one.ids):
+                ahead = None
+            bet = _Bet(src, b, m, nxt[n], one, int(positions[n]), count * (1 + K * (k - 1)) + 1, toks, ahead)
             self.bets.append(bet)
             out.append(bet)
         return out
@@ -287,9 +294,9 @@ class Prefetcher:
                 continue
             self.tries[b] += 1
             token = pr.ids[m].view(1)
-            carried = self.carried[b] if self.carried[b] is not None and self.carried[b].token == int(token) else None
-            self.carried_used += carried is not None
-            picks.append((self.ev, b, m, token, carried))
+            ahead = self.ahead[b] if self.ahead[b] is not None and self.ahead[b].token == int(token) else None
+            self.ahead_used += ahead is not None
+            picks.append((self.ev, b, m, token, ahead))
         for (_, b, _, _, _), bet in zip(picks, self._place(picks)):
             if bet is not None:
                 self.live[b] = bet
@@ -341,9 +348,9 @@ class Prefetcher:
             if bet is not None and bet.m == m and (bet.ev.state.depth >= 1).any():
                 entries.append(bet.entry(token, int(self.ev.prefix.seeds[b])))
                 self.rows_won += bet.rows_fed + (bet.child.rows_fed if bet.child is not None else 0)
-            elif self.carried[b] is not None and self.carried[b].token == token:
-                entries.append(self.carried[b])      # made two steps ago for exactly this case
-                self.carried_used += 1
+            elif self.ahead[b] is not None and self.ahead[b].token == token:
+                entries.append(self.ahead[b])      # made two steps ago for exactly this case
+                self.ahead_used += 1
             else:
                 entries.append(None)
         return entries

@@ -11,7 +11,7 @@ from ..core import Prefix, StepStats, admissible_bound, window
 from ..ops.candidate_manager import make_manager
 from ..ops.dispatch import choose
 from .evaluator import Evaluator
-from .prefetch import DEFAULT_BUDGET, LEVELS, Prefetcher
+from .prefetch import DEFAULT_BUDGET, LEVELS, Prefetched, Prefetcher
 from . import reuse as _reuse
 from .search import Search, prune_on_host
 
@@ -28,16 +28,13 @@ class FastStep:
     next_logits: torch.Tensor | None = None   # [B, V] logits after appending each winner (advance)
     next_keys: list | None = None    # per layer [B, kv_heads, head_dim]: the winners' own KV (advance)
     next_values: list | None = None
-    prefetched: list | None = None   # per sequence, the next step's evaluations made in this one
-    pool: object | None = None       # the slot pool, for the next step to reuse (None: too big)
-    carries: list | None = None      # per sequence, the next step's evaluations the winner's rollouts made
+    prefetched: Prefetched | None = None   # the hand-over to the next step (advance; not yet bound to a cache)
 
 
 @torch.no_grad()
 def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str | None = None,
-                advance: bool = True, prefetched: list | None = None, transform=None,
-                prefetch_budget: int = DEFAULT_BUDGET, pool=None, carries: list | None = None,
-                reuse: bool = True) -> FastStep:
+                advance: bool = True, prefetched: Prefetched | None = None, transform=None,
+                prefetch_budget: int = DEFAULT_BUDGET, pool=None, reuse: bool = True) -> FastStep:
     """One EPIC step for every sequence of ``prefix``.
 
     With ``advance`` the step also produces each sequence's next logits and the KV of its winner:
@@ -47,18 +44,16 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
     Prefetch (``prefetch.py``): with ``advance`` and a ``transform`` (what the caller will apply to
     ``next_logits`` before the next step, e.g. its truncation, as ``transform(logits [n, V],
     sequence [n], tokens [n, j])`` for sequences whose next ``j`` tokens are ``tokens``), the step
-    also evaluates the next step (and the one after) inside its own model calls, on a bet, and
-    returns that as ``prefetched``; passing it to the next call lets it skip those evaluations.
-    The tokens are the same with or without it.
+    also evaluates the next step (and the one after) inside its own model calls, on a bet.
+    Cross-step reuse (``reuse.py``): with ``advance`` and ``reuse``, the winners' rollouts are
+    evaluations of the next step. Both travel in ``FastStep.prefetched`` (a ``Prefetched``: its
+    entries and carries refer to paths of the step's slot pool); passing it to the next step
+    (``prefetched``, after the caller checked ``made_for``) lets it skip those evaluations. The
+    tokens are the same with or without it.
 
-    ``pool``: the previous step's ``FastStep.pool``: claimed for this step (``SlotPool.claim``), its
-    storage reused, and the paths that ``prefetched`` and ``carries`` refer to kept (they must be
-    that pool's hand-over of the previous step); if another step holds it, a new pool is used and
-    the hand-over ignored.
-
-    Cross-step reuse (``reuse.py``): with ``advance`` and ``reuse``, the step returns as ``carries``
-    what its winners' rollouts evaluated of the next step; passing them back (``carries``) lets the
-    next step skip those evaluations. The tokens are the same with or without it.
+    The slot pool (``prefetched.pool``, else ``pool``: storage to reuse) is claimed for this step
+    (``SlotPool.claim``), keeping the paths the hand-over refers to; if another step holds it, a new
+    pool is used and the hand-over ignored.
     """
     B, V = logits.shape
     which = choose(logits.device, backend)
@@ -68,8 +63,9 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
     seq = torch.repeat_interleave(torch.arange(B), pr.counts)
     prefetch = advance and transform is not None and prefetch_budget > 0
     # the pool: claimed for this step, keeping the paths the previous step's hand-over refers to
-    keep = [i for e in prefetched or () if e is not None for i in e.path_ids()]
-    keep += [i for c in carries or () if c is not None for i in c.path_ids()]
+    if prefetched is not None:
+        pool = prefetched.pool
+    keep = prefetched.path_ids() if prefetched is not None else []
     if pool is not None and not pool.claim(keep):    # another step holds it
         pool = None
     ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch * LEVELS,
@@ -79,26 +75,27 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
         if pool is not None:
             pool.unclaim()
         rt.pool.claim()
-        prefetched = carries = None
+        prefetched = None
     try:
         return _run(ev, pr, logits, prefix, cfg, which, width, advance=advance, prefetched=prefetched,
-                    carries=carries, reuse=reuse, transform=transform if prefetch else None,
-                    prefetch_budget=prefetch_budget)
+                    reuse=reuse, transform=transform if prefetch else None, prefetch_budget=prefetch_budget)
     finally:
         rt.pool.unclaim()
 
 
-def _run(ev, pr, logits, prefix, cfg, which, width, *, advance, prefetched, carries, reuse, transform,
+def _run(ev, pr, logits, prefix, cfg, which, width, *, advance, prefetched, reuse, transform,
          prefetch_budget) -> FastStep:
     """The step on a claimed runtime (``fast_sample``); ``transform`` None: no prefetch."""
     (B, V), st, rt = logits.shape, ev.state, ev.rt
     mgr = make_manager(pr.offsets, pr.ids, pr.scores, cfg.alpha, cfg.horizon,
                        admissible_bound(V, cfg.rollout_top_k), cfg.block_size, which)
     search = Search(mgr, ev, pr.scores, cfg.alpha)
-    carried = _adopt(ev, pr, logits, prefix, prefetched) if prefetched is not None else None
-    if carries is not None and reuse:
-        _reuse.load(ev, pr, prefix, carries)
-    ride = (Prefetcher(ev, pr, transform, width, which, search.winners, prefetch_budget, carried)
+    ahead = None
+    if prefetched is not None:
+        ahead = _adopt(ev, pr, logits, prefix, prefetched.entries)
+        if reuse:
+            _reuse.load(ev, pr, prefix, prefetched.carries)
+    ride = (Prefetcher(ev, pr, transform, width, which, search.winners, prefetch_budget, ahead)
             if transform is not None else None)
     while search.advance():
         ev.call(ride)
@@ -128,18 +125,20 @@ def _run(ev, pr, logits, prefix, cfg, which, width, *, advance, prefetched, carr
             stats.finish_calls, stats.finish_tokens = rt.calls - calls, rt.rows - toks
         out.next_logits = torch.stack([st.logits[m] for m in win.tolist()])
         out.next_keys, out.next_values = ev.winner_kv(win)
-        if reuse:
-            out.carries = _reuse.carry(ev, win)
+    carries = _reuse.carry(ev, win) if advance and reuse else None
+    entries = None
     if ride is not None:
-        out.prefetched = ride.hand_over(win)
+        entries = ride.hand_over(win)
         stats.prefetch_rows = ride.rows_fed           # fed for the next step
         stats.prefetch_rows_won = ride.rows_won       # ... on bets that won
-        stats.prefetch_hits = sum(e is not None for e in out.prefetched)
-        stats.prefetch_carried = ride.carried_used    # two-steps-ahead entries used
+        stats.prefetch_hits = sum(e is not None for e in entries)
+        stats.prefetch_ahead = ride.ahead_used        # two-steps-ahead entries used
     stats.restored, stats.max_call_rows = st.restored, rt.max_rows_fed
     stats.kept_logits = len(st.logits)
-    handed = any(e is not None for e in out.prefetched or ()) or any(c is not None for c in out.carries or ())
-    out.pool = rt.pool if handed or rt.pool.slots <= POOL_KEEP_SLOTS else None
+    if entries is not None or carries is not None:
+        handed = any(e is not None for e in entries or ()) or any(c is not None for c in carries or ())
+        pool = rt.pool if handed or rt.pool.slots <= POOL_KEEP_SLOTS else None
+        out.prefetched = Prefetched(entries, None, pool, carries, cfg, ev.model)
     return out
 
 
@@ -148,17 +147,17 @@ def _adopt(ev, pr, logits, prefix, prefetched: list) -> list:
     position, seed, logits and survivors are exactly the predicted ones; returns, per sequence,
     what they evaluated of the step after (None where nothing)."""
     B = len(pr.counts)
-    carried = [None] * B
+    ahead = [None] * B
     if len(prefetched) != B:
-        return carried
+        return ahead
     for b in range(B):
         lo, hi = int(pr.offsets[b]), int(pr.offsets[b + 1])
         e = prefetched[b]
         if e is None or not e.matches(logits[b], int(prefix.positions[b]), int(prefix.seeds[b]), pr.ids[lo:hi]):
             continue
         e.load_into(ev, lo)
-        carried[b] = e.nested
-    return carried
+        ahead[b] = e.nested
+    return ahead
 
 
 __all__ = ["FastStep", "fast_sample", "POOL_KEEP_SLOTS"]

@@ -148,7 +148,7 @@ def test_two_steps_ahead_entries_are_used_and_change_nothing(tiny):
         on, extra = _fast_loop(tiny, prompts, cfg, seeds, 16, top_k)
         off, _ = _fast_loop(tiny, prompts, cfg, seeds, 16, top_k, prefetch=False)
         assert on == off
-        carried += sum(e.prefetch_carried for e in extra)
+        carried += sum(e.prefetch_ahead for e in extra)
     assert carried > 0
 
 

@@ -54,9 +54,9 @@ def test_reuse_is_used_and_accounted(tiny):
     assert own_on < own_off
 
 
-def _step(tiny, cache, mask, seeds, logits, cfg, carries=None):
+def _step(tiny, cache, mask, seeds, logits, cfg):
     prefix = Prefix.view(cache, mask, seeds)
-    return fast_sample(logits, prefix, tiny, cfg, "reference", carries=carries), prefix
+    return fast_sample(logits, prefix, tiny, cfg, "reference"), prefix
 
 
 @pytest.mark.parametrize("alpha,k,K,rk", [(0.4, 4, 2, None), (0.9, 3, 1, 8), (-0.7, 4, 3, 6)])
@@ -73,7 +73,7 @@ def test_carried_evaluations_are_the_ones_the_next_step_computes(tiny, alpha, k,
         nxt.append(step.next_keys, step.next_values)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         nprefix = Prefix.view(nxt, mask, seeds)
-        for b, c in enumerate(step.carries):
+        for b, c in enumerate(step.prefetched.carries):
             assert c is None or c.position == int(nprefix.positions[b])
             if c is None:
                 continue
@@ -85,7 +85,7 @@ def test_carried_evaluations_are_the_ones_the_next_step_computes(tiny, alpha, k,
                 assert torch.equal(got.last, ev.state.last[0])
                 torch.testing.assert_close(got.logits, ev.state.logits[0], rtol=1e-5, atol=1e-5)
                 K2 = len(got.paths)                  # the carried paths, read where they are in the step's pool
-                carried = step.pool.read(got.paths, got.start, d)
+                carried = step.prefetched.pool.read(got.paths, got.start, d)
                 fresh = ev.pool.read(ev.state.paths[0, :K2], 0, d)
                 torch.testing.assert_close(carried, fresh, rtol=1e-5, atol=1e-5)
                 checked += 1
