@@ -13,6 +13,8 @@ Noise (identical to ``epic_kernels.philox``; docs/algorithm.md, "3. Keyed random
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 try:  # pragma: no branch
@@ -38,6 +40,26 @@ except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
     triton = tl = _MissingTriton()
 
 TWO_POW_M23 = 2.0**-23
+
+
+class Launch(NamedTuple):
+    """One compiled variant a wrapper can launch: the kernel, example arguments (CPU tensors of the
+    launch's dtypes; integers at representative values, which Triton specializes on: ``== 1`` and
+    divisibility by 16) and the constexprs plus ``num_warps``. Each module's ``compile_space()``
+    lists its variants; tools/compile_report.py compiles them."""
+
+    kernel: object
+    args: tuple
+    kwargs: dict
+
+
+def launch_key(kernel, args, kwargs) -> tuple:
+    """What identifies a compiled variant in a launch: kernel name, the tensor arguments' dtypes and
+    the constexprs / num_warps (the launch tests compare recorded launches with compile_space())."""
+    name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", repr(kernel))
+    dtypes = tuple(str(a.dtype).removeprefix("torch.") for a in args if isinstance(a, torch.Tensor))
+    meta = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+    return name, dtypes, meta
 
 
 def require_triton() -> None:

@@ -45,9 +45,10 @@ if not HAS_TRITON or not DEVICES:       # triton is a pinned dependency; conftes
 def _ops():
     """The kernel modules, decorated for the interpreter when it is on (reloaded if needed)."""
     import epic_kernels.triton_kernels as tk
-    from epic_kernels.triton_kernels import common, gumbel_topk_prune, softmax_entropy
-    if INTERPRET and not common.is_interpreted(softmax_entropy._softmax_entropy_partial_kernel):
-        for mod in (common, softmax_entropy, gumbel_topk_prune, tk):
+    from epic_kernels.triton_kernels import common, fork_attention, gumbel_topk_prune, softmax_entropy
+    if INTERPRET and not (common.is_interpreted(softmax_entropy._softmax_entropy_partial_kernel)
+                          and common.is_interpreted(fork_attention._fork_prefix_kernel)):
+        for mod in (common, softmax_entropy, gumbel_topk_prune, fork_attention, tk):
             importlib.reload(mod)
     return tk
 
