@@ -3,11 +3,11 @@ shared prefix (read in place) and to its own slot of the pool; ``ops.fork_attent
 
 Three launches (FlashDecoding's split of the prefix, Hydragen / FlashInfer-cascade's sharing of it)::
 
-    1. _fork_slot_write_kernel      pool[slot[n], :, fill[n]] = key / value of row n     grid (N, Hkv)
+    1. _fork_slot_write_kernel      pool[slot[n], :, fill[n]] = key / value of row n     grid (N Hkv / 16)
     2. _fork_prefix_kernel          per (tile, kv head, chunk): the tile's query vectors
                                     against one chunk of the prefix; writes (m, l, acc)   grid (tiles, Hkv, C)
-    3. _fork_suffix_merge_kernel    per (row, head): merge the C chunk states, continue
-                                    the online softmax over slot tokens 0..fill; o = acc / l   grid (N, H)
+    3. _fork_suffix_merge_kernel    per 16 (row, head) pairs: merge the C chunk states,
+                                    continue over slot tokens 0..fill; o = acc / l        grid (N H / 16)
 
 A *query vector* is (row, query head). The rows of one sequence are sorted together and their
 ``rows x G`` vectors of one kv head (G = H / Hkv) cut into tiles of BLOCK_M, so each prefix block of
@@ -40,7 +40,7 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_HEAD_DIM = 256
 BLOCK_DS = (64, 128, 256)        # compiled head-dim blocks (head_dim <= 64 uses 64)
-BLOCK_T = 16                     # slot tokens per step of the suffix pass
+BLOCK_P = 16                     # (row, head) pairs per program of the slot write and the merge
 MIN_CHUNK = 256                  # the fewest prefix keys a chunk holds (unless forced)
 # the bit-copy dtype of each element size, for the slot writes
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -59,21 +59,24 @@ def _tanh(x, SMALL: tl.constexpr):
     return tl.where(a < SMALL, poly, tl.where(x < 0, -big, big))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["HKV", "NHKV"])
 def _fork_slot_write_kernel(key_ptr, value_ptr, pool_k_ptr, pool_v_ptr, slot_ptr, fill_ptr,
-                            s_kn, s_kh, s_vn, s_vh, s_ks, s_kh2, s_kt, s_vs, s_vh2, s_vt, D,
-                            BLOCK_D: tl.constexpr):
-    """pool_k[slot[n], h, fill[n]] = key[n, h] and the same for values (bit copies)."""
-    n = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1).to(tl.int64)
+                            s_kn, s_kh, s_vn, s_vh, s_ks, s_kh2, s_kt, s_vs, s_vh2, s_vt, D, HKV, NHKV,
+                            BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """pool_k[slot[n], h, fill[n]] = key[n, h] and the same for values (bit copies), for BLOCK_P
+    (row, kv head) pairs i = n HKV + h."""
+    i = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    live = i < NHKV
+    n = (i // HKV).to(tl.int64)
+    h = (i % HKV).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
-    dm = d < D
-    slot = tl.load(slot_ptr + n).to(tl.int64)
-    fill = tl.load(fill_ptr + n).to(tl.int64)
-    k = tl.load(key_ptr + n * s_kn + h * s_kh + d, mask=dm)
-    v = tl.load(value_ptr + n * s_vn + h * s_vh + d, mask=dm)
-    tl.store(pool_k_ptr + slot * s_ks + h * s_kh2 + fill * s_kt + d, k, mask=dm)
-    tl.store(pool_v_ptr + slot * s_vs + h * s_vh2 + fill * s_vt + d, v, mask=dm)
+    m = live[:, None] & (d < D)[None, :]
+    slot = tl.load(slot_ptr + n, mask=live, other=0).to(tl.int64)[:, None]
+    fill = tl.load(fill_ptr + n, mask=live, other=0).to(tl.int64)[:, None]
+    k = tl.load(key_ptr + (n * s_kn + h * s_kh)[:, None] + d[None, :], mask=m)
+    v = tl.load(value_ptr + (n * s_vn + h * s_vh)[:, None] + d[None, :], mask=m)
+    tl.store(pool_k_ptr + slot * s_ks + (h * s_kh2)[:, None] + fill * s_kt + d[None, :], k, mask=m)
+    tl.store(pool_v_ptr + slot * s_vs + (h * s_vh2)[:, None] + fill * s_vt + d[None, :], v, mask=m)
 
 
 @triton.jit(do_not_specialize=["s_mb", "G", "H", "C"])
@@ -136,52 +139,59 @@ def _fork_prefix_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, limit_ptr, order_ptr, fi
     tl.store(acc_ptr + p_idx[:, None] * BLOCK_D + d[None, :], acc, mask=live[:, None])
 
 
-@triton.jit(do_not_specialize=["G", "H", "C"])
+@triton.jit(do_not_specialize=["G", "H", "C", "NH"])
 def _fork_suffix_merge_kernel(q_ptr, pool_k_ptr, pool_v_ptr, slot_ptr, fill_ptr, m_ptr, l_ptr, acc_ptr, out_ptr,
                               s_qn, s_qh, s_ks, s_kh, s_kt, s_vs, s_vh, s_vt,
-                              D, G, H, C, scale_hi, scale_lo, cap_hi, cap_lo,
-                              ACC: tl.constexpr, SMALL: tl.constexpr, BLOCK_T: tl.constexpr,
+                              D, G, H, C, NH, scale_hi, scale_lo, cap_hi, cap_lo,
+                              ACC: tl.constexpr, SMALL: tl.constexpr, BLOCK_P: tl.constexpr,
                               BLOCK_D: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
+    i = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)          # (row, head) pairs i = n H + h
+    live = i < NH
+    n = (i // H).to(tl.int64)
+    h = i % H
     hk = (h // G).to(tl.int64)
     scale = tl.cast(scale_hi, ACC) + tl.cast(scale_lo, ACC)
     softcap = tl.cast(cap_hi, ACC) + tl.cast(cap_lo, ACC)
     d = tl.arange(0, BLOCK_D)
     dm = d < D
-    base = (n * H + h) * C
-    m = tl.load(m_ptr + base)                                         # the prefix chunks' states, in order
-    l = tl.load(l_ptr + base)
-    acc = tl.load(acc_ptr + base * BLOCK_D + d)
+    base = i.to(tl.int64) * C
+    m = tl.load(m_ptr + base, mask=live, other=float("-inf"))       # the prefix chunks' states, in order
+    l = tl.load(l_ptr + base, mask=live, other=0.0)
+    acc = tl.load(acc_ptr + base[:, None] * BLOCK_D + d[None, :], mask=live[:, None], other=0.0)
     for c in range(1, C):
-        m_c = tl.load(m_ptr + base + c)
+        m_c = tl.load(m_ptr + base + c, mask=live, other=float("-inf"))
         m_new = tl.maximum(m, m_c)
         m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
         a, a_c = tl.exp(m - m_safe), tl.exp(m_c - m_safe)
-        l = l * a + tl.load(l_ptr + base + c) * a_c
-        acc = acc * a + tl.load(acc_ptr + (base + c) * BLOCK_D + d) * a_c
+        l = l * a + tl.load(l_ptr + base + c, mask=live, other=0.0) * a_c
+        acc = acc * a[:, None] + tl.load(acc_ptr + (base + c)[:, None] * BLOCK_D + d[None, :], mask=live[:, None],
+                                         other=0.0) * a_c[:, None]
         m = m_new
-    q = tl.load(q_ptr + n * s_qn + h * s_qh + d, mask=dm, other=0.0).to(ACC)
-    slot = tl.load(slot_ptr + n).to(tl.int64)
-    fill = tl.load(fill_ptr + n)
-    for t0 in range(0, fill + 1, BLOCK_T):                           # the slot: tokens 0..fill
-        t = t0 + tl.arange(0, BLOCK_T)
+    q = tl.load(q_ptr + (n * s_qn + h * s_qh)[:, None] + d[None, :], mask=live[:, None] & dm[None, :],
+                other=0.0).to(ACC)
+    slot = tl.load(slot_ptr + n, mask=live, other=0).to(tl.int64)
+    fill = tl.load(fill_ptr + n, mask=live, other=-1)
+    kb = pool_k_ptr + slot * s_ks + hk * s_kh
+    vb = pool_v_ptr + slot * s_vs + hk * s_vh
+    for t in range(0, tl.max(fill, 0) + 1):                         # the slot: tokens 0..fill
         tm = t <= fill
         kv_mask = tm[:, None] & dm[None, :]
-        k = tl.load(pool_k_ptr + slot * s_ks + hk * s_kh + t[:, None] * s_kt + d[None, :], mask=kv_mask, other=0.0)
-        s = tl.sum(q[None, :] * k.to(ACC), 1) * scale
+        k = tl.load(kb[:, None] + t * s_kt + d[None, :], mask=kv_mask, other=0.0)
+        s = tl.sum(q * k.to(ACC), 1) * scale
         if softcap > 0:
             s = softcap * _tanh(s / softcap, SMALL)
         s = tl.where(tm, s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 0))                          # finite: token `fill` is visible
-        a = tl.exp(m - m_new)
-        p = tl.exp(s - m_new)
-        v = tl.load(pool_v_ptr + slot * s_vs + hk * s_vh + t[:, None] * s_vt + d[None, :], mask=kv_mask, other=0.0)
-        l = l * a + tl.sum(p, 0)
-        acc = acc * a + tl.sum(p[:, None] * v.to(ACC), 0)
+        m_new = tl.maximum(m, s)
+        m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
+        a = tl.exp(m - m_safe)
+        p = tl.exp(s - m_safe)
+        v = tl.load(vb[:, None] + t * s_vt + d[None, :], mask=kv_mask, other=0.0)
+        l = l * a + p
+        acc = acc * a[:, None] + p[:, None] * v.to(ACC)
         m = m_new
-    tl.store(out_ptr + (n * H + h) * D + d, tl.cast(acc / l, out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
-             mask=dm)
+    o = acc / tl.where(live, l, 1.0)[:, None]                        # l >= e^0: token `fill` is visible
+    tl.store(out_ptr + i.to(tl.int64)[:, None] * D + d[None, :],
+             tl.cast(o, out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=live[:, None] & dm[None, :])
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -221,13 +231,17 @@ def supports(dtype: torch.dtype, head_dim: int) -> bool:
     return dtype in DTYPES and head_dim <= (128 if dtype == torch.float64 else MAX_HEAD_DIM)
 
 
-def suffix_config(head_dim: int) -> dict:
+def suffix_config(head_dim: int, dtype: torch.dtype) -> dict:
+    """The merge kernel: 2 warps, 4 for head_dim 256 or float64, 8 for float64 at head_dim 128 (the
+    fewest without spills: tools/compile_report.py)."""
     bd = block_d(head_dim)
-    return dict(BLOCK_T=BLOCK_T, BLOCK_D=bd, num_warps=2 if bd <= 128 else 4)
+    if dtype == torch.float64:
+        return dict(BLOCK_P=BLOCK_P, BLOCK_D=bd, num_warps=4 if bd <= 64 else 8)
+    return dict(BLOCK_P=BLOCK_P, BLOCK_D=bd, num_warps=4 if bd > 128 else 2)
 
 
 def write_config(head_dim: int) -> dict:
-    return dict(BLOCK_D=block_d(head_dim), num_warps=1)
+    return dict(BLOCK_P=BLOCK_P, BLOCK_D=block_d(head_dim), num_warps=4)
 
 
 def tensor_cores(dtype: torch.dtype, interpreted: bool = False) -> bool:
@@ -379,10 +393,10 @@ def fork_attention_triton(query, key, value, pool_k, pool_v, prefix_k, prefix_v,
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
 
     bits = _BITS[query.element_size()]
-    _fork_slot_write_kernel[(N, Hkv)](
+    _fork_slot_write_kernel[(triton.cdiv(N * Hkv, BLOCK_P),)](
         key.view(bits), value.view(bits), pool_k.view(bits), pool_v.view(bits), plan.slot, plan.fill,
         key.stride(0), key.stride(1), value.stride(0), value.stride(1), *pool_k.stride()[:3], *pool_v.stride()[:3],
-        D, **write_config(D))
+        D, Hkv, N * Hkv, **write_config(D))
     cfg = plan.cfg
     C, chunk = num_chunks_for(plan.tiles * Hkv, L, cfg["BLOCK_N"], dev, num_chunks)
     bd = cfg["BLOCK_D"]
@@ -394,10 +408,10 @@ def fork_attention_triton(query, key, value, pool_k, pool_v, prefix_k, prefix_v,
         plan.tile_pos, part_m, part_l, part_acc, query.stride(0), query.stride(1), prefix_k.stride(0),
         prefix_k.stride(1), prefix_k.stride(2), prefix_v.stride(0), prefix_v.stride(1), prefix_v.stride(2),
         valid.stride(0), valid.stride(1), D, G, H, C, chunk, *scalars, **prefix_meta(cfg, dtype, uses_interpreter()))
-    _fork_suffix_merge_kernel[(N, H)](
+    _fork_suffix_merge_kernel[(triton.cdiv(N * H, BLOCK_P),)](
         query, pool_k, pool_v, plan.slot, plan.fill, part_m, part_l, part_acc, out,
-        query.stride(0), query.stride(1), *pool_k.stride()[:3], *pool_v.stride()[:3], D, G, H, C, *scalars,
-        ACC=tl_acc(dtype), SMALL=tanh_small(dtype), **suffix_config(D))
+        query.stride(0), query.stride(1), *pool_k.stride()[:3], *pool_v.stride()[:3], D, G, H, C, N * H, *scalars,
+        ACC=tl_acc(dtype), SMALL=tanh_small(dtype), **suffix_config(D, dtype))
     return out
 
 
@@ -424,7 +438,8 @@ def compile_space() -> list:
         for bits in (torch.int16, torch.int32, torch.int64):
             t = torch.empty(1, dtype=bits)
             out.append(Launch(_fork_slot_write_kernel, (t, t, t, t, i32, i32, Hkv * D, D, Hkv * D, D,
-                                                        Hkv * T * D, T * D, D, Hkv * T * D, T * D, D, D),
+                                                        Hkv * T * D, T * D, D, Hkv * T * D, T * D, D, D, Hkv,
+                                                        64 * Hkv),
                               write_config(D)))
         for dtype in (dt for dt in DTYPES if supports(dt, D)):
             x = torch.empty(1, 16, dtype=dtype)
@@ -439,8 +454,8 @@ def compile_space() -> list:
                                    *scalars), prefix_meta(cfg, dtype, False)))
             out.append(Launch(_fork_suffix_merge_kernel,
                               (x, x, x, i32, i32, acc, acc, acc, x, H * D, D, Hkv * T * D, T * D, D,
-                               Hkv * T * D, T * D, D, D, G, H, 1, *scalars),
-                              dict(ACC=tl_acc(dtype), SMALL=tanh_small(dtype), **suffix_config(D))))
+                               Hkv * T * D, T * D, D, D, G, H, 1, 64 * H, *scalars),
+                              dict(ACC=tl_acc(dtype), SMALL=tanh_small(dtype), **suffix_config(D, dtype))))
     return out
 
 
