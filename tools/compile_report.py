@@ -43,7 +43,7 @@ ARCHS = (80, 90)
 # per-block shared memory opt-in limits in bytes (cudaDevAttrMaxSharedMemoryPerBlockOptin)
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 REGS_PER_BLOCK = 65536
-MODULES = ("softmax_entropy", "gumbel_topk_prune", "fork_attention")
+MODULES = ("softmax_entropy", "gumbel_topk_prune", "fork_attention", "common")
 COMMAND = "python tools/compile_report.py --docs"
 
 
