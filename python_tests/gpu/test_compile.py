@@ -114,7 +114,8 @@ class _Recorder:
         return launch
 
 
-def test_compile_space_covers_every_launch(monkeypatch):
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # bfloat16 takes the compiled (tensor-core) path here, whose
+def test_compile_space_covers_every_launch(monkeypatch):   # interpreted dot is garbage: only launches are recorded
     tk = TR._ops()
     from epic_kernels.triton_kernels import common, fork_attention, gumbel_topk_prune, softmax_entropy
     from epic_kernels.triton_kernels.common import launch_key
