@@ -368,7 +368,6 @@ def fork_attention_triton(query, key, value, pool_k, pool_v, prefix_k, prefix_v,
     ``out [N, 1, H, D]`` in query's dtype (float32 accumulation; float64 for float64).
     """
     require_triton()
-    check_device(_fork_prefix_kernel, query, prefix_k)
     N, H, _, D = query.shape
     B, Hkv, L, _ = prefix_k.shape
     dtype, dev = query.dtype, query.device
@@ -377,6 +376,7 @@ def fork_attention_triton(query, key, value, pool_k, pool_v, prefix_k, prefix_v,
     if not supports(dtype, D):
         raise ValueError(f"Triton fork_attention takes head_dim <= {MAX_HEAD_DIM} (float64: <= 128), "
                          f"got {D} ({dtype})")
+    check_device(_fork_prefix_kernel, query, prefix_k)
     out = torch.empty(N, 1, H, D, dtype=dtype, device=dev)
     if N == 0:
         return out

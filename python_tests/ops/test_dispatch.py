@@ -53,9 +53,10 @@ def test_every_op_resolves_per_the_table(monkeypatch):
     """Ops without a Triton implementation take their own choice under a forced ``triton``; a
     forced backend reaches every op (fork_attention, plan_rows, fork_layout and the manager too)."""
     monkeypatch.delenv("EPIC_KERNELS_BACKEND", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")       # Triton may run on CPU tensors (decided, not run)
     for op in ("fork_attention", "plan_rows", "fork_layout", "candidate_manager"):
         assert choose(CPU, None, op) == "cpp"
-        # fork_attention has a Triton kernel (interpreted here: conftest); the host ops do not
+        # fork_attention has a Triton kernel; the host ops do not
         assert choose(CPU, "triton", op) == ("triton" if op == "fork_attention" else "cpp")
         assert choose(CPU, "cpu", op) == "cpp"
         monkeypatch.setenv("EPIC_KERNELS_BACKEND", "reference")
@@ -71,6 +72,7 @@ def test_per_op_override(monkeypatch):
     """``EPIC_KERNELS_BACKEND_<OP>`` forces one op only, over ``EPIC_KERNELS_BACKEND``; an explicit
     ``backend=`` wins over both."""
     monkeypatch.delenv("EPIC_KERNELS_BACKEND", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")       # Triton may run on CPU tensors (decided, not run)
     monkeypatch.setenv(_dispatch.op_variable("fork_attention"), "triton")
     assert _dispatch.op_variable("fork_attention") == "EPIC_KERNELS_BACKEND_FORK_ATTENTION"
     assert choose(CPU, None, "fork_attention") == "triton"

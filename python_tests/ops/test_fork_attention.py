@@ -232,10 +232,11 @@ def test_reference_backend_selects_the_torch_path(monkeypatch):
     for name in ("cpu", "cpp"):
         monkeypatch.setenv("EPIC_KERNELS_BACKEND", name)
         assert case.run()[2].backend == "cpp"
-    monkeypatch.setenv("EPIC_KERNELS_BACKEND", "triton")        # interpreted on CPU tensors (conftest)
-    out, _, fb = case.run()
-    assert fb.backend == "triton"
-    close(out, case.dense(), torch.float32)
+    if TR.INTERPRET:                                            # interpreted on CPU tensors (conftest)
+        monkeypatch.setenv("EPIC_KERNELS_BACKEND", "triton")
+        out, _, fb = case.run()
+        assert fb.backend == "triton"
+        close(out, case.dense(), torch.float32)
 
 
 def test_dtype_without_kernel_runs_the_reference(monkeypatch):
@@ -512,6 +513,8 @@ def test_triton_empty_call(device):
     assert out.shape == (0, 1, c.H, c.D) and torch.equal(pk, c.pool_k0)
 
 
+@pytest.mark.skipif(not TR.INTERPRET, reason="CPU tensors through the interpreted kernels; on CUDA the same glue "
+                                             "runs in python_tests/engine/test_fork_triton.py and gpu/test_cuda.py")
 def test_triton_through_the_engine_glue(monkeypatch):
     """``ForkBatch`` picks Triton when forced for fork attention alone (EPIC_KERNELS_BACKEND_FORK_ATTENTION),
     and the validated op takes ``backend="triton"``; soft-capped layers stay on Triton."""
