@@ -19,11 +19,18 @@ an earlier one failed:
 3. ``extension``: ``epic_kernels._C`` loads from this tree, has a CUDA kernel of ``softmax_entropy``
    (``--cpu``: a CPU kernel) and gives the right entropy on one small input.
 4. ``tests``: pytest with ``EPIC_TEST_DEVICE=cuda`` and without ``TRITON_INTERPRET`` (Triton
-   compiled) on ``python_tests/gpu/test_cuda.py`` (the ops with every backend and the fast engine
-   on the device) and the op tests (``python_tests/ops``);
-   junit XML and the log go to the output folder. Test files are named explicitly, so nothing that
-   needs the embedded model is collected.
-5. ``bench``: the kernel suite of ``make bench`` (``benchmarks/suites/bench_kernels.py``, pytest-benchmark)
+   compiled) on ``python_tests/gpu/test_cuda.py`` (the ops with every backend, the Triton fork
+   attention, and the fast engine on the device: tokens == the reference engine's), the op tests
+   (``python_tests/ops``: the fork-attention kernel's tests compiled on CUDA among them) and
+   ``python_tests/engine/test_fork_triton.py`` (the fast engine with the Triton fork attention on
+   four model families); junit XML and the log go to the output folder. Test files are named
+   explicitly, so nothing that needs the embedded model is collected.
+5. ``e2e``: ``tools/gpu_e2e.py``: EPIC's fast engine against Hugging Face top-p sampling on a small
+   bfloat16 Llama built from a config (no download): tokens/s of both, calls per token, the Triton
+   fork attention must have run, fast == reference engine on a short decode (a count: bfloat16).
+6. ``roofline``: ``benchmarks/roofline.py --measure``: each GPU kernel timed (CUDA events) at a few
+   of the docs' roofline shapes; measured time / roofline time per kernel.
+7. ``bench``: the kernel suite of ``make bench`` (``benchmarks/suites/bench_kernels.py``, pytest-benchmark)
    with ``--device cuda`` (``--cpu``: ``cpu``): ``softmax_entropy``, ``softmax_entropy_sample`` and
    ``gumbel_topk_prune`` with every implementation that runs there (C++, Triton on CUDA, the public
    op, torch eager, ``torch.logsumexp``, ``x.sum``, the reference prune); its JSON and the tables
@@ -50,8 +57,9 @@ import xml.etree.ElementTree as ET
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICE_TEST = "test_cuda.py"
 # per-step timeouts in seconds (the whole run is also capped by --deadline-s); on an H200 with 16
-# CPUs the expected times are about 10, 60-120, 10, 60 and (never measured there) 60-90 s
-TIMEOUTS = dict(environment=60, build=240, extension=60, tests=150, bench=150)
+# CPUs the expected times are about 10, 60-120, 10, 60-120 (Triton compiles every variant the tests
+# reach), 30, 20 and (never measured there) 60-90 s; --deadline-s caps the sum at 8 minutes
+TIMEOUTS = dict(environment=60, build=240, extension=60, tests=180, e2e=90, roofline=60, bench=120)
 # the bench step: the device kernels of the suite (the host ops run on the CPU whatever the device:
 # `make bench` has them), pytest-benchmark's time per benchmark kept short for the GPU machine's limits
 BENCH_SELECT = "softmax_entropy or gumbel_topk_prune"
@@ -163,6 +171,8 @@ class Run:
         self.extension: dict = {}
         self.tests: dict = {}
         self.bench: dict | None = None
+        self.e2e: dict | None = None
+        self.roofline: dict | None = None
 
     def child_env(self, **extra) -> dict:
         env = dict(os.environ)
@@ -320,7 +330,8 @@ class Run:
         ops = sorted(os.path.relpath(p, ROOT) for p in
                      glob.glob(os.path.join(ROOT, "python_tests", "ops", "**", "test_*.py"), recursive=True))
         # the device test first: if the op tests run out of time, the contract has still been checked
-        return files + [p for p in ops if p not in files]
+        engine = [os.path.join("python_tests", "engine", "test_fork_triton.py")]
+        return files + [p for p in ops if p not in files] + engine
 
     def step_tests(self):
         t = time.monotonic()
@@ -344,6 +355,52 @@ class Run:
         if not ok:
             detail = _why(res, "pytest failed") + "; " + detail
         return self.record("tests", "pass" if ok else "fail", detail, t, **res)
+
+    def _json_step(self, name: str, cmd: list[str]) -> tuple[dict, dict | None]:
+        path = os.path.join(self.out, f"{name}.json")
+        if os.path.exists(path):
+            os.remove(path)
+        res = self.execute(name, cmd + ["--json", path])
+        data = None
+        if os.path.exists(path):
+            with open(path) as f:
+                data = json.load(f)
+        return res, data
+
+    def step_e2e(self):
+        """EPIC vs Hugging Face top-p on a small Llama built from a config (tools/gpu_e2e.py)."""
+        t = time.monotonic()
+        cmd = [self.args.python, os.path.join(ROOT, "tools", "gpu_e2e.py"), "--device", self.mode]
+        if self.args.quick or self.mode == "cpu":
+            cmd.append("--quick")
+        res, self.e2e = self._json_step("e2e", cmd)
+        d = self.e2e or {}
+        ok = res["rc"] == 0 and d.get("ok")
+        detail = (f"EPIC {d['epic_tokens_per_s']:.1f} tok/s vs HF top-p {d['hf_tokens_per_s']:.1f} tok/s "
+                  f"({d['epic_over_hf_time']:.2f}x the time); Triton fork-attention layer calls "
+                  f"{d['fork_attention_triton_layer_calls']}; fast == reference: {d['fast_equals_reference']}"
+                  if "epic_tokens_per_s" in d else "no results")
+        if not ok:
+            detail = _why(res, "the end-to-end decode failed") + "; " + "; ".join(d.get("problems", [])) + \
+                "; " + detail
+        return self.record("e2e", "pass" if ok else "fail", detail, t, **res)
+
+    def step_roofline(self):
+        """Measured time / roofline time per GPU kernel (benchmarks/roofline.py --measure)."""
+        t = time.monotonic()
+        cmd = [self.args.python, os.path.join(ROOT, "benchmarks", "roofline.py"), "--measure", "--device", self.mode]
+        if self.args.quick:
+            cmd.append("--quick")
+        res, self.roofline = self._json_step("roofline", cmd)
+        rows = (self.roofline or {}).get("rows", [])
+        ok = res["rc"] == 0 and bool(rows)
+        detail = (", ".join(f"{r['kernel']} [{r['shape']}] {r['ratio']:.1f}x" for r in rows)
+                  if rows else "no results")
+        if self.mode == "cpu":
+            detail = "CPU (a check of the code; ratios against GPU roofs mean nothing): " + detail
+        if not ok:
+            detail = _why(res, "the roofline measurement failed") + "; " + detail
+        return self.record("roofline", "pass" if ok else "fail", detail, t, **res)
 
     def step_bench(self):
         """The kernel suite (``benchmarks/suites/bench_kernels.py``, the ops ``make bench`` times on the
@@ -390,7 +447,7 @@ class Run:
         rep = dict(schema=1, tool="tools/gpu_check.py", mode=self.mode, quick=self.args.quick, ok=ok,
                    started_at=self.args.started_at, total_s=round(time.monotonic() - self.t0, 1),
                    out_dir=self.out, git=_git(), env=self.env, steps=self.steps, extension=self.extension,
-                   tests=self.tests, bench=self.bench,
+                   tests=self.tests, bench=self.bench, e2e=self.e2e, roofline=self.roofline,
                    note=("--cpu: CPU tensors; a test of the script, not GPU results"
                          if self.mode == "cpu" else None))
         with open(os.path.join(self.out, "report.json"), "w") as f:
@@ -545,6 +602,20 @@ def render_markdown(rep: dict) -> str:
               f"errors, {t.get('skipped')} skipped (junit: `pytest-junit.xml`, log: `tests.log`)."]
         if t.get("failed_tests"):
             L += ["", "Failed:", ""] + [f"* `{n}`" for n in t["failed_tests"]]
+    e = rep.get("e2e")
+    if e:
+        L += ["", "## End to end: EPIC vs Hugging Face top-p", "",
+              f"{e.get('gpu') or e['device']}, {e['dtype']}, Llama {e['model']}, batch {e['batch']}, prompt "
+              f"{e['prompt']}, {e['new_tokens']} new tokens: EPIC {e.get('epic_tokens_per_s', float('nan')):.1f} "
+              f"tok/s, HF top-p {e.get('hf_tokens_per_s', float('nan')):.1f} tok/s; fast == reference engine: "
+              f"{e.get('fast_equals_reference')}; problems: {e.get('problems') or 'none'}."]
+    r = rep.get("roofline")
+    if r and r.get("rows"):
+        L += ["", "## Roofline: measured / roofline", "", f"Device {r['gpu']} ({r['device']}), {r['dtype']}; "
+              "roofline from benchmarks/roofline.py.", "",
+              "| kernel | shape | measured us | roofline us | bound | measured / roofline |", "|---|---|---|---|---|---|"]
+        L += [f"| {x['kernel']} | {x['shape']} | {x['measured_us']:.3g} | {x['roofline_us']:.3g} | {x['bound']} | "
+              f"{x['ratio']:.2f}x |" for x in r["rows"]]
     b = rep["bench"]
     if b:
         m = b.get("machine", {})
@@ -593,7 +664,8 @@ def main(argv=None) -> int:
     args.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     run = Run(args)
     print(f"gpu_check: mode {run.mode}, output {args.out}, python {args.python}", flush=True)
-    steps = [run.step_environment, run.step_build, run.step_extension, run.step_tests, run.step_bench]
+    steps = [run.step_environment, run.step_build, run.step_extension, run.step_tests, run.step_e2e,
+             run.step_roofline, run.step_bench]
     for step in steps:
         if step == run.step_build and args.skip_build:
             run.record("build", "skipped", "--skip-build: the extension already built in place is used",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops.dispatch import choose
-from ..ops.fork_attention import ForkAux, fork_attention_backend, fork_attention_impl, fork_aux
+from ..ops.fork_attention import SOFTCAP_BACKENDS, ForkAux, fork_attention_backend, fork_attention_impl, fork_aux
 
 ATTENTION_NAME = "epic_fork"
 # per thread: ``batch``, the ForkBatch of the fork call in flight, and ``routed``, the ids of the
@@ -97,7 +97,7 @@ def fork_attention(module, query, key, value, attention_mask=None, scaling=None,
         raise RuntimeError("fork attention runs in eval mode only (dropout > 0)")
     softcap = kwargs.get("softcap")
     backend, aux = fb.backend, fb.aux
-    if softcap is not None and backend != "reference":       # the C++ kernel has no soft-capping
+    if softcap is not None and backend not in SOFTCAP_BACKENDS:      # the C++ kernel has no soft-capping
         backend, aux = "reference", fb.reference_aux(query.dtype)
     K, V = fb.prefix_layers[layer]
     out = fork_attention_impl(query, key, value, fb.pool.keys[layer], fb.pool.values[layer], K, V,

@@ -9,9 +9,9 @@ always answers ``"cpp"``.
 Where each op is implemented (``IMPLEMENTED``; the first that can run wins when nothing is forced)::
 
     op                  CUDA tensors          CPU tensors
-    softmax_entropy     triton, cpp           cpp            (triton: forced, TRITON_INTERPRET=1)
-    gumbel_topk_prune   triton, cpp           cpp            (triton: forced, TRITON_INTERPRET=1)
-    fork_attention      -                     cpp            (float32 / float64; ops.fork_attention)
+    softmax_entropy     triton, cpp           cpp            (triton on CPU: forced, TRITON_INTERPRET=1)
+    gumbel_topk_prune   triton, cpp           cpp            (triton on CPU: forced, TRITON_INTERPRET=1)
+    fork_attention      triton                cpp            (triton: any float dtype; cpp: float32 / float64)
     plan_rows           -                     cpp            (host bookkeeping: CPU tensors)
     fork_layout         -                     cpp            (host bookkeeping: CPU tensors)
     candidate_manager   cpp                   cpp            (host-side; copies its inputs to the CPU)
@@ -20,12 +20,13 @@ Unforced: the first listed backend that can run; when none can, the reference, w
 ``RuntimeWarning`` per device type and reason. An op with no kernel for a device (``-``) runs the
 reference there by design, without a warning.
 
-Forced (``backend=`` or ``$EPIC_KERNELS_BACKEND``): ``"reference"`` runs the reference. A backend
-listed for the op and device must run, or ``RuntimeError`` says why (not built, not installed,
-built without CUDA, Triton on CPU tensors without ``TRITON_INTERPRET=1``). A backend that does not
-implement the op on that device (Triton for fork_attention, plan_rows, fork_layout and the manager;
-C++ for fork_attention on CUDA) leaves that op to its unforced choice: forcing Triton on a GPU runs
-Triton's two kernels and C++ / the reference for the rest.
+Forced (``backend=``, else ``$EPIC_KERNELS_BACKEND_<OP>`` for that op alone, e.g.
+``EPIC_KERNELS_BACKEND_FORK_ATTENTION=triton``, else ``$EPIC_KERNELS_BACKEND`` for every op):
+``"reference"`` runs the reference. A backend listed for the op and device must run, or
+``RuntimeError`` says why (not built, not installed, built without CUDA, Triton on CPU tensors
+without ``TRITON_INTERPRET=1``). A backend that does not implement the op on that device (Triton
+for plan_rows, fork_layout and the manager; C++ for fork_attention on CUDA) leaves that op to its
+unforced choice: forcing Triton on a GPU runs Triton's three ops and C++ / the reference for the rest.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ _ROW_OPS = {"cuda": ("triton", "cpp"), "cpu": ("cpp", "triton")}
 IMPLEMENTED = {
     "softmax_entropy": _ROW_OPS,
     "gumbel_topk_prune": _ROW_OPS,
-    "fork_attention": {"cpu": ("cpp",)},
+    "fork_attention": {"cuda": ("triton",), "cpu": ("cpp", "triton")},
     "plan_rows": {"cpu": ("cpp",)},
     "fork_layout": {"cpu": ("cpp",)},
     "fork_slots": {"cpu": ("cpp",)},
@@ -73,9 +74,15 @@ def _device(device) -> torch.device:
     return device if isinstance(device, torch.device) else torch.device(device)
 
 
-def forced(backend: str | None = None) -> str | None:
-    """The forced backend (``backend``, else ``$EPIC_KERNELS_BACKEND``), normalized; None if unforced."""
-    name = backend or os.environ.get("EPIC_KERNELS_BACKEND") or None
+def op_variable(op: str) -> str:
+    """The environment variable that forces a backend for ``op`` alone."""
+    return f"EPIC_KERNELS_BACKEND_{op.upper()}"
+
+
+def forced(backend: str | None = None, op: str | None = None) -> str | None:
+    """The forced backend (``backend``, else ``$EPIC_KERNELS_BACKEND_<OP>`` when ``op`` is given,
+    else ``$EPIC_KERNELS_BACKEND``), normalized; None if unforced."""
+    name = backend or (op and os.environ.get(op_variable(op))) or os.environ.get("EPIC_KERNELS_BACKEND") or None
     if name is None:
         return None
     name = ALIASES.get(name, name)
@@ -118,7 +125,7 @@ def choose(device, backend: str | None = None, op: str | None = None) -> str:
     if op not in IMPLEMENTED:
         raise ValueError(f"unknown op {op!r}; one of {', '.join(OPS)}")
     device = _device(device)
-    name = forced(backend)
+    name = forced(backend, op)
     if name == "reference":
         return name
     if name is not None and name in IMPLEMENTED[op].get(device.type, ()):
@@ -155,4 +162,5 @@ def resolve(backend: str, device, op: str) -> str:
     return choose(device, backend, op)
 
 
-__all__ = ["BACKENDS", "ALIASES", "OPS", "IMPLEMENTED", "AUTO", "choose", "forced", "resolve", "why_not"]
+__all__ = ["BACKENDS", "ALIASES", "OPS", "IMPLEMENTED", "AUTO", "choose", "forced", "op_variable", "resolve",
+           "why_not"]

@@ -19,9 +19,11 @@ the whole prefix attends to its slot alone.
 
 Backends (``fork_attention_backend``, built on ``ops.dispatch``): ``reference``
 (``fork_attention_reference``: one matmul per sequence over its prefix, ~25 torch ops; the
-specification, and the path for CUDA tensors and for dtypes the C++ kernel lacks) and ``cpp``
+specification, and the path for dtypes / head dims no kernel takes), ``cpp``
 (``torch.ops.epic_kernels.fork_attention``, csrc/cpu/fork_attention.cpp: float32 / float64 CPU
-tensors). Triton has no fork attention.
+tensors, no soft-capping) and ``triton`` (``triton_kernels.fork_attention.fork_attention_triton``:
+CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` when forced; float16 / bfloat16 /
+float32 / float64, head_dim <= 256 (float64: 128), soft-capping).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from .fork_layout import fork_layout_impl
 
 OP = "fork_attention"
 CPP_DTYPES = (torch.float32, torch.float64)
+SOFTCAP_BACKENDS = ("reference", "triton")      # the backends that implement soft-capping
 _warned: set = set()
 
 
@@ -139,7 +142,7 @@ def fork_attention_backend(device, dtype: torch.dtype, backend: str | None = Non
     float64; other dtypes run the reference (one warning), or raise when ``cpp`` was forced."""
     which = choose(device, backend, OP)
     if which == "cpp" and dtype not in CPP_DTYPES:
-        if forced(backend) == "cpp":
+        if forced(backend, OP) == "cpp":
             raise RuntimeError(f"backend 'cpp' was requested for fork_attention but its C++ kernel takes "
                                f"float32 or float64 tensors, got {dtype}")
         if dtype not in _warned:
@@ -200,9 +203,24 @@ def fork_attention_impl(query, key, value, pool_k, pool_v, prefix_k, prefix_v, p
                         aux: ForkAux | None = None, softcap: float | None = None) -> torch.Tensor:
     """No validation (the engine calls this once per layer); ``backend`` from
     ``fork_attention_backend``. ``aux``: the reference's ``fork_aux``, built once per model call.
-    ``softcap`` is the reference's alone (the C++ kernel has none: pass ``backend="reference"``)."""
-    if softcap is not None and backend != "reference":
-        raise ValueError("fork_attention: soft-capping runs on the reference backend only")
+    ``softcap``: the reference and Triton (the C++ kernel has none: pass ``backend="reference"``).
+    Triton with a head_dim its kernels do not take (> 256; float64 > 128) runs the reference (one
+    warning), or raises when Triton was forced."""
+    if softcap is not None and backend not in SOFTCAP_BACKENDS:
+        raise ValueError("fork_attention: soft-capping runs on the reference and Triton backends only")
+    if backend == "triton":
+        from ..triton_kernels import fork_attention as tfa
+        if tfa.supports(query.dtype, query.shape[-1]):
+            return tfa.fork_attention_triton(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid,
+                                             seq, slot, fill, row_limit, scale, softcap)
+        why = (f"the Triton fork_attention takes head_dim <= {tfa.MAX_HEAD_DIM} (float64: <= 128), "
+               f"got {query.shape[-1]} ({query.dtype})")
+        if forced(None, OP) == "triton":
+            raise RuntimeError(f"backend 'triton' was requested for fork_attention but {why}")
+        if why not in _warned:
+            _warned.add(why)
+            warnings.warn(f"epic_kernels: {why}; using the pure-PyTorch reference", RuntimeWarning, stacklevel=2)
+        backend, aux = "reference", None
     if backend in ("cpp", "cpu"):
         scale = scale if scale is not None else query.shape[-1] ** -0.5
         return _ext.op(OP)(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid, seq, slot,
@@ -237,4 +255,4 @@ def register_fake() -> None:
 
 
 __all__ = ["fork_attention", "fork_attention_impl", "fork_attention_reference", "fork_attention_backend",
-           "fork_aux", "ForkAux", "check_fork_attention", "register_fake", "CPP_DTYPES"]
+           "fork_aux", "ForkAux", "check_fork_attention", "register_fake", "CPP_DTYPES", "SOFTCAP_BACKENDS"]

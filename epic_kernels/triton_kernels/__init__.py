@@ -9,11 +9,15 @@ Ops
 ---
 softmax_entropy_triton(logits, seeds=None, streams=None, positions=None) -> (entropy, lse, tokens)
 gumbel_topk_prune_triton(logits, seeds, positions, width, top_k) -> reference.PruneResult
+fork_attention_triton(query, key, value, pool_k, pool_v, prefix_k, prefix_v, prefix_valid, seq, slot, fill,
+                      row_limit=None, scale=None, softcap=None) -> out [N, 1, H, D]
 """
 from __future__ import annotations
 
 from .common import HAS_TRITON, require_triton
+from .fork_attention import fork_attention_triton
 from .gumbel_topk_prune import gumbel_topk_prune_triton
 from .softmax_entropy import softmax_entropy_triton
 
-__all__ = ["HAS_TRITON", "require_triton", "softmax_entropy_triton", "gumbel_topk_prune_triton"]
+__all__ = ["HAS_TRITON", "require_triton", "softmax_entropy_triton", "gumbel_topk_prune_triton",
+           "fork_attention_triton"]

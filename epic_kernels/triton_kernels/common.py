@@ -13,6 +13,8 @@ Noise (identical to ``epic_kernels.philox``; docs/algorithm.md, "3. Keyed random
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 try:  # pragma: no branch
@@ -38,6 +40,26 @@ except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
     triton = tl = _MissingTriton()
 
 TWO_POW_M23 = 2.0**-23
+
+
+class Launch(NamedTuple):
+    """One compiled variant a wrapper can launch: the kernel, example arguments (CPU tensors of the
+    launch's dtypes; integers at representative values, which Triton specializes on: ``== 1`` and
+    divisibility by 16) and the constexprs plus ``num_warps``. Each module's ``compile_space()``
+    lists its variants; tools/compile_report.py compiles them."""
+
+    kernel: object
+    args: tuple
+    kwargs: dict
+
+
+def launch_key(kernel, args, kwargs) -> tuple:
+    """What identifies a compiled variant in a launch: kernel name, the tensor arguments' dtypes and
+    the constexprs / num_warps (the launch tests compare recorded launches with compile_space())."""
+    name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", repr(kernel))
+    dtypes = tuple(str(a.dtype).removeprefix("torch.") for a in args if isinstance(a, torch.Tensor))
+    meta = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+    return name, dtypes, meta
 
 
 def require_triton() -> None:
@@ -143,3 +165,9 @@ def philox_noise_triton(keys: torch.Tensor, offsets: torch.Tensor):
     BLOCK = min(1024, triton.next_power_of_2(max(n, 1)))
     _philox_noise_kernel[(R, triton.cdiv(n, BLOCK))](keys, offsets, words, noise, n, BLOCK=BLOCK)
     return words, noise
+
+
+def compile_space() -> list:
+    """The test hook's variant at its largest block (``philox_noise_triton``: BLOCK = min(1024, n))."""
+    i64, f32 = torch.empty(1, dtype=torch.int64), torch.empty(1, dtype=torch.float32)
+    return [Launch(_philox_noise_kernel, (i64, i64, i64, f32, 4096), dict(BLOCK=1024))]

@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 
 from ..core import PruneResult, compute_dtype
-from .common import (check_device, check_logits, gumbel_noise, is_interpreted, noise_keys, require_triton, tl,
-                     triton)
-from .softmax_entropy import plan_chunks, softmax_entropy_triton
+from .common import (Launch, check_device, check_logits, gumbel_noise, is_interpreted, noise_keys, require_triton,
+                     tl, triton)
+from .softmax_entropy import COMPILED_BLOCK, plan_chunks, softmax_entropy_triton
 
 DEFAULT_CAPACITY = 512
 
@@ -32,7 +32,7 @@ def _perturbed_block(logits_ptr, row, stride_row, cols, V, lse, key, base, ACC: 
     return (x - lse) + gumbel_noise(key, base + cols.to(tl.int64)).to(ACC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM_CHUNKS"])
 def _gumbel_prune_scan_kernel(logits_ptr, lse_ptr, key_ptr, base_ptr, width_ptr, cand_id_ptr, cand_z_ptr,
                               part_z_ptr, part_id_ptr, part_n_ptr, part_f_ptr, V, stride_row, CHUNK,
                               NUM_CHUNKS, ACC: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
@@ -79,6 +79,39 @@ def _gumbel_prune_dense_kernel(logits_ptr, rows_ptr, lse_ptr, key_ptr, base_ptr,
     z = _perturbed_block(logits_ptr, row, stride_row, cols, V, tl.load(lse_ptr + row),
                          tl.load(key_ptr + row), tl.load(base_ptr + row), ACC)
     tl.store(z_ptr + i * V + cols, z, mask=cols < V)
+
+
+def dense_block(V: int, interpreted: bool) -> int:
+    """BLOCK of the dense kernel: COMPILED_BLOCK compiled (one variant), the row's power of two
+    (at most 1024) interpreted."""
+    return COMPILED_BLOCK if not interpreted else min(1024, max(16, triton.next_power_of_2(V)))
+
+
+def scan_meta(acc: torch.dtype, cap: int, block: int) -> dict:
+    """Constexprs and num_warps of ``_gumbel_prune_scan_kernel``."""
+    return dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, CAP=cap, BLOCK=block,
+                num_warps=8 if block > 1024 else 4)
+
+
+def dense_meta(acc: torch.dtype, block: int) -> dict:
+    return dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=block)
+
+
+def compile_space() -> list:
+    """Every variant the compiled dispatch launches (the public op never sets ``capacity``, so CAP
+    is the default's power of two; BLOCK is COMPILED_BLOCK): scan and dense kernel per dtype.
+    Integer arguments at the representative vocabulary of softmax_entropy."""
+    from .softmax_entropy import REPRESENTATIVE_V
+    out, V = [], REPRESENTATIVE_V
+    i64, i32 = torch.empty(1, dtype=torch.int64), torch.empty(1, dtype=torch.int32)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        acc = compute_dtype(dtype)
+        x, a = torch.empty(1, 16, dtype=dtype), torch.empty(1, dtype=acc)
+        C, chunk, block = plan_chunks(1, V, torch.device("cpu"), False)
+        out.append(Launch(_gumbel_prune_scan_kernel, (x, a, i64, i64, a, i32, a, a, i32, i32, i32, V, V, chunk, C),
+                          scan_meta(acc, triton.next_power_of_2(DEFAULT_CAPACITY), block)))
+        out.append(Launch(_gumbel_prune_dense_kernel, (x, i64, a, i64, i64, a, V, V), dense_meta(acc, dense_block(V, False))))
+    return out
 
 
 def _topk_rows(z: torch.Tensor, ids: torch.Tensor, top_k: int):
@@ -152,8 +185,7 @@ def gumbel_topk_prune_triton(logits: torch.Tensor, seeds: torch.Tensor, position
     part_id, part_n, part_f = (torch.empty(B, C, dtype=torch.int32, device=dev) for _ in range(3))
     tl_acc = tl.float64 if acc == torch.float64 else tl.float32
     _gumbel_prune_scan_kernel[(B, C)](logits, lse, key, base, w, cand_id, cand_z, part_z, part_id, part_n,
-                                      part_f, V, logits.stride(0), chunk, C, ACC=tl_acc, CAP=cap,
-                                      BLOCK=block, num_warps=8 if block > 1024 else 4)
+                                      part_f, V, logits.stride(0), chunk, C, **scan_meta(acc, cap, block))
     # front-runner: first chunk holding the max (chunks ascend in id), its lowest id
     front_scores, first = part_z.max(1).values, part_z.argmax(1, keepdim=True)
     front_ids = part_id.gather(1, first).squeeze(1).to(torch.int64)
@@ -177,9 +209,9 @@ def gumbel_topk_prune_triton(logits: torch.Tensor, seeds: torch.Tensor, position
     dense_rows = torch.nonzero(dense).flatten()
     if dense_rows.numel():
         zfull = torch.empty(dense_rows.numel(), V, dtype=acc, device=dev)
-        dblock = min(1024, max(16, triton.next_power_of_2(V)))
+        dblock = dense_block(V, is_interpreted(_gumbel_prune_dense_kernel))
         _gumbel_prune_dense_kernel[(dense_rows.numel(), triton.cdiv(V, dblock))](
-            logits, dense_rows, lse, key, base, zfull, V, logits.stride(0), ACC=tl_acc, BLOCK=dblock)
+            logits, dense_rows, lse, key, base, zfull, V, logits.stride(0), **dense_meta(acc, dblock))
         dkeep = torch.isfinite(zfull) & (zfull >= threshold[dense_rows])
         counts[dense_rows] = dkeep.sum(1)
         drows, dids = torch.nonzero(dkeep, as_tuple=True)

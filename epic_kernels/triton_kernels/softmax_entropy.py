@@ -21,8 +21,8 @@ import functools
 import torch
 
 from ..core import compute_dtype
-from .common import (check_device, check_logits, gumbel_noise, is_interpreted, noise_keys, require_triton, tl,
-                     triton)
+from .common import (Launch, check_device, check_logits, gumbel_noise, is_interpreted, noise_keys, require_triton,
+                     tl, triton)
 
 
 @triton.jit
@@ -53,7 +53,7 @@ def _reduce_lanes(m, s, t, bv, bi, BIG):
     return M, S, T, BV, BI
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM_CHUNKS"])
 def _softmax_entropy_partial_kernel(logits_ptr, key_ptr, base_ptr, ent_ptr, lse_ptr, tok_ptr,
                                     pm_ptr, ps_ptr, pt_ptr, pbv_ptr, pbi_ptr, V, stride_row, CHUNK,
                                     NUM_CHUNKS, ACC: tl.constexpr, SAMPLE: tl.constexpr,
@@ -93,7 +93,7 @@ def _softmax_entropy_partial_kernel(logits_ptr, key_ptr, base_ptr, ent_ptr, lse_
             tl.store(tok_ptr + row, BI.to(tl.int64))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM_CHUNKS"])
 def _softmax_entropy_combine_kernel(pm_ptr, ps_ptr, pt_ptr, pbv_ptr, pbi_ptr, ent_ptr, lse_ptr, tok_ptr,
                                     V, NUM_CHUNKS, SAMPLE: tl.constexpr, CPAD: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -112,6 +112,10 @@ def _softmax_entropy_combine_kernel(pm_ptr, ps_ptr, pt_ptr, pbv_ptr, pbi_ptr, en
         tl.store(tok_ptr + row, BI.to(tl.int64))
 
 
+COMPILED_BLOCK = 1024          # logits per block of a compiled kernel (4 warps)
+MAX_CHUNKS = 1024              # vocabulary chunks per row at most (the combine's CPAD compiled)
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -122,19 +126,28 @@ def plan_chunks(rows: int, vocab: int, device: torch.device, interpreted: bool,
     """``(num_chunks, chunk, BLOCK)`` for ``rows x vocab``: split the vocabulary when rows are few.
 
     Aim for about two programs per SM; every chunk holds at least four blocks so the combine stays
-    cheap. ``num_chunks`` forces a split (tests, tuning).
+    cheap; at most MAX_CHUNKS chunks. ``num_chunks`` forces a split (tests, tuning). Compiled, BLOCK
+    is always COMPILED_BLOCK (a short row is masked): one compiled variant per dtype and flags, the
+    set tools/compile_report.py checks. Interpreted, blocks fit the row (up to 4096: fewer steps).
     """
-    block = min(4096 if interpreted else 1024, max(16, triton.next_power_of_2(vocab)))
+    block = COMPILED_BLOCK if not interpreted else min(4096, max(16, triton.next_power_of_2(vocab)))
     if num_chunks is None:
         sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
             if device.type == "cuda" else 4
         most = triton.cdiv(vocab, 4 * block)
-        num_chunks = 1 if rows >= 2 * sms else max(1, min(most, triton.cdiv(2 * sms, rows), 1024))
-    num_chunks = max(1, min(int(num_chunks), triton.cdiv(vocab, 16)))
+        num_chunks = 1 if rows >= 2 * sms else max(1, min(most, triton.cdiv(2 * sms, rows), MAX_CHUNKS))
+    num_chunks = max(1, min(int(num_chunks), triton.cdiv(vocab, 16), MAX_CHUNKS))
     chunk_len = triton.cdiv(vocab, num_chunks)
-    block = min(block, max(16, triton.next_power_of_2(chunk_len)))
+    if interpreted:
+        block = min(block, max(16, triton.next_power_of_2(chunk_len)))
     chunk = triton.cdiv(chunk_len, block) * block
     return triton.cdiv(vocab, chunk), chunk, block
+
+
+def combine_pad(num_chunks: int, interpreted: bool) -> int:
+    """CPAD of the combine kernel: MAX_CHUNKS compiled (one variant), the chunks' power of two
+    interpreted."""
+    return MAX_CHUNKS if not interpreted else max(16, triton.next_power_of_2(num_chunks))
 
 
 def softmax_entropy_triton(logits: torch.Tensor, seeds: torch.Tensor | None = None, streams=None,
@@ -173,16 +186,47 @@ def softmax_entropy_triton(logits: torch.Tensor, seeds: torch.Tensor | None = No
     if N == 0:
         empty = torch.empty(0, dtype=acc, device=dev)
         return empty, empty.clone(), (torch.empty(0, dtype=torch.int64, device=dev) if sample else None)
-    C, chunk, block = plan_chunks(N, V, dev, is_interpreted(_softmax_entropy_partial_kernel), num_chunks)
+    interpreted = is_interpreted(_softmax_entropy_partial_kernel)
+    C, chunk, block = plan_chunks(N, V, dev, interpreted, num_chunks)
     ent = torch.empty(N, dtype=acc, device=dev)
     lse = torch.empty(N, dtype=acc, device=dev)
     tok = torch.empty(N if sample else 1, dtype=torch.int64, device=dev)
     parts = [torch.empty(N * C if C > 1 else 1, dtype=d, device=dev) for d in (acc,) * 4 + (torch.int32,)]
-    tl_acc = tl.float64 if acc == torch.float64 else tl.float32
     _softmax_entropy_partial_kernel[(N, C)](
         logits, key, base, ent, lse, tok, *parts, V, logits.stride(0), chunk, C,
-        ACC=tl_acc, SAMPLE=sample, SPLIT=C > 1, BLOCK=block, num_warps=8 if block > 1024 else 4)
+        **partial_meta(acc, sample, C, block))
     if C > 1:
         _softmax_entropy_combine_kernel[(N,)](*parts, ent, lse, tok, V, C, SAMPLE=sample,
-                                              CPAD=max(16, triton.next_power_of_2(C)))
+                                              CPAD=combine_pad(C, interpreted))
     return ent, lse, (tok if sample else None)
+
+
+def partial_meta(acc: torch.dtype, sample: bool, num_chunks: int, block: int) -> dict:
+    """Constexprs and num_warps of ``_softmax_entropy_partial_kernel``."""
+    return dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, SAMPLE=sample, SPLIT=num_chunks > 1,
+                BLOCK=block, num_warps=8 if block > 1024 else 4)
+
+
+# the engine's shapes the compile space is evaluated at (Llama-3's vocabulary; one row splits, 256 do not)
+REPRESENTATIVE_V = 128256
+
+
+def compile_space() -> list:
+    """Every variant the compiled dispatch launches: dtype x SAMPLE x SPLIT of the partial kernel
+    (BLOCK is always COMPILED_BLOCK), SAMPLE x accumulate dtype of the combine (CPAD = MAX_CHUNKS)."""
+    out, V, cpu = [], REPRESENTATIVE_V, torch.device("cpu")
+    i64 = torch.empty(1, dtype=torch.int64)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        acc = compute_dtype(dtype)
+        x = torch.empty(1, 16, dtype=dtype)
+        res = [torch.empty(1, dtype=acc) for _ in range(2)]
+        parts = [torch.empty(1, dtype=d) for d in (acc,) * 4 + (torch.int32,)]
+        for sample in (False, True):
+            for rows in (256, 1):                           # 256 rows: one chunk; 1 row: split
+                C, chunk, block = plan_chunks(rows, V, cpu, False)
+                out.append(Launch(_softmax_entropy_partial_kernel, (x, i64, i64, *res, i64, *parts, V, V, chunk, C),
+                                  partial_meta(acc, sample, C, block)))
+                if C > 1 and dtype in (torch.float32, torch.float64):   # the combine sees only acc
+                    out.append(Launch(_softmax_entropy_combine_kernel, (*parts, *res, i64, V, C),
+                                      dict(SAMPLE=sample, CPAD=combine_pad(C, False))))
+    return out

@@ -1,8 +1,9 @@
 """tools/gpu_check.py (``make gpu-check``) on the CPU: every step runs, the report is complete.
 
 The GPU run itself cannot happen here; ``--cpu --quick`` takes the same steps with CPU tensors
-(the CUDA build as a dry run, the device test, the kernel suite's quick set with ``--device cpu``),
-so the driver, the report and the benchmark path are exercised by the normal suite (~30 s).
+(the CUDA build as a dry run, the device test, EPIC vs HF top-p on a tiny Llama, the roofline
+measurement code at tiny shapes, the kernel suite's quick set with ``--device cpu``), so the driver,
+the report and the benchmark path are exercised by the normal suite (~60 s).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import gpu_check  # noqa: E402
 
-STEPS = ["environment", "build", "extension", "tests", "bench"]
+STEPS = ["environment", "build", "extension", "tests", "e2e", "roofline", "bench"]
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +35,14 @@ def test_cpu_mode_runs_every_step_and_writes_the_report(cpu_run):
     proc, out = cpu_run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     rep = json.loads((out / "report.json").read_text())
-    for key in ("schema", "mode", "ok", "total_s", "env", "steps", "tests", "bench", "extension", "git"):
+    for key in ("schema", "mode", "ok", "total_s", "env", "steps", "tests", "bench", "extension", "git", "e2e",
+                "roofline"):
         assert key in rep, key
     assert rep["mode"] == "cpu" and rep["ok"] is True
     assert [s["name"] for s in rep["steps"]] == STEPS
     status = {s["name"]: s["status"] for s in rep["steps"]}
-    assert status == dict(environment="pass", build="dry-run", extension="pass", tests="pass", bench="pass")
+    assert status == dict(environment="pass", build="dry-run", extension="pass", tests="pass", e2e="pass",
+                          roofline="pass", bench="pass")
     assert "setup.py build_ext --inplace" in rep["steps"][1]["would_run"]
     assert "MAX_JOBS=" in rep["steps"][1]["would_run"]
     for s in rep["steps"]:
@@ -51,6 +54,13 @@ def test_cpu_mode_runs_every_step_and_writes_the_report(cpu_run):
     assert t["files"] == ["python_tests/gpu/test_cuda.py"]
     assert t["tests"] > 10 and t["passed"] > 10 and t["failures"] == 0 and t["errors"] == 0
     assert (out / "pytest-junit.xml").exists()
+    e = rep["e2e"]                                   # EPIC vs HF top-p, tiny float32 Llama on the CPU
+    assert e["ok"] and e["problems"] == [] and e["epic_tokens_per_s"] > 0 and e["hf_tokens_per_s"] > 0
+    assert e["fast_equals_reference"].endswith("(4 tokens, torch.float32)")
+    r = rep["roofline"]                              # the measured / roofline code path (CPU: not a GPU result)
+    kernels = {x["kernel"] for x in r["rows"]}
+    assert {"softmax_entropy", "softmax_entropy (SAMPLE)", "gumbel_topk_prune", "fork_attention (1 layer)"} <= kernels
+    assert all(x["measured_us"] > 0 and x["roofline_us"] > 0 and x["ratio"] > 0 for x in r["rows"])
     b = rep["bench"]
     assert b["machine"]["device"] == "cpu" and b["machine"]["gpu"] is None and b["benchmarks"] > 0
     assert set(b["tables_timed"]) == {"softmax_entropy", "softmax_entropy_sample", "gumbel_topk_prune"}
@@ -65,6 +75,7 @@ def test_cpu_mode_runs_every_step_and_writes_the_report(cpu_run):
     md = (out / "report.md").read_text()
     assert md.startswith("# GPU check: PASSED") and "### softmax_entropy" in md and "### gumbel_topk_prune" in md
     assert "| bench | pass |" in md and "GPU: none" in md
+    assert "## End to end: EPIC vs Hugging Face top-p" in md and "## Roofline: measured / roofline" in md
     assert md in proc.stdout                                    # printed at the end
 
 

@@ -12,8 +12,12 @@ What must hold on the device:
   sets, front-runners and top-k ids exactly). On CUDA, the C++ backend must be reachable whenever
   the extension was built with CUDA kernels, and those kernels are also checked through
   ``torch.ops.epic_kernels`` directly, so a dispatch bug cannot hide a kernel bug or vice versa.
+* ``ops.fork_attention`` with every backend that can run on the device (on CUDA: the Triton kernels,
+  compiled; on the CPU: C++ and Triton interpreted) equals a dense float64 attention on the CPU, for
+  every dtype, GQA, per-row limits and soft-capping, and writes the pools exactly.
 * ``sample_step`` (two chained steps, with prefetch) and ``generate`` with the fast engine on a tiny
-  float64 Llama on the device give the reference engine's tokens; a float32 model decodes too.
+  float64 Llama on the device give the reference engine's tokens, with the fork attention the
+  dispatcher picks for the device (Triton on CUDA); a float32 model decodes too.
 """
 from __future__ import annotations
 
@@ -213,6 +217,93 @@ def test_cpp_kernels_directly_on_device():
 
 
 # ------------------------------------------------------------------------------------------------ #
+# fork attention on the device                                                                     #
+# ------------------------------------------------------------------------------------------------ #
+
+FORK_TOLS = {torch.float32: (2e-6, 1e-5), torch.float64: (1e-12, 1e-12), torch.float16: (1e-5, 2.0**-10),
+             torch.bfloat16: (1e-5, 2.0**-7)}
+
+
+def _fork_case(dtype, seed=0, H=8, Hkv=2, D=40, L=50, T=5, rows=(3, 2, 4)):
+    """Inputs of one layer call (CPU tensors) and the dense float64 answer of each row."""
+    g = torch.Generator().manual_seed(seed)
+    B, N = len(rows), sum(rows)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+    K, V = rnd(B, Hkv, L + 7, D)[:, :, :L], rnd(B, Hkv, L + 7, D)[:, :, :L]
+    valid = torch.rand(B, L, generator=g) > 0.2
+    seq = torch.repeat_interleave(torch.arange(B), torch.tensor(rows))[torch.randperm(N, generator=g)]
+    slot = torch.randperm(N + 2, generator=g)[:N]
+    fill = torch.randint(0, T, (N,), generator=g)
+    limit = torch.randint(0, L + 1, (N,), generator=g)
+    q, k, v = rnd(N, H, 1, D), rnd(N, Hkv, 1, D), rnd(N, Hkv, 1, D)
+    pk, pv = rnd(N + 2, Hkv, T, D), rnd(N + 2, Hkv, T, D)
+    return dict(q=q, k=k, v=v, pk=pk, pv=pv, K=K, V=V, valid=valid, seq=seq, slot=slot, fill=fill, limit=limit)
+
+
+def _fork_dense(c, softcap=None):
+    N, H, _, D = c["q"].shape
+    G = H // c["k"].shape[1]
+    out = torch.empty(N, 1, H, D, dtype=torch.float64)
+    for n in range(N):
+        b, s, f = int(c["seq"][n]), int(c["slot"][n]), int(c["fill"][n])
+        see = c["valid"][b] & (torch.arange(c["K"].shape[2]) < c["limit"][n])
+        for h in range(H):
+            kv = h // G
+            pk, pv = c["pk"][s, kv, :f + 1].double().clone(), c["pv"][s, kv, :f + 1].double().clone()
+            pk[f], pv[f] = c["k"][n, kv, 0].double(), c["v"][n, kv, 0].double()
+            keys = torch.cat([c["K"][b, kv][see].double(), pk])
+            vals = torch.cat([c["V"][b, kv][see].double(), pv])
+            sc = keys @ c["q"][n, h, 0].double() * D ** -0.5
+            out[n, 0, h] = torch.softmax(sc if softcap is None else softcap * torch.tanh(sc / softcap), 0) @ vals
+    return out
+
+
+def _fork_backends() -> list[str]:
+    """The fork_attention backends that run on DEVICE (C++ on CPU tensors only; Triton on CUDA, or
+    interpreted on CPU tensors)."""
+    out = ["reference"]
+    if DEVICE.type == "cpu" and _ext.available():
+        out.append(CPP)
+    if HAS_TRITON and (DEVICE.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+        out.append("triton")
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", ["reference", CPP, "triton"])
+def test_fork_attention_on_device(backend, dtype):
+    """The op on the device against the dense float64 attention of the same inputs on the CPU; the
+    pools' new entries exact. Soft-capping on the backends that have it (not C++)."""
+    if backend not in _fork_backends():
+        pytest.skip(f"{backend} fork_attention does not run on {DEVICE.type} tensors here")
+    if backend == CPP and dtype not in (torch.float32, torch.float64):
+        pytest.skip("the C++ fork_attention takes float32 / float64")
+    from epic_kernels.ops.fork_attention import fork_attention_impl
+    c = _fork_case(dtype, seed=3)
+    atol, rtol = FORK_TOLS[dtype]
+    for softcap in (None, 4.0) if backend != CPP else (None,):
+        d = {k: (v.to(DEVICE) if k in ("q", "k", "v", "pk", "pv", "K", "V", "valid") else v) for k, v in c.items()}
+        out = fork_attention_impl(d["q"], d["k"], d["v"], d["pk"], d["pv"], d["K"], d["V"], d["valid"], d["seq"],
+                                  d["slot"], d["fill"], d["limit"], None, backend, None, softcap)
+        assert out.device.type == DEVICE.type and out.dtype == dtype
+        torch.testing.assert_close(out.cpu().double(), _fork_dense(c, softcap), atol=atol, rtol=rtol)
+        want_k = c["pk"].clone()
+        want_k[c["slot"], :, c["fill"]] = c["k"][:, :, 0]
+        assert torch.equal(d["pk"].cpu(), want_k)
+
+
+def test_fork_attention_dispatch_on_device():
+    """What the engine runs on the device: Triton on CUDA (compiled), C++ on CPU tensors."""
+    from epic_kernels.ops.fork_attention import fork_attention_backend
+    want = "triton" if DEVICE.type == "cuda" else CPP
+    assert fork_attention_backend(DEVICE, torch.float32) == want
+    if DEVICE.type == "cuda":
+        assert fork_attention_backend(DEVICE, torch.bfloat16) == "triton"
+
+
+# ------------------------------------------------------------------------------------------------ #
 # the fast engine on the device                                                                    #
 # ------------------------------------------------------------------------------------------------ #
 
@@ -259,11 +350,21 @@ def test_sample_step_fast_equals_reference_on_device(model64):
         close("next logits", fl, rl, 1e-9, 0)
 
 
-def test_generate_fast_equals_reference_on_device(model64):
+def test_generate_fast_equals_reference_on_device(model64, monkeypatch):
+    """... with the fork attention the dispatcher picks for the device (Triton on CUDA) in every layer."""
+    import epic_kernels.engine.attention as att
+    backends = []
+    real = att.fork_attention_impl
+
+    def spy(*a, **k):
+        backends.append(a[13])
+        return real(*a, **k)
+    monkeypatch.setattr(att, "fork_attention_impl", spy)
     ids, mask = padded(random_prompts(32, [2, 7, 4], seed=3))
     kw = dict(attention_mask=mask, max_new_tokens=6, alpha=0.8, horizon=3, rollouts=2, seed=[4, 5, 6],
               eos_token_id=1)
     fast = epic_kernels.generate(model64, ids, engine="fast", **kw)
+    assert backends and set(backends) == {"triton" if DEVICE.type == "cuda" else CPP}, set(backends)
     ref = epic_kernels.generate(model64, ids, engine="reference", **kw)
     assert fast.new_tokens == ref.new_tokens
     assert all(len(t) >= 1 for t in fast.new_tokens)

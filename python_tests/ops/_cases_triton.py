@@ -45,9 +45,10 @@ if not HAS_TRITON or not DEVICES:       # triton is a pinned dependency; conftes
 def _ops():
     """The kernel modules, decorated for the interpreter when it is on (reloaded if needed)."""
     import epic_kernels.triton_kernels as tk
-    from epic_kernels.triton_kernels import common, gumbel_topk_prune, softmax_entropy
-    if INTERPRET and not common.is_interpreted(softmax_entropy._softmax_entropy_partial_kernel):
-        for mod in (common, softmax_entropy, gumbel_topk_prune, tk):
+    from epic_kernels.triton_kernels import common, fork_attention, gumbel_topk_prune, softmax_entropy
+    if INTERPRET and not (common.is_interpreted(softmax_entropy._softmax_entropy_partial_kernel)
+                          and common.is_interpreted(fork_attention._fork_prefix_kernel)):
+        for mod in (common, softmax_entropy, gumbel_topk_prune, fork_attention, tk):
             importlib.reload(mod)
     return tk
 
@@ -199,31 +200,4 @@ def _check_prune(device, B, V, dtype, width, top_k, num_chunks, capacity=512, ki
     assert_prune_matches_reference(got, R.gumbel_topk_prune(x, seeds, pos, width, top_k), x, seeds, pos, width, rtol)
     return got
 
-
-COMPILE = """
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from epic_kernels.triton_kernels import softmax_entropy as se, gumbel_topk_prune as gp
-ptr = lambda names, t: {n: t for n in names.split()}
-for dt, acc, tacc in [("bf16", "fp32", tl.float32), ("fp64", "fp64", tl.float64)]:
-    sig = {**ptr("logits_ptr", "*" + dt), **ptr("key_ptr base_ptr tok_ptr", "*i64"),
-           **ptr("ent_ptr lse_ptr pm_ptr ps_ptr pt_ptr pbv_ptr", "*" + acc), "pbi_ptr": "*i32",
-           **ptr("V stride_row CHUNK NUM_CHUNKS", "i32"), **ptr("ACC SAMPLE SPLIT BLOCK", "constexpr")}
-    kernels = [(se._softmax_entropy_partial_kernel, sig, dict(ACC=tacc, SAMPLE=True, SPLIT=True, BLOCK=1024))]
-    sig = {**ptr("pm_ptr ps_ptr pt_ptr pbv_ptr ent_ptr lse_ptr", "*" + acc), "pbi_ptr": "*i32", "tok_ptr": "*i64",
-           **ptr("V NUM_CHUNKS", "i32"), **ptr("SAMPLE CPAD", "constexpr")}
-    kernels.append((se._softmax_entropy_combine_kernel, sig, dict(SAMPLE=True, CPAD=64)))
-    sig = {"logits_ptr": "*" + dt, **ptr("lse_ptr width_ptr cand_z_ptr part_z_ptr", "*" + acc),
-           **ptr("key_ptr base_ptr", "*i64"), **ptr("cand_id_ptr part_id_ptr part_n_ptr part_f_ptr", "*i32"),
-           **ptr("V stride_row CHUNK NUM_CHUNKS", "i32"), **ptr("ACC CAP BLOCK", "constexpr")}
-    kernels.append((gp._gumbel_prune_scan_kernel, sig, dict(ACC=tacc, CAP=512, BLOCK=1024)))
-    sig = {"logits_ptr": "*" + dt, **ptr("rows_ptr key_ptr base_ptr", "*i64"), **ptr("lse_ptr z_ptr", "*" + acc),
-           **ptr("V stride_row", "i32"), **ptr("ACC BLOCK", "constexpr")}
-    kernels.append((gp._gumbel_prune_dense_kernel, sig, dict(ACC=tacc, BLOCK=1024)))
-    for fn, sig, consts in kernels:
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 80, 32))
-        assert ".entry" in k.asm["ptx"], fn
-print("compiled")
-"""
 

@@ -1,10 +1,12 @@
-"""fork_attention, both backends side by side: the fused C++ op (``torch.ops.epic_kernels.fork_attention``)
-against the reference (``ops.fork_attention.fork_attention_reference``, the specification) and a
-dense float64 attention; the engine's glue (``engine.attention.ForkBatch`` / ``fork_attention``) on
-both backends.
+"""fork_attention, every backend side by side: the fused C++ op (``torch.ops.epic_kernels.fork_attention``)
+and the Triton kernels (``triton_kernels.fork_attention``) against the reference
+(``ops.fork_attention.fork_attention_reference``, the specification) and a dense float64 attention;
+the engine's glue (``engine.attention.ForkBatch`` / ``fork_attention``) on each backend.
 
-A missing extension is an error (``make test`` builds it). The C++ kernel is CPU-only: the cases
-run on CPU tensors; ``test_reference_on_device`` runs the reference on ``EPIC_TEST_DEVICE``.
+A missing extension is an error (``make test`` builds it). The C++ kernel is CPU-only: its cases
+run on CPU tensors; ``test_reference_on_device`` runs the reference on ``EPIC_TEST_DEVICE``. The
+Triton cases (``test_triton_*``) run on ``_cases_triton.DEVICES``: CUDA compiled where there is a GPU,
+CPU tensors under ``TRITON_INTERPRET=1`` (conftest sets it without CUDA).
 """
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from epic_kernels.engine import attention as A
 from epic_kernels.engine.runtime import SlotPool
 from epic_kernels.core import Prefix
 from epic_kernels.ops import fork_attention as fork_attention_op
+from epic_kernels.ops.fork_attention import fork_attention_reference
 from epic_kernels.testing import require_extension
+
+import _cases_triton as TR  # noqa: E402  (sets TRITON_INTERPRET=1 without CUDA)
 
 require_extension("fork_attention")
 
@@ -110,8 +115,9 @@ class Case:
         out = OPS.fork_attention(*args.values())
         return out, args["pool_k"], args["pool_v"]
 
-    def dense(self):
-        """Float64 softmax attention of each row over the keys it may see, gathered explicitly."""
+    def dense(self, softcap=None):
+        """Float64 softmax attention of each row over the keys it may see, gathered explicitly
+        (``softcap``: scores ``c tanh(s / c)``, Gemma2's soft-capping)."""
         G = self.H // self.Hkv
         L = self.K.shape[2]
         out = torch.empty(len(self.seq), 1, self.H, self.D, dtype=torch.float64)
@@ -126,7 +132,8 @@ class Case:
                 pk[f], pv[f] = self.k[n, kv, 0].double(), self.v[n, kv, 0].double()
                 keys = torch.cat([self.K[b, kv][see].double(), pk])
                 vals = torch.cat([self.V[b, kv][see].double(), pv])
-                p = torch.softmax(keys @ self.q[n, h, 0].double() * self.scale, 0)
+                sc = keys @ self.q[n, h, 0].double() * self.scale
+                p = torch.softmax(sc if softcap is None else softcap * torch.tanh(sc / softcap), 0)
                 out[n, 0, h] = p @ vals
         return out
 
@@ -223,9 +230,14 @@ def test_reference_backend_selects_the_torch_path(monkeypatch):
     out, _, fb = case.run()
     assert fb.backend == "reference"
     close(out, case.dense(), torch.float32)
-    for name in ("cpu", "cpp", "triton"):       # triton has no fork attention: the op's own choice
+    for name in ("cpu", "cpp"):
         monkeypatch.setenv("EPIC_KERNELS_BACKEND", name)
         assert case.run()[2].backend == "cpp"
+    if TR.INTERPRET:                                            # interpreted on CPU tensors (conftest)
+        monkeypatch.setenv("EPIC_KERNELS_BACKEND", "triton")
+        out, _, fb = case.run()
+        assert fb.backend == "triton"
+        close(out, case.dense(), torch.float32)
 
 
 def test_dtype_without_kernel_runs_the_reference(monkeypatch):
@@ -347,3 +359,221 @@ def test_empty_call():
         out = fork_attention_op(c.q[:0], c.k[:0], c.v[:0], pk, c.pool_v0.clone(), c.K, c.V, c.mask, e, e, e,
                                 backend=backend)
         assert out.shape == (0, 1, c.H, c.D) and torch.equal(pk, c.pool_k0)
+
+
+# ------------------------------------------------------------------------------------------------ #
+# Triton (python_tests/ops/_cases_triton.py: interpreted on CPU tensors, compiled on CUDA)         #
+# ------------------------------------------------------------------------------------------------ #
+
+# against the float64 dense attention of the same (rounded) inputs: float32 / float64 to their
+# accumulation, half precision to one unit in the last place of the output dtype
+TRITON_TOL = {torch.float32: dict(atol=2e-6, rtol=1e-5), torch.float64: dict(atol=1e-12, rtol=1e-12),
+              torch.float16: dict(atol=1e-5, rtol=2.0**-10), torch.bfloat16: dict(atol=1e-5, rtol=2.0**-7)}
+HALF = [torch.float16, torch.bfloat16]
+ALL_DTYPES = [torch.float32, torch.float64] + HALF
+
+
+def triton_op(case, device, softcap=None, num_chunks=None, **override):
+    """``fork_attention_triton`` on ``device`` (bookkeeping left on the host, as the engine does);
+    returns ``(out, pool_k, pool_v)`` on the CPU."""
+    tk = TR._ops()
+    args = dict(query=case.q, key=case.k, value=case.v, pool_k=case.pool_k0.clone(), pool_v=case.pool_v0.clone(),
+                prefix_k=case.K, prefix_v=case.V, prefix_valid=case.mask.bool())
+    args.update({k: v for k, v in override.items() if k in args})
+    dev = {k: v.to(device) for k, v in args.items()}
+    out = tk.fork_attention_triton(*dev.values(), override.get("seq", case.seq), override.get("slot", case.slot),
+                                   override.get("fill", case.fill), override.get("row_limit", case.limit),
+                                   case.scale, softcap, num_chunks=num_chunks)
+    assert out.device.type == torch.device(device).type and out.dtype == case.dtype
+    return out.cpu(), dev["pool_k"].cpu(), dev["pool_v"].cpu()
+
+
+def triton_close(got, case, softcap=None):
+    torch.testing.assert_close(got.double(), case.dense(softcap), **TRITON_TOL[case.dtype])
+
+
+def same_pool_writes(case, pk, pv):
+    """The rows' keys / values land in the pool exactly where (and as) the reference writes them."""
+    want_k, want_v = case.op()[1:] if case.dtype in CPP_DTYPES else _reference_pools(case)
+    assert torch.equal(pk, want_k) and torch.equal(pv, want_v)
+
+
+def _reference_pools(case):
+    pk, pv = case.pool_k0.clone(), case.pool_v0.clone()
+    fork_attention_op(case.q, case.k, case.v, pk, pv, case.K, case.V, case.mask, case.seq, case.slot, case.fill,
+                      case.limit, backend="reference")
+    return pk, pv
+
+
+CPP_DTYPES = (torch.float32, torch.float64)
+
+
+@pytest.mark.parametrize("device", TR.DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("heads", [(4, 4), (9, 3), (8, 2)], ids=["gqa1", "gqa3", "gqa4"])
+def test_triton_matches_dense(device, dtype, heads):
+    """Three left-padded sequences with holes and per-row limits, odd head_dim 20, GQA 1 / 3 / 4."""
+    H, Hkv = heads
+    case = Case([3, 1, 5], H=H, Hkv=Hkv, D=20, dtype=dtype, limit=True, holes=True, seed=H * 7 + Hkv)
+    out, pk, pv = triton_op(case, device)
+    triton_close(out, case)
+    same_pool_writes(case, pk, pv)
+    if dtype in CPP_DTYPES:                        # and the reference (the specification) itself
+        close(out, fork_attention_op(case.q, case.k, case.v, case.pool_k0.clone(), case.pool_v0.clone(), case.K,
+                                     case.V, case.mask, case.seq, case.slot, case.fill, case.limit,
+                                     backend="reference"), dtype)
+
+
+@pytest.mark.parametrize("device", TR.DEVICES)
+@pytest.mark.parametrize("D, dtype", [(8, torch.float32), (64, torch.float32), (100, torch.float32),
+                                      (128, torch.float32), (256, torch.float32), (128, torch.float64),
+                                      (128, torch.bfloat16), (256, torch.float16)], ids=str)
+def test_triton_head_dims(device, D, dtype):
+    """Every head-dim block (64 / 128 / 256), masked tails (8, 100)."""
+    case = Case([2, 2], H=4, Hkv=2, D=D, L=70, dtype=dtype, seed=D)
+    triton_close(triton_op(case, device)[0], case)
+
+
+@pytest.mark.parametrize("device", TR.DEVICES)
+@pytest.mark.parametrize("L, num_chunks", [(1, None), (63, 2), (64, 1), (65, 2), (300, 3), (300, 7), (300, None)])
+def test_triton_prefix_chunks(device, L, num_chunks):
+    """Chunk boundaries (the partial / merge passes) and block boundaries, holes, row limits."""
+    case = Case([4, 3], H=4, Hkv=2, D=16, L=L, holes=True, limit=True, seed=L)
+    triton_close(triton_op(case, device, num_chunks=num_chunks)[0], case)
+
+
+@pytest.mark.parametrize("device", TR.DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_long_prefix_few_rows(device, dtype):
+    """A 4,096-token prefix read by two rows: the prefix split over chunks so a few rows fill the GPU."""
+    case = Case([2], H=4, Hkv=2, D=16, L=4096, slot_len=3, dtype=dtype, limit=True, seed=4)
+    case.limit[0] = 4096
+    triton_close(triton_op(case, device)[0], case)
+
+
+@pytest.mark.parametrize("device", TR.DEVICES)
+@pytest.mark.parametrize("rows, dtype", [([1], torch.float32), ([40, 7], torch.float32), ([512], torch.float16)],
+                         ids=str)
+def test_triton_many_rows(device, rows, dtype):
+    """1-512 rows (tiny heads): tiles of 16 (float32) and 64 (half) query vectors, several per sequence."""
+    case = Case(rows, H=2, Hkv=1, D=8, L=24, slot_len=4, dtype=dtype, limit=True, seed=len(rows) + sum(rows))
+    out, pk, pv = triton_op(case, device)
+    triton_close(out, case)
+    same_pool_writes(case, pk, pv)
+
+
+@pytest.mark.parametrize("device", TR.DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_triton_softcap(device, dtype):
+    """Soft-capping ``c tanh(s / c)`` (Gemma2), scores from well inside to far beyond c (both branches
+    of the kernel's tanh), against the float64 dense attention and the reference."""
+    case = Case([3, 2], H=4, Hkv=2, D=32, dtype=dtype, limit=True, seed=9)
+    case.q = (case.q.double() * 4).to(dtype)
+    for cap in (0.7, 5.0, 50.0):
+        out = triton_op(case, device, softcap=cap)[0]
+        triton_close(out, case, cap)
+        if dtype in CPP_DTYPES:
+            want = fork_attention_reference(case.q, case.k, case.v, case.pool_k0.clone(), case.pool_v0.clone(), case.K,
+                                            case.V, case.mask, case.seq, case.slot, case.fill, case.limit, case.scale,
+                                            softcap=cap)
+            close(out, want, dtype)
+
+
+@pytest.mark.parametrize("device", TR.DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_triton_empty_prefixes(device, dtype):
+    """Rows limited to 0 prefix positions attend to their slot alone; so do all rows of a call whose
+    limits are all 0, and of a prefix of length 0."""
+    case = Case([3, 2], limit=True, empty_prefix=True, dtype=dtype, seed=5)
+    triton_close(triton_op(case, device)[0], case)
+    case.limit[:] = 0
+    triton_close(triton_op(case, device)[0], case)
+    empty = Case([2, 1], L=6, dtype=dtype, seed=6)
+    empty.K, empty.V, empty.mask = empty.K[:, :, :0], empty.V[:, :, :0], empty.mask[:, :0]
+    triton_close(triton_op(empty, device, num_chunks=2)[0], empty)
+
+
+@pytest.mark.parametrize("device", TR.DEVICES)
+def test_triton_layouts_and_strides(device):
+    """A transposed [B, L, Hkv, D] prefix, a query with a strided head_dim (copied), integer masks."""
+    case = Case([2, 3], layout="bthd", holes=True, seed=11)
+    want = triton_op(case, device)[0]
+    triton_close(want, case)
+    q_strided = torch.empty(*case.q.shape[:-1], 2 * case.D, dtype=case.dtype)[..., ::2].copy_(case.q)
+    assert torch.equal(triton_op(case, device, query=q_strided)[0], want)
+    for valid in (case.mask, case.mask.to(torch.uint8), case.mask.t().contiguous().t()):
+        assert torch.equal(triton_op(case, device, prefix_valid=valid)[0], want)
+
+
+@pytest.mark.parametrize("device", TR.DEVICES)
+def test_triton_empty_call(device):
+    c = Case([2, 3], L=20)
+    e = torch.empty(0, dtype=torch.int64)
+    out, pk, _ = triton_op(c, device, query=c.q[:0], key=c.k[:0], value=c.v[:0], seq=e, slot=e, fill=e,
+                           row_limit=None)
+    assert out.shape == (0, 1, c.H, c.D) and torch.equal(pk, c.pool_k0)
+
+
+@pytest.mark.skipif(not TR.INTERPRET, reason="CPU tensors through the interpreted kernels; on CUDA the same glue "
+                                             "runs in python_tests/engine/test_fork_triton.py and gpu/test_cuda.py")
+def test_triton_through_the_engine_glue(monkeypatch):
+    """``ForkBatch`` picks Triton when forced for fork attention alone (EPIC_KERNELS_BACKEND_FORK_ATTENTION),
+    and the validated op takes ``backend="triton"``; soft-capped layers stay on Triton."""
+    TR._ops()
+    monkeypatch.delenv("EPIC_KERNELS_BACKEND", raising=False)
+    monkeypatch.setenv("EPIC_KERNELS_BACKEND_FORK_ATTENTION", "triton")
+    case = Case([3, 2], limit=True, seed=14)
+    out, pool, fb = case.run()
+    assert fb.backend == "triton" and fb.aux is None
+    triton_close(out, case)
+    same_pool_writes(case, pool.keys[0], pool.values[0])
+    pk = case.pool_k0.clone()
+    got = fork_attention_op(case.q, case.k, case.v, pk, case.pool_v0.clone(), case.K, case.V, case.mask, case.seq,
+                            case.slot, case.fill, case.limit, backend="triton")
+    triton_close(got, case)
+    pool = case.pool()
+    fb = A.ForkBatch.build(case.view(), pool, case.seq, case.slot, case.fill, case.dtype, case.limit)
+    A._local.batch = fb
+    try:
+        capped, _ = A.fork_attention(types.SimpleNamespace(layer_idx=0), case.q, case.k, case.v, scaling=case.scale,
+                                     softcap=3.0)
+    finally:
+        A._local.batch = None
+    assert fb.aux is None                          # Triton soft-caps itself: no reference fallback was built
+    triton_close(capped, case, 3.0)
+
+
+def test_triton_head_dims_it_does_not_take(monkeypatch):
+    """head_dim > 256 (float64: > 128) runs the reference with one warning, or raises when forced."""
+    import importlib
+    FA = importlib.import_module("epic_kernels.ops.fork_attention")
+    TR._ops()
+    monkeypatch.setattr(FA, "_warned", set())
+    monkeypatch.delenv("EPIC_KERNELS_BACKEND", raising=False)
+    monkeypatch.delenv("EPIC_KERNELS_BACKEND_FORK_ATTENTION", raising=False)
+    for D, dtype in ((264, torch.float32), (136, torch.float64)):
+        case = Case([1, 1], H=2, Hkv=1, D=D, L=5, dtype=dtype, seed=D)
+        args = (case.q, case.k, case.v, case.pool_k0.clone(), case.pool_v0.clone(), case.K, case.V, case.mask,
+                case.seq, case.slot, case.fill)
+        with pytest.warns(RuntimeWarning, match="takes head_dim <= 256"):
+            out = FA.fork_attention_impl(*args, None, case.scale, "triton")
+        close(out, case.dense(), dtype)
+        with pytest.raises(ValueError, match="head_dim <= 256"):
+            TR._ops().fork_attention_triton(*args)
+    monkeypatch.setenv("EPIC_KERNELS_BACKEND", "triton")
+    with pytest.raises(RuntimeError, match="backend 'triton' was requested for fork_attention but"):
+        FA.fork_attention_impl(*args, None, case.scale, "triton")
+
+
+def test_triton_plan_is_reused_per_model_call():
+    """The row plan (host work + one copy) is built once for the tensors a model call passes to every
+    layer, and rebuilt when one of them changes in place."""
+    from epic_kernels.triton_kernels import fork_attention as tfa
+    case = Case([3, 2], limit=True, seed=15)
+    args = (case.seq, case.slot, case.fill, case.limit, 2, case.K.shape[2], 3, case.D, case.dtype, torch.device("cpu"))
+    plan = tfa._plan(*args)
+    assert tfa._plan(*args) is plan
+    case.fill[0] = (case.fill[0] + 1) % 5
+    again = tfa._plan(*args)
+    assert again is not plan and int(again.fill[0]) == int(case.fill[0])
+    assert tfa._plan(case.seq.clone(), *args[1:]) is not again
