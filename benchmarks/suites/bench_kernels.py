@@ -304,7 +304,7 @@ def bench_plan_rows(benchmark, M, impl, threads):
 
     args = _planner_state(M)
     tag(benchmark, "plan_rows", f"M={M}", impl, M=M, threads=threads)
-    benchmark(lambda: P.plan_rows_impl(*args, 0, 2, 1, backend=impl))
+    benchmark(lambda: P.plan_rows_impl(*args, 2, 1, backend=impl))
 
 
 @pytest.mark.parametrize("impl", ["cpp", "reference"])
