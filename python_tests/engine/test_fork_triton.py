@@ -3,11 +3,11 @@ interpreted on CPU tensors here, compiled on CUDA under ``make gpu-check``): tok
 reference engine's and the next logits a fresh forward's, as ``test_families.py`` checks for the
 C++ kernel.
 
-A subset of test_families.py's cases, to keep the interpreter's time small (~15 s here): Llama,
-Qwen3, Mixtral (float64) and Gemma2 soft-capped (float32: its soft-capping runs in the Triton
-kernels), each with a left-padded batch of 2 over a DynamicCache and three chained steps with
-prefetch (not: Qwen2, Mistral, Phi3, StaticCache and the families' default caches, batch 1, which
-test_families.py runs on the C++ kernel); and one short ``generate`` with EOS. Every fast run is
+Every family that test_families.py runs on the fast engine: Llama, Qwen2, Qwen3, Mistral (window 64),
+Phi3, Mixtral (float64) and Gemma2 with and without soft-capping (float32: its soft-capping runs in
+the Triton kernels), each with a left-padded batch of 2 over a DynamicCache and three chained steps
+with prefetch (the cache types and batch 1 of test_families.py run on the C++ kernel only, to keep the
+interpreter's time small); and one short ``generate`` with EOS. Every fast run is
 checked to have gone through the Triton kernel (and Gemma2's soft-capped layers too).
 """
 import warnings
@@ -28,7 +28,12 @@ import _cases_triton as TR  # noqa: E402  (TRITON_INTERPRET=1 without CUDA; the 
 
 assert importlib.util.find_spec("triton") is not None
 
-CASES = [("llama", {}), ("qwen3", {}), ("mixtral", {}), ("gemma2", dict(sliding_window=64))]
+# every family test_families.py runs on the fast engine (the others are refused and run the reference)
+CASES = [("llama", "llama", {}), ("qwen2", "qwen2", {}), ("qwen3", "qwen3", {}),
+         ("mistral-window-64", "mistral", dict(sliding_window=64)),
+         ("gemma2-softcap", "gemma2", dict(sliding_window=64)),
+         ("gemma2-no-softcap", "gemma2", dict(sliding_window=64, attn_logit_softcapping=None)),
+         ("phi3", "phi3", {}), ("mixtral-moe", "mixtral", {})]
 KW = dict(alpha=0.6, horizon=2, rollouts=2, top_k=8, rollout_top_k=8)
 STEPS = 3
 
@@ -57,8 +62,8 @@ def _device():
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-@pytest.mark.parametrize("family, overrides", CASES, ids=[c[0] for c in CASES])
-def test_fast_engine_with_triton_fork_equals_reference(triton_fork, family, overrides):
+@pytest.mark.parametrize("name, family, overrides", CASES, ids=[c[0] for c in CASES])
+def test_fast_engine_with_triton_fork_equals_reference(triton_fork, name, family, overrides):
     dtype = torch.float32 if family == "gemma2" else torch.float64
     dev = _device()
     model = tiny_model(family, 32, seed=3, dtype=dtype, **overrides).to(dev)
@@ -82,12 +87,12 @@ def test_fast_engine_with_triton_fork_equals_reference(triton_fork, family, over
         warnings.simplefilter("ignore", RuntimeWarning)
         fast, last = chain("fast")
     assert triton_fork["n"] > 0, "the fast engine never reached the Triton fork attention"
-    if family == "gemma2":
+    if name == "gemma2-softcap":
         assert triton_fork["softcap"] > 0, "Gemma2's soft-capped layers did not run on Triton"
     calls = triton_fork["n"]
     ref, _ = chain("reference")
     assert triton_fork["n"] == calls                      # the reference engine has no fork attention
-    assert fast == ref, family
+    assert fast == ref, name
     full = torch.cat([ids, torch.tensor(fast, device=dev).T], dim=1)
     full_mask = torch.cat([mask, torch.ones(2, STEPS, dtype=mask.dtype, device=dev)], dim=1)
     with torch.no_grad():
