@@ -646,6 +646,17 @@ def rewrite(text: str, tabs: dict) -> tuple[str, list]:
     return REGION.sub(sub, text), changed
 
 
+def rewrite_region(path: Path, name: str, body: str) -> bool:
+    """Replace generated region ``name`` of the file ``path`` by ``body``; True if it changed.
+    SystemExit if the file has no such region."""
+    text = path.read_text()
+    if f"<!-- begin generated: {name} -->" not in text:
+        raise SystemExit(f"{path}: no generated region '{name}'")
+    new, changed = rewrite(text, {name: body})
+    path.write_text(new)
+    return bool(changed)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("suite_json", nargs="?", default=str(SUITE_JSON))

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -173,13 +172,10 @@ def paper_table() -> str:
 
 
 def rewrite_docs(body: str) -> bool:
-    text = DOC.read_text()
-    pat = re.compile(rf"(<!-- begin generated: {REGION} -->\n)(.*?)(<!-- end generated: {REGION} -->)", re.S)
-    if not pat.search(text):
-        raise SystemExit(f"{DOC}: no generated region '{REGION}'")
-    new = pat.sub(lambda m: m.group(1) + body + m.group(3), text)
-    DOC.write_text(new)
-    return new != text
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_tables import rewrite_region
+
+    return rewrite_region(DOC, REGION, body)
 
 
 # ------------------------------------------------------------------------------------------------ #

@@ -201,13 +201,10 @@ def table(results: list[dict], seconds: float) -> str:
 
 
 def rewrite_docs(body: str, path: Path = DOC) -> bool:
-    text = path.read_text()
-    pat = re.compile(rf"(<!-- begin generated: {REGION} -->\n)(.*?)(<!-- end generated: {REGION} -->)", re.S)
-    if not pat.search(text):
-        raise SystemExit(f"{path}: no generated region '{REGION}'")
-    new = pat.sub(lambda m: m.group(1) + body + m.group(3), text)
-    path.write_text(new)
-    return new != text
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_tables import rewrite_region
+
+    return rewrite_region(path, REGION, body)
 
 
 def main(argv=None) -> int:
