@@ -79,11 +79,24 @@ def test_floor_grid_interpolation_and_pricing():
     assert pair["floor_extrapolated_share"] == 0.5
 
 
+COMMITTED = ROOT / "benchmarks" / "results" / "bench_generate.json"
+
+
+def test_committed_json_renders_its_floor():
+    """The committed JSON (the new floor) shows each row's EPIC / floor and calls / floor."""
+    g = json.loads(COMMITTED.read_text())
+    assert g.get("floor_kind") == G.FLOOR_KIND
+    text = "\n".join([T.t_generate(g, COMMITTED), T.t_readme(g, COMMITTED), T.t_summary_generate(g)])
+    assert "to be regenerated" not in text.split("full vocabulary")[0]
+    for r in g["results"]:
+        assert f"{r['epic_over_floor']:.2f}x" in text and f"{r['calls_over_floor']:.2f}x" in text
+
+
 def test_old_floor_json_renders_no_floor_figure():
-    g = json.loads((ROOT / "benchmarks" / "results" / "bench_generate.json").read_text())
-    if g.get("floor_kind") == G.FLOOR_KIND:
-        pytest.skip("the committed JSON has the new floor already")
-    path = ROOT / "benchmarks" / "results" / "bench_generate.json"
+    """A JSON whose floor was a prefill (no ``floor_kind``): its floor figures are never shown."""
+    g = json.loads(COMMITTED.read_text())
+    g.pop("floor_kind")                       # as the JSONs written before the plain-decode floor
+    path = COMMITTED
     text = "\n".join([T.t_generate(g, path), T.t_readme(g, path), T.t_summary_generate(g)])
     for r in g["results"]:
         assert f"{r['epic_over_floor']:.2f}x" not in text and f"{r['calls_over_floor']:.2f}x" not in text
