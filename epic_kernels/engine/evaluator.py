@@ -84,10 +84,6 @@ class Evaluator:
                                     keep_logits=keep_logits, carry=carry, z=z)
         self.max_rows = self.state.max_rows
 
-    @property
-    def pool(self):
-        return self.rt.pool
-
     # -- the search's interface -------------------------------------------------------------------
     def want(self, idx: torch.Tensor, target: torch.Tensor) -> None:
         """Ask for candidates ``idx`` to be evaluated through depths ``target``."""

@@ -287,8 +287,7 @@ class Prefetcher:
             if self.tries[b] >= MAX_GUESSES or (int(pr.counts[b]) < 2 and decided[b] < 0):
                 continue
             if kept is None and decided[b] < 0:      # the kept, evaluated candidates: at most max_rows
-                kept = torch.tensor(sorted(m for m in st.logits if st.depth[m] >= 1 and st.paths[m, 0] >= 0),
-                                    dtype=torch.int64)
+                kept = torch.tensor(sorted(m for m in st.logits if st.depth[m] >= 1 and st.kept(m)), dtype=torch.int64)
             m = self._guess(b, int(decided[b]), kept)
             if m is None:
                 continue

@@ -86,7 +86,7 @@ def test_carried_evaluations_are_the_ones_the_next_step_computes(tiny, alpha, k,
                 torch.testing.assert_close(got.logits, ev.state.logits[0], rtol=1e-5, atol=1e-5)
                 K2 = len(got.paths)                  # the carried paths, read where they are in the step's pool
                 carried = step.prefetched.pool.read(got.paths, got.start, d)
-                fresh = ev.pool.read(ev.state.paths[0, :K2], 0, d)
+                fresh = ev.rt.pool.read(ev.state.paths[0, :K2], 0, d)
                 torch.testing.assert_close(carried, fresh, rtol=1e-5, atol=1e-5)
                 checked += 1
         logits, cache = step.next_logits, nxt
