@@ -77,9 +77,10 @@ def use_fast_engine(engine: str, model, max_position: int | None = None) -> bool
     return False
 
 
-def warn_if_expensive(logits: torch.Tensor, prefix: Prefix, cfg: EpicConfig, backend: str | None = None) -> bool:
-    """Before a step: warn (``RuntimeWarning``, pointing at the call of the ``torch.no_grad``-decorated
-    entry point that called this) when its first prune
+def warn_if_expensive(logits: torch.Tensor, prefix: Prefix, cfg: EpicConfig, backend: str | None = None,
+                      stacklevel: int = 4) -> bool:
+    """Before a step: warn (``RuntimeWarning``, pointing ``stacklevel`` frames up: by default at the
+    call of the ``torch.no_grad``-decorated entry point that called this) when its first prune
     will leave more than ``defaults.WARN_SURVIVORS`` candidates in a row (each costs at least one model
     row: such a step can run for minutes), with the fix. ``logits`` are the step's, truncated. Runs
     the step's own prune (keyed, so the same survivors) only when a row has that many finite
@@ -98,7 +99,7 @@ def warn_if_expensive(logits: torch.Tensor, prefix: Prefix, cfg: EpicConfig, bac
     warnings.warn(f"epic_kernels: this step has {survivors} candidates in its admissible window (each costs at "
                   "least one model row), so it will run for a long time: this configuration is intrinsically "
                   "expensive. Truncate the rollout policy (rollout_top_k=50, --rollout-top-k 50), truncate the "
-                  f"candidates (top_k) or use a smaller |alpha| (now {cfg.alpha})", RuntimeWarning, stacklevel=4)
+                  f"candidates (top_k) or use a smaller |alpha| (now {cfg.alpha})", RuntimeWarning, stacklevel=stacklevel)
     return True
 
 

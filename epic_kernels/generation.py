@@ -1,9 +1,10 @@
 """Whole-sequence EPIC decoding: ``epic_kernels.generate(model, input_ids, ...)``.
 
-Prefill once into an ``EpicCache``, then one ``api.run_step`` per position: the same step as
-``sample_step``, which hands back the next logits and the cache extended by the sampled tokens (the
-winner's own forward where it had one). Sequences that emit an end-of-sequence token leave the
-batch (their cache rows are dropped), so they cost nothing afterwards.
+The whole batch is admitted into a ``batch.DecodeBatch`` (one prefill), which then runs one
+``api.run_step`` per position: the same step as ``sample_step``, which hands back the next logits
+and the cache extended by the sampled tokens (the winner's own forward where it had one). Sequences
+that emit an end-of-sequence token leave the batch (their cache rows are dropped), so they cost
+nothing afterwards.
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 from . import defaults
-from .api import run_step, use_fast_engine, warn_if_expensive
-from .cache import EpicCache
-from .core import EpicConfig, Prefix
-from .truncation import truncate
+from .api import use_fast_engine
+from .batch import DecodeBatch
+from .core import EpicConfig
 from .validate import (check_attention_mask, check_config, check_input_ids, check_int, check_not_meta,
                        check_position_limit, check_processed, check_seeds, check_token_ids, model_vocab)
 
@@ -141,9 +141,6 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     are explained in ``epic_kernels.defaults``. Pass ``top_k=None, rollout_top_k=None`` for the
     full vocabulary.
     """
-    from .ops import choose
-    from .ops.softmax_entropy import softmax_entropy_impl
-
     vocab = model_vocab(model)
     check_not_meta(model, input_ids=input_ids)
     check_input_ids(input_ids, vocab)
@@ -183,57 +180,37 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
             full[rows] = values
             store.append(full)
 
+    def process(handles, logits, tokens):          # generate's logits_processor over the ids so far
+        ids = _so_far(input_ids, new_tokens, torch.tensor(handles, dtype=torch.int64))
+        if tokens is not None:                     # a prefetch bet: the ids a later step would see
+            ids = torch.cat([ids, tokens.cpu()], dim=1)
+        got = logits_processor(ids.to(logits.device), logits)
+        check_processed(got, logits)
+        return got
+
     if max_new_tokens > 0:
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = EpicCache(num_layers=0)
-        out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                    position_ids=positions.to(device), past_key_values=cache,
-                    use_cache=True)
-        logits = out.logits[:, -1, :]
-        which = choose(logits.device, backend)
-        rows = torch.arange(batch)                 # which sequence each active row is
-        prefetched, transform = None, None
-        if prefetch and fast:
-            def transform(nxt, seq, tokens):         # what a later step sees if `tokens` come next
-                if logits_processor is not None:
-                    ids_so_far = _so_far(input_ids, new_tokens, rows[seq])
-                    got = logits_processor(torch.cat([ids_so_far, tokens.cpu()], dim=1).to(nxt.device), nxt)
-                    check_processed(got, nxt)
-                    nxt = got
-                return truncate(nxt, top_k, top_p, min_p)
-        warned = False
+        batch_ = DecodeBatch(model, cfg, top_k=top_k, top_p=top_p, min_p=min_p, engine=engine, backend=backend,
+                             prefetch=prefetch, reuse=reuse, processor=process if logits_processor is not None else None,
+                             max_position=longest + max_new_tokens + horizon + 2,
+                             warn_stacklevel=6)       # at generate's caller (through two no_grad wrappers)
+        batch_.admit(input_ids, mask, seeds)       # handles 0 .. B-1: the rows of input_ids
         for step in range(max_new_tokens):
             start = time.perf_counter()
-            h_q, _, _ = softmax_entropy_impl(logits, backend=which)
             advance = step + 1 < max_new_tokens
-            scores = logits
-            if logits_processor is not None:
-                scores = logits_processor(_so_far(input_ids, new_tokens, rows).to(logits.device), logits)
-                check_processed(scores, logits)
-            keep_rows(kept_scores, scores, rows)
-            keep_rows(kept_logits, logits, rows)
-            prefix = Prefix.view(cache, mask, seeds[rows])
-            step_logits = truncate(scores, top_k, top_p, min_p)
-            if not warned:
-                warned = warn_if_expensive(step_logits, prefix, cfg, backend)
-            res = run_step(step_logits, cache, prefix, model, cfg, fast=fast,
-                           backend=backend, advance=advance, prefetched=prefetched, transform=transform,
-                           reuse=reuse)
-            if advance:
-                logits, cache, mask, prefetched = res.next_logits, res.kv, res.attention_mask, res.prefetched
+            rows = torch.tensor(batch_.handles, dtype=torch.int64)
+            res = batch_.step(advance=advance)
+            keep_rows(kept_scores, res.scores, rows)
+            keep_rows(kept_logits, res.logits, rows)
             tokens = res.tokens
             for i, r in enumerate(rows.tolist()):
                 new_tokens[r].append(int(tokens[i]))
-                entropies[r].append(float(h_q[i]))
+                entropies[r].append(float(res.entropies[i]))
             done = torch.tensor([int(t) in eos for t in tokens.tolist()], dtype=torch.bool)
             if stopping_criteria is not None:
-                done |= _stopped(stopping_criteria, _so_far(input_ids, new_tokens, rows).to(scores.device), scores,
-                                 len(rows))
-            keep = (~done).nonzero().flatten()
-            if advance and len(keep) < len(rows):     # finished sequences leave the batch's work
-                logits, mask = logits[keep], mask[keep]
-                cache.batch_select_indices(keep)
-                prefetched = prefetched.select(keep, cache) if prefetched is not None else None
+                done |= _stopped(stopping_criteria, _so_far(input_ids, new_tokens, rows).to(res.scores.device),
+                                 res.scores, len(rows))
+            if advance and done.any():                # finished sequences leave the batch's work
+                batch_.remove(rows[done].tolist())
             st = res.stats
             records.append(StepRecord(
                 active=len(rows), survivors=float(st.survivors.double().mean()),
@@ -245,8 +222,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                 seconds=time.perf_counter() - start))
             if on_step is not None:
                 on_step(step, rows, tokens)
-            rows = rows[keep]
-            if len(rows) == 0:
+            if done.all():
                 break
     n = max((len(t) for t in new_tokens), default=0)
     tail = torch.full((batch, n), pad_token_id, dtype=torch.int64)
