@@ -16,9 +16,13 @@ VBIN   := $(VVENV)/bin
 # epic-generate runs in the vLLM env when asked for the vLLM engine or a server
 RUN_BIN = $(if $(or $(findstring --engine vllm,$(ARGS)),$(findstring --engine=vllm,$(ARGS)),$(findstring --server,$(ARGS))),$(VBIN)/python -m epic_kernels.cli.generate,$(BIN)/epic-generate)
 
-.PHONY: run test setup setup-vllm bench bench-noise bench-compare gpu-check clean
+.PHONY: run serve test setup setup-vllm bench bench-noise bench-compare gpu-check clean
 run: setup $(if $(findstring $(VBIN),$(RUN_BIN)),setup-vllm)
 	$(RUN_BIN) $(ARGS)
+
+# epic-serve, the OpenAI-compatible server, on the embedded model (127.0.0.1:8000; ARGS='--help')
+serve: setup
+	$(BIN)/epic-serve $(ARGS)
 
 test: setup $(VENV)/.stamp-cmake $(VENV)/.stamp-cuda setup-vllm
 	$(BIN)/python -m pytest python_tests --ignore=python_tests/vllm $(ARGS)
