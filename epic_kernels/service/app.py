@@ -132,7 +132,7 @@ def create_app(scheduler, tokenizer, model_name: str, *, vocab: int, max_context
                                                    body.epic_rollout_top_k, body.top_k, body.top_p),
                   seed=body.seed if body.seed is not None else secrets.randbelow(MAX_SEED), max_tokens=want,
                   deliver=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev), stop=body.stop_list(),
-                  entropies=body.epic_entropies, timeout=request_timeout)
+                  entropies=body.epic_entropies, ignore_eos=body.ignore_eos, timeout=request_timeout)
         try:
             scheduler.submit(job)
         except Overloaded as err:

@@ -47,6 +47,7 @@ class _Common(BaseModel):
     epic_rollouts: int = Field(defaults.ROLLOUTS, ge=1, le=64)
     epic_rollout_top_k: int | None = Field(defaults.ROLLOUT_TOP_K, ge=1)
     epic_entropies: bool = False
+    ignore_eos: bool = False        # vLLM's extension: run to max_tokens (benchmarks)
 
     def unsupported(self) -> tuple[str, str] | None:
         """``(field, why)`` for a standard field set to something EPIC does not implement."""

@@ -86,6 +86,7 @@ class Job:
     deliver: object
     stop: list[str] = field(default_factory=list)
     entropies: bool = False
+    ignore_eos: bool = False
     timeout: float | None = None
     # engine side
     cancelled: bool = False
@@ -285,8 +286,9 @@ class Scheduler:
             entropy = float(res.entropies[i])
             if job.entropies:
                 job.entropy_list.append(entropy)
-            text = "" if token in self.eos else job.text.push(token)
-            reason = ("stop" if token in self.eos or job.text.stopped else
+            eos = token in self.eos and not job.ignore_eos
+            text = "" if eos else job.text.push(token)
+            reason = ("stop" if eos or job.text.stopped else
                       "length" if job.generated >= job.max_tokens else None)
             if reason is not None:
                 text += job.text.flush()

@@ -135,6 +135,13 @@ def test_openai_client_completions_and_chat_equal_generate(server, model_and_tok
     entropies = chat.usage.model_extra["epic"]["entropies"]
     assert len(entropies) == len(chat_tokens) and all(e >= 0 for e in entropies)
     assert [m.id for m in c.models.list().data] == [NAME]
+    # ignore_eos (vLLM's extension): a request that ends early alone runs to max_tokens
+    short = c.completions.create(model=NAME, prompt="Tell me everything about", max_tokens=6, seed=1, extra_body=_extra())
+    full = c.completions.create(model=NAME, prompt="Tell me everything about", max_tokens=6, seed=1,
+                                extra_body=dict(_extra(), ignore_eos=True))
+    assert short.usage.completion_tokens < 6 and short.choices[0].finish_reason == "stop"
+    assert full.usage.completion_tokens == 6 and full.choices[0].finish_reason == "length"
+    assert full.choices[0].text.startswith(short.choices[0].text)
 
 
 def test_sixteen_clients_get_their_solo_texts_while_the_batch_grows_and_shrinks(server, model_and_tokenizer):
