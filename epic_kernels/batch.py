@@ -53,6 +53,13 @@ class BatchStep:
     scores: torch.Tensor          # [n, V] after the logits processor (before truncation)
     stats: StepStats
 
+    def costs(self, i: int) -> dict:
+        """What row ``i`` rode in: the step's model calls and rows (the whole batch's), and its own
+        candidate evaluations."""
+        st = self.stats
+        return dict(model_calls=st.forward_calls + st.finish_calls, rows=st.forward_tokens + st.finish_tokens,
+                    evaluated=int(st.evaluated_depth1[i]) + int(st.evaluated_deeper[i]))
+
 
 def _left_pad(t: torch.Tensor, width: int, value=0) -> torch.Tensor:
     """``t`` (dim 2 for a ``[B, H, L, D]`` cache tensor, else the last dim) padded on the left to ``width``."""

@@ -42,9 +42,10 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", param
 
 
 def create_app(scheduler, tokenizer, model_name: str, *, vocab: int, max_context: int, max_tokens: int,
-               request_timeout: float | None = None) -> FastAPI:
+               request_timeout: float | None = None, engine_check=None) -> FastAPI:
     """The app. ``max_context``: the most prompt + generated tokens of one request; ``max_tokens``:
-    the most generated tokens one request may ask for (and the chat default)."""
+    the most generated tokens one request may ask for (and the chat default); ``engine_check(body)``:
+    ``(field, why)`` for a request the engine cannot run (None: it can)."""
     app = FastAPI(title="epic-serve", docs_url=None, redoc_url=None)
     created = int(time.time())
 
@@ -84,7 +85,7 @@ def create_app(scheduler, tokenizer, model_name: str, *, vocab: int, max_context
         """The request's max_tokens, after every check that needs the prompt."""
         if body.model != model_name:
             raise BadRequest("model", f"model {body.model!r} is not served here (GET /v1/models lists {model_name!r})")
-        bad = body.unsupported()
+        bad = body.unsupported() or (engine_check(body) if engine_check is not None else None)
         if bad is not None:
             raise BadRequest(*bad)
         want = getattr(body, "max_completion_tokens", None) or body.max_tokens

@@ -42,8 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a Hugging Face model directory or a .gguf file (default: the embedded SmolLM2)")
     p.add_argument("--served-model-name", default=None, help="the name clients send as `model` "
                    "(default: smollm2-135m-instruct for the embedded model, else the --model path)")
-    p.add_argument("--engine", choices=["auto", "fast", "reference"], default="auto",
-                   help="auto: the fast engine where it runs the model exactly, else the reference engine")
+    p.add_argument("--engine", choices=["auto", "fast", "reference", "vllm"], default="auto",
+                   help="auto: the fast engine where it runs the model exactly, else the reference engine; "
+                        "vllm: every model call through the vLLM server at --upstream")
+    p.add_argument("--upstream", default=None, metavar="URL",
+                   help="a running `vllm serve` (http://HOST:PORT/v1) for --engine vllm")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int_in(0, 65535), default=8000)
     p.add_argument("--max-running", type=int_in(1), default=16, help="sequences decoding at once (the batch bound)")
@@ -58,11 +61,44 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int_in(1), default=None, help="torch threads (default: torch's)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--fault-after-position", type=int_in(1), default=None, help=argparse.SUPPRESS)  # testing aid
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.engine == "vllm") != (args.upstream is not None):
+        p.error("--engine vllm and --upstream URL go together (the vLLM server serves the model)")
+    if args.upstream is not None and args.model is not None:
+        p.error("--model picks the model of the in-process engine; the vLLM server at --upstream serves its own")
+    return args
+
+
+def _vllm_engine(args):
+    """``(tokenizer, name, vocab, eos, make_batch, engine_check)`` for the vLLM server at ``--upstream``."""
+    from ..serving import EpicServingDecoder, ServerTransport
+    from ..serving.batch import ServingBatch
+
+    transport = ServerTransport(args.upstream)
+    info = transport.info
+
+    def make_batch(s):
+        return ServingBatch(EpicServingDecoder(transport, alpha=s.alpha, horizon=s.horizon, rollouts=s.rollouts,
+                                               top_k=s.top_k, rollout_top_k=s.rollout_top_k))
+
+    def engine_check(body):
+        if body.top_p is not None:
+            return "top_p", "the vLLM engine truncates candidates with top_k only"
+        if body.epic_entropies:
+            return "epic_entropies", "H(q) needs the full distribution, which the vLLM server does not return"
+        for field in ("top_k", "epic_rollout_top_k"):
+            k = getattr(body, field)
+            if k is None or k > info.max_logprobs:
+                return field, (f"the vLLM engine needs {field} <= the server's max_logprobs ({info.max_logprobs}); "
+                               "full-vocabulary EPIC is out of scope there")
+        return None
+
+    return info.tokenizer, transport.model, info.vocab_size, list(info.eos_token_ids), make_batch, engine_check
 
 
 def build(args):
-    """``(app, scheduler)`` for parsed arguments: loads the model, starts the engine thread."""
+    """``(app, scheduler)`` for parsed arguments: loads the model (or connects to the vLLM server),
+    starts the engine thread."""
     import torch
 
     from ..models import eos_ids, load_model
@@ -73,6 +109,17 @@ def build(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    metrics = Metrics()
+    if args.engine == "vllm":
+        tokenizer, name, vocab, eos, make_batch, engine_check = _vllm_engine(args)
+        context = args.max_context or 2048
+        scheduler = Scheduler(None, tokenizer, metrics=metrics, max_running=args.max_running, max_queue=args.max_queue,
+                              max_context=context, eos=eos, shutdown_timeout=args.shutdown_timeout,
+                              make_batch=make_batch)
+        app = create_app(scheduler, tokenizer, args.served_model_name or name, vocab=vocab, max_context=context,
+                         max_tokens=args.max_tokens, request_timeout=args.request_timeout, engine_check=engine_check)
+        scheduler.start()
+        return app, scheduler
     model, tokenizer = load_model(args.model)
     limit = position_limit(model)
     context = args.max_context or getattr(model.config, "max_position_embeddings", None) or 4096
@@ -80,7 +127,6 @@ def build(args):
         context = min(context, limit[0] - 16 - 2)
     if args.fault_after_position is not None:
         _inject_fault(model, args.fault_after_position)
-    metrics = Metrics()
     scheduler = Scheduler(model, tokenizer, metrics=metrics, engine=args.engine, max_running=args.max_running,
                           max_queue=args.max_queue, max_context=context, eos=eos_ids(model, tokenizer),
                           shutdown_timeout=args.shutdown_timeout)

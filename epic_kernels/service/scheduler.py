@@ -103,8 +103,11 @@ class Scheduler:
     """The engine thread (see the module docstring). ``metrics``: a ``service.metrics.Metrics``."""
 
     def __init__(self, model, tokenizer, *, metrics, engine: str = "auto", max_running: int = 16,
-                 max_queue: int = 64, max_context: int, eos: list[int] = (), shutdown_timeout: float = 30.0):
+                 max_queue: int = 64, max_context: int, eos: list[int] = (), shutdown_timeout: float = 30.0,
+                 make_batch=None):
         self.model, self.tokenizer, self.metrics, self.engine = model, tokenizer, metrics, engine
+        # settings -> a new empty batch: DecodeBatch on the model by default (another engine: ServingBatch)
+        self.make_batch = make_batch or self._decode_batch
         self.max_running, self.max_queue, self.max_context = max_running, max_queue, max_context
         self.eos = set(eos)
         self.shutdown_timeout = shutdown_timeout
@@ -193,9 +196,7 @@ class Scheduler:
         try:
             batch = next((b for s, b in self.batches if s == job.settings and len(b)), None)
             if batch is None:
-                s = job.settings
-                batch = DecodeBatch(self.model, s.config(), top_k=s.top_k, top_p=s.top_p, engine=self.engine,
-                                    max_position=self.max_context + s.horizon + 2)
+                batch = self.make_batch(job.settings)
                 self.batches.append((job.settings, batch))
             (job.handle,) = batch.admit(ids, torch.ones_like(ids), torch.tensor([job.seed]))
         except Exception as err:             # noqa: BLE001 - this request fails, the others go on
@@ -206,6 +207,10 @@ class Scheduler:
         job.text = TextStream(self.tokenizer, job.prompt[-4:], job.stop)
         self.jobs[job.handle] = job
         self.metrics.running.set(len(self.jobs))
+
+    def _decode_batch(self, s: Settings) -> DecodeBatch:
+        return DecodeBatch(self.model, s.config(), top_k=s.top_k, top_p=s.top_p, engine=self.engine,
+                           max_position=self.max_context + s.horizon + 2)
 
     def _reap(self) -> None:
         """Remove sequences whose client went away, whose time ran out, or (draining) whose grace ended."""
@@ -268,21 +273,19 @@ class Scheduler:
         self.steps += 1
         self.metrics.steps.inc()
         self.metrics.batch_size.observe(len(jobs))
-        st = res.stats
-        calls, rows = st.forward_calls + st.finish_calls, st.forward_tokens + st.finish_tokens
         done = []
         now = time.monotonic()
         for i, (handle, token) in enumerate(zip(res.handles, res.tokens.tolist())):
+            if handle in done:                 # (an engine that made more tokens than the sequence needs)
+                continue
             job = self.jobs[handle]
             job.generated += 1
             if job.first_token_at is None:
                 job.first_token_at = now
                 self.metrics.ttft.observe(now - job.submitted)
-            u = job.usage
-            u["model_calls"] += calls
-            u["rows"] += rows
-            u["batch_size_sum"] += len(jobs)
-            u["evaluated"] += int(st.evaluated_depth1[i]) + int(st.evaluated_deeper[i])
+            for key, value in res.costs(i).items():
+                job.usage[key] += value
+            job.usage["batch_size_sum"] += len(jobs)
             entropy = float(res.entropies[i])
             if job.entropies:
                 job.entropy_list.append(entropy)
@@ -296,7 +299,7 @@ class Scheduler:
             if reason is not None:
                 self._finish(job, reason)
                 done.append(handle)
-        self.metrics.tokens.inc(len(jobs))
+        self.metrics.tokens.inc(len(res.handles))
         if done:
             self._remove(done)
 

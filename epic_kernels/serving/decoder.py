@@ -231,17 +231,12 @@ class EpicServingDecoder:
         return work
 
     # -- the decode -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, prompts, *, max_new_tokens: int = 64, seed=0, eos_token_id="default",
-                 trace: bool = False, exhaustive: bool = False, progress=None) -> ServingOutput:
-        """Decode up to ``max_new_tokens`` per prompt (lists of token ids).
+    trace = exhaustive = False
+    engine_seconds = 0.0
 
-        seed : int (prompt b uses ``seed + b``) or one int per prompt: the per-sequence keys.
-        eos_token_id : int, list, None (run to max_new_tokens), or "default" (the engine's EOS ids).
-        trace : keep each step's candidates, scores, depths, estimates and rollout tokens.
-        exhaustive : evaluate every candidate to the full horizon (the oracle; for tests).
-        progress : print a progress line to stderr every round (default: when more than 50 rounds).
-        """
+    def begin(self, prompts, seed=0, max_new_tokens: int = 64, eos_token_id="default", first_index: int = 0) -> list:
+        """Validated ``SequenceState`` s for ``prompts`` (token-id lists), indexed from ``first_index``;
+        ``round`` advances them (``generate``; a server admits sequences between rounds)."""
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise ServingError("prompts must be a non-empty list of token-id lists")
         for p in prompts:
@@ -256,34 +251,58 @@ class EpicServingDecoder:
             eos = frozenset()
         else:
             eos = frozenset([eos_token_id] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id])
-        self.trace, self.exhaustive = trace, exhaustive
-        seqs = [SequenceState(b, list(p), int(sd), max_new_tokens, eos) for b, (p, sd) in enumerate(zip(prompts, seeds))]
+        seqs = [SequenceState(first_index + b, list(p), int(sd), max_new_tokens, eos)
+                for b, (p, sd) in enumerate(zip(prompts, seeds))]
         for s in seqs:
             s.done = max_new_tokens == 0
-        start, engine_s, rounds = time.perf_counter(), 0.0, 0
-        while True:
-            work = self._plan(seqs)
-            if not work:
-                break
-            t = time.perf_counter()
-            responses = self.transport.generate([w[3] for w in work])
-            engine_s += time.perf_counter() - t
+        return seqs
+
+    @torch.no_grad()
+    def round(self, seqs) -> bool:
+        """One engine round for ``seqs``: advance every search as far as it goes without the engine
+        (finishing steps, so tokens may be appended), send what they need next as one batch, give the
+        responses back. False when nothing was left to send (every sequence done)."""
+        work = self._plan(seqs)
+        if not work:
+            return False
+        t = time.perf_counter()
+        responses = self.transport.generate([w[3] for w in work])
+        self.engine_seconds += time.perf_counter() - t
+        touched = set()
+        for (s, m, d, req), res in zip(work, responses):
+            s.charge(req, res)
+            touched.add(id(s))
+            if m is None:
+                s.root = Root(res.samples[0].ids[0], res.samples[0].values[0])
+            else:
+                s.step.ev.absorb(m, d, res)
+        for s in seqs:
+            if id(s) in touched:
+                s.rounds += 1
+        return True
+
+    @torch.no_grad()
+    def generate(self, prompts, *, max_new_tokens: int = 64, seed=0, eos_token_id="default",
+                 trace: bool = False, exhaustive: bool = False, progress=None) -> ServingOutput:
+        """Decode up to ``max_new_tokens`` per prompt (lists of token ids).
+
+        seed : int (prompt b uses ``seed + b``) or one int per prompt: the per-sequence keys.
+        eos_token_id : int, list, None (run to max_new_tokens), or "default" (the engine's EOS ids).
+        trace : keep each step's candidates, scores, depths, estimates and rollout tokens.
+        exhaustive : evaluate every candidate to the full horizon (the oracle; for tests).
+        progress : print a progress line to stderr every round (default: when more than 50 rounds).
+        """
+        self.trace, self.exhaustive = trace, exhaustive
+        seqs = self.begin(prompts, seed, max_new_tokens, eos_token_id)
+        start, rounds = time.perf_counter(), 0
+        self.engine_seconds = 0.0
+        while self.round(seqs):
             rounds += 1
-            touched = set()
-            for (s, m, d, req), res in zip(work, responses):
-                s.charge(req, res)
-                touched.add(s.index)
-                if m is None:
-                    s.root = Root(res.samples[0].ids[0], res.samples[0].values[0])
-                else:
-                    s.step.ev.absorb(m, d, res)
-            for s in seqs:
-                if s.index in touched:
-                    s.rounds += 1
             if progress or (progress is None and rounds % 50 == 0):
                 done = sum(len(s.tokens) for s in seqs)
                 print(f"[epic-vllm] round {rounds}: {done} tokens, {sum(not s.done for s in seqs)} sequences active, "
                       f"{time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+        engine_s = self.engine_seconds
         out = ServingOutput([s.tokens for s in seqs], [s.finish_reason for s in seqs], [s.steps for s in seqs],
                             rounds, time.perf_counter() - start, engine_s)
         tok = self.info.tokenizer

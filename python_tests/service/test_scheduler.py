@@ -118,3 +118,17 @@ def test_incomplete_characters_wait_for_their_last_byte():
     s = TextStream(tok, [], [])
     pieces = [s.push(i) for i in ids] + [s.flush()]
     assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--engine", "vllm"], "go together"),
+    (["--upstream", "http://127.0.0.1:9/v1"], "go together"),
+    (["--engine", "vllm", "--upstream", "http://x/v1", "--model", "EMBEDDED"], "serves its own"),
+])
+def test_vllm_engine_flags_go_together(argv, message, capsys):
+    from epic_kernels.models import embedded_model_path
+    from epic_kernels.service.cli import parse_args
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_args([str(embedded_model_path()) if a == "EMBEDDED" else a for a in argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
