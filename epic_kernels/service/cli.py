@@ -88,7 +88,7 @@ def _vllm_engine(args):
             return "epic_entropies", "H(q) needs the full distribution, which the vLLM server does not return"
         for field in ("top_k", "epic_rollout_top_k"):
             k = getattr(body, field)
-            if k is None or k > info.max_logprobs:
+            if k is None or k > info.max_logprobs:     # (a server's limit may show only when a decoder probes it)
                 return field, (f"the vLLM engine needs {field} <= the server's max_logprobs ({info.max_logprobs}); "
                                "full-vocabulary EPIC is out of scope there")
         return None

@@ -199,6 +199,10 @@ class Scheduler:
                 batch = self.make_batch(job.settings)
                 self.batches.append((job.settings, batch))
             (job.handle,) = batch.admit(ids, torch.ones_like(ids), torch.tensor([job.seed]))
+        except ValueError as err:            # the engine refuses these settings (e.g. a vLLM server's limits)
+            self._fail(job, 400, f"the engine cannot run this request: {err}", "invalid_request_error")
+            self._prune()
+            return
         except Exception as err:             # noqa: BLE001 - this request fails, the others go on
             self._fail(job, 500, f"the engine could not start this request: {type(err).__name__}: {err}",
                        "server_error")
