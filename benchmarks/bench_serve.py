@@ -19,6 +19,7 @@ The 1- and 4-client runs and batch 1 run once, over the first ``--solo-prompts``
 
     python benchmarks/bench_serve.py --json benchmarks/results/bench_serve.json    # ~25 min on 2 cores
     python benchmarks/bench_serve.py --quick                                        # smoke run
+    python benchmarks/bench_serve.py --from-json benchmarks/results/bench_serve.json   # the table again
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +35,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: no PYTHONPATH needed
 from experiments import common as C  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
 
-import torch  # noqa: E402
 
 import epic_kernels  # noqa: E402
 
@@ -146,13 +145,39 @@ def run_inproc(model, ps, seeds, tokens: int, batch: int) -> dict:
     return summary(total, time.perf_counter() - t0, ttft, per_token)
 
 
+def table(out: dict) -> str:
+    """The markdown table of a run (docs/benchmarks.md)."""
+    def row(name, r):
+        f = lambda x: "" if x is None else f"{x:.2f}"
+        return (f"| {name} | {r['tokens']} | {r['tokens_per_second']:.2f} | {f(r['ttft_p50'])} / {f(r['ttft_p99'])} | "
+                f"{f(r['per_token_p50'] and r['per_token_p50'] * 1000)} / {f(r['per_token_p99'] and r['per_token_p99'] * 1000)} |")
+    lines = ["| run | tokens | tokens/s | TTFT p50 / p99 (s) | per-token p50 / p99 (ms) |", "|---|---|---|---|---|"]
+    n = out["prompts"]
+    for i, pr in enumerate(out["pairs"]):
+        lines.append(row(f"server, {min(16, n)} clients (pair {i + 1})", pr["server"]))
+        lines.append(row(f"in process, batch {n} (pair {i + 1})", pr["inproc"]))
+    runs = out["runs"]
+    lines.append(row("server, 4 clients", runs["server_4"]))
+    lines.append(row("server, 1 client", runs["server_1"]))
+    lines.append(row("in process, batch 1", runs["inproc_1"]))
+    ratios = ", ".join(f"{pr['ratio']:.3f}" for pr in out["pairs"])
+    lines.append("")
+    lines.append(f"Server with {min(16, n)} clients / in process batch {n}: **{out['ratio_median']:.3f}x** "
+                 f"(median of pairs {ratios}).")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = C.base_parser(__doc__, "4 prompts x 8 tokens, one pair")
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--solo-prompts", type=int, default=4)
     p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--from-json", default=None, metavar="FILE", help="no run: the table of a --json output")
     args = p.parse_args(argv)
+    if args.from_json:
+        print(table(C.read_json(args.from_json)))
+        return 0
     if args.quick:
         args.tokens, args.prompts, args.solo_prompts, args.pairs = 8, 4, 2, 1
     threads = args.threads or 2
@@ -181,7 +206,7 @@ def main(argv=None) -> int:
         server.stop()
     out["ratio_median"] = C.median([pr["ratio"] for pr in out["pairs"]])
     out["loadavg_end"] = C.loadavg()
-    print(json.dumps({k: v for k, v in out.items() if k != "machine"}, indent=1))
+    print(table(out))
     if args.json:
         C.write_json(args.json, out)
     return 0

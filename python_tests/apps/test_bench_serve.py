@@ -10,9 +10,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_bench_serve_smoke(tmp_path):
     out = tmp_path / "serve.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_serve.py"), "--pairs", "1", "--tokens", "3",
-                    "--prompts", "2", "--solo-prompts", "1", "--threads", "1", "--json", str(out)],
-                   check=True, timeout=600, capture_output=True)
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_serve.py"), "--pairs", "1", "--tokens", "3",
+                          "--prompts", "2", "--solo-prompts", "1", "--threads", "1", "--json", str(out)],
+                         check=True, timeout=600, capture_output=True, text=True)
+    assert "| server, 2 clients (pair 1) | 6 |" in run.stdout and "in process batch 2: **" in run.stdout
     got = json.loads(out.read_text())
     assert len(got["pairs"]) == 1 and got["ratio_median"] > 0
     pair = got["pairs"][0]
