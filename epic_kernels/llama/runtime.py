@@ -92,8 +92,8 @@ class SeqPool:
         if n > len(self.free):
             raise ValueError(
                 f"this step needs {self.in_use() + n} live paths but llama.cpp's context has {self.slots} sequence ids "
-                f"for paths (n_seq_max={self.last} = {LLAMA_MAX_SEQ}, llama.cpp's limit, less {self.first} for the "
-                "prefixes): lower max_rows, top_k, rollouts or the batch size")
+                f"for paths (n_seq_max={self.rt.n_seq_max}, at most {LLAMA_MAX_SEQ} in llama.cpp, less {self.first} "
+                "for the prefixes and 1 for released cells): lower max_rows, top_k, rollouts or the batch size")
         got, self.free = self.free[:n], self.free[n:]
         self.held.update(got)
         return torch.tensor(got, dtype=torch.int64)
