@@ -13,6 +13,7 @@ from ..ops.dispatch import choose
 from .evaluator import Evaluator
 from .prefetch import DEFAULT_BUDGET, LEVELS, Prefetched, Prefetcher
 from . import reuse as _reuse
+from .runtime import OutOfPaths
 from .search import Search, prune_on_host
 
 # a step's slot pool is handed to the next step for reuse unless it grew beyond this many slots
@@ -112,6 +113,10 @@ def _run(ev, pr, logits, prefix, cfg, which, width, *, advance, prefetched, reus
         ahead = _adopt(ev, pr, logits, prefix, prefetched.entries)
         if reuse:
             _reuse.load(ev, pr, prefix, prefetched.carries)
+        # what was handed over is adopted (forked into this step's paths) or useless, except the
+        # step-after-next entries: a runtime short of paths may take the rest back (make_room)
+        later = {i for e in ahead if e is not None for i in e.path_ids()}
+        st.spare = sorted(set(prefetched.path_ids()) - later)
     ride = (Prefetcher(ev, pr, transform, width, which, search.winners, prefetch_budget, ahead)
             if transform is not None else None)
     while search.advance():
@@ -174,7 +179,10 @@ def _adopt(ev, pr, logits, prefix, prefetched: list) -> list:
         e = prefetched[b]
         if e is None or not e.matches(logits[b], int(prefix.positions[b]), int(prefix.seeds[b]), pr.ids[lo:hi]):
             continue
-        e.load_into(ev, lo)
+        try:
+            e.load_into(ev, lo)
+        except OutOfPaths:             # no paths to adopt into (a fixed-size runtime): evaluate anew
+            continue
         ahead[b] = e.nested
     return ahead
 

@@ -65,7 +65,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
              top_k: int | None = defaults.TOP_K, top_p: float | None = None, min_p: float | None = None,
              rollout_top_k: int | None = defaults.ROLLOUT_TOP_K, block_size: int = defaults.BLOCK_SIZE,
              prefetch: bool = True, reuse: bool = True, on_step=None, max_rows: int | None = defaults.MAX_ROWS,
-             threads: int | None = None, n_ctx: int | None = None, tokenizer=None,
+             threads: int | None = None, n_ctx: int | None = None, n_seq_max: int = LLAMA_MAX_SEQ, tokenizer=None,
              runtime_out: list | None = None) -> GenerationOutput:
     """Decode up to ``max_new_tokens`` tokens per sequence with EPIC on llama.cpp.
 
@@ -74,7 +74,9 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     ``eos_token_id``: ids that end a sequence; ``"model"`` (default) takes llama.cpp's
     end-of-generation set of the model, None runs to ``max_new_tokens``.
     ``threads``: llama.cpp's threads (default: up to 2 of this process's cores); ``n_ctx``: KV cells
-    (default: what the request can need, ``context_cells``). ``tokenizer``: checked against the
+    (default: ``context_cells``); ``n_seq_max``: the context's sequence ids (llama.cpp's limit, 256, by
+    default; when a step needs more live paths the engine drops prefetch bets and gives back paths
+    it can evaluate again, the tokens unchanged). ``tokenizer``: checked against the
     model's vocabulary when given. ``runtime_out``: a list that receives the runtime (for its
     counters). The other parameters are ``epic_kernels.generate``'s; the tokens for a seed are the
     same whatever the batch, ``max_rows``, ``prefetch``, ``reuse`` and ``threads`` (up to float
@@ -103,13 +105,14 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
         raise ValueError(f"this generation (prompt {longest}, max_new_tokens {max_new_tokens} and the lookahead) "
                          f"reaches position {last}, beyond the {model.n_ctx_train} positions {model.path.name} was "
                          "trained for: use a shorter prompt, fewer max_new_tokens or a smaller horizon")
+    check_int(n_seq_max, "n_seq_max", 8, LLAMA_MAX_SEQ)
     need = context_cells([len(p) for p in prompts], max_new_tokens, horizon)
     if n_ctx is not None:
         check_int(n_ctx, "n_ctx", 1)
         if sum(len(p) for p in prompts) > n_ctx:
             raise ValueError(f"the prompts hold {sum(len(p) for p in prompts)} tokens, more than n_ctx={n_ctx} KV "
                              f"cells: give n_ctx >= {need} (what this request can need) or shorter prompts")
-    rt = LlamaRuntime(model, batch, n_ctx or need, N_BATCH, threads)
+    rt = LlamaRuntime(model, batch, n_ctx or need, N_BATCH, threads, n_seq_max)
     if runtime_out is not None:
         runtime_out.append(rt)
 

@@ -49,7 +49,7 @@ import time
 import numpy as np
 import torch
 
-from ..engine.runtime import CallRows
+from ..engine.runtime import CallRows, OutOfPaths
 from .library import load
 
 LLAMA_MAX_SEQ = 256          # llama.cpp's compile-time limit on sequence ids (src/llama-cparams.h)
@@ -66,6 +66,7 @@ class SeqPool:
         self.held: set[int] = set()
         self.epoch = 0
         self.busy = False
+        self.shortages = 0             # takes refused (the engine then made room)
         self._lock = threading.Lock()
 
     @property
@@ -90,7 +91,8 @@ class SeqPool:
 
     def take(self, n: int) -> torch.Tensor:
         if n > len(self.free):
-            raise ValueError(
+            self.shortages += 1
+            raise OutOfPaths(
                 f"this step needs {self.in_use() + n} live paths but llama.cpp's context has {self.slots} sequence ids "
                 f"for paths (n_seq_max={self.rt.n_seq_max}, at most {LLAMA_MAX_SEQ} in llama.cpp, less {self.first} "
                 "for the prefixes and 1 for released cells): lower max_rows, top_k, rollouts or the batch size")

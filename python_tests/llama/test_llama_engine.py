@@ -138,3 +138,18 @@ def test_forks_copy_no_kv(llama_model):
     # path's): a little above L + rows cells' worth, and far from a prefix per path (in_use() x L)
     assert L + rows - 1 <= cells <= (L + rows) * 1.02, (cells, L, rows)
     rt.close()
+
+
+def test_few_sequence_ids_do_not_change_tokens(llama_model):
+    """With 48 sequence ids for a batch of three, steps run out of paths: the engine drops bets and
+    gives back paths it evaluates again, and the tokens are those of a roomy context."""
+    kw = dict(max_new_tokens=8, alpha=0.6, horizon=3, rollouts=2, top_k=10, rollout_top_k=10, eos_token_id=None, seed=7)
+    ids, mask = left_pad(PROMPTS[3:6])
+    roomy = generate(llama_model, ids, attention_mask=mask, **kw).new_tokens
+    rts = []
+    tight = generate(llama_model, ids, attention_mask=mask, n_seq_max=48, runtime_out=rts, **kw).new_tokens
+    assert tight == roomy
+    rt = rts[0]
+    rt.begin_step()
+    assert rt.pool.slots == 44 and rt.pool.shortages > 0       # it did run short, and recovered
+    rt.close()
