@@ -8,7 +8,6 @@ over many sequence ids, and each winner's cell joins its prefix (never decoded a
 """
 from __future__ import annotations
 
-import os
 import time
 
 import torch
@@ -56,6 +55,64 @@ def check_tokenizer(model: LlamaModel, tokenizer) -> None:
     if n > model.n_vocab:
         raise ValueError(f"the tokenizer has {n} tokens but {model.path.name} has a vocabulary of {model.n_vocab}: "
                          "they belong to different models; use the tokenizer of this GGUF file")
+
+
+def _decode(rt, prompts, batch, seeds, eos, cfg, max_new_tokens, top_k, top_p, min_p, prefetch, reuse, on_step):
+    """The decoding loop of ``generate`` on a fresh runtime: per sequence, the new tokens and the
+    entropies of the model's distribution at each step, and the steps' records."""
+    model = rt.model
+    new_tokens: list[list[int]] = [[] for _ in range(batch)]
+    entropies: list[list[float]] = [[] for _ in range(batch)]
+    records: list[StepRecord] = []
+    if max_new_tokens > 0:
+        from ..ops import choose
+        from ..ops.softmax_entropy import softmax_entropy_impl
+
+        logits = rt.prefill(prompts)
+        which = choose(logits.device, None)
+        rows = torch.arange(batch)
+        prefetched = None
+        transform = (lambda nxt, seq, tokens: truncate(nxt, top_k, top_p, min_p)) if prefetch else None
+        warned = False
+        for step in range(max_new_tokens):
+            start = time.perf_counter()
+            h_q, _, _ = softmax_entropy_impl(logits, backend=which)
+            advance = step + 1 < max_new_tokens
+            prefix = Prefix([], torch.ones(len(rows), 0, dtype=torch.int64), rt.positions(), seeds[rows])
+            step_logits = truncate(logits, top_k, top_p, min_p)
+            if not warned:
+                warned = warn_if_expensive(step_logits, prefix, cfg)
+            rt.begin_step()
+            res = fast_sample(step_logits, prefix, model, cfg, advance=advance, prefetched=prefetched,
+                              transform=transform, reuse=reuse, runtime=rt)
+            tokens = res.tokens
+            if advance:
+                rt.commit(res.winner_paths)
+                logits, prefetched = res.next_logits, res.prefetched
+            for i, r in enumerate(rows.tolist()):
+                new_tokens[r].append(int(tokens[i]))
+                entropies[r].append(float(h_q[i]))
+            done = torch.tensor([int(t) in eos for t in tokens.tolist()], dtype=torch.bool)
+            keep = (~done).nonzero().flatten()
+            if advance and len(keep) < len(rows):     # finished sequences leave the batch
+                logits = logits[keep]
+                rt.select(keep)
+                prefetched = prefetched.select(keep, None) if prefetched is not None else None
+            st = res.stats
+            records.append(StepRecord(
+                active=len(rows), survivors=float(st.survivors.double().mean()),
+                evaluated_depth1=float(st.evaluated_depth1.double().mean()),
+                evaluated_deeper=float(st.evaluated_deeper.double().mean()),
+                forward_calls=st.forward_calls, forward_tokens=st.forward_tokens,
+                forwards_saved=st.forwards_saved, prefetched=st.adopted, reused=st.reused,
+                reused_rows=st.reused_rows, finish_calls=st.finish_calls,
+                seconds=time.perf_counter() - start))
+            if on_step is not None:
+                on_step(step, rows, tokens)
+            rows = rows[keep]
+            if len(rows) == 0:
+                break
+    return new_tokens, entropies, records
 
 
 @torch.no_grad()
@@ -116,59 +173,12 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
     if runtime_out is not None:
         runtime_out.append(rt)
 
-    new_tokens: list[list[int]] = [[] for _ in range(batch)]
-    entropies: list[list[float]] = [[] for _ in range(batch)]
-    records: list[StepRecord] = []
-    if max_new_tokens > 0:
-        from ..ops import choose
-        from ..ops.softmax_entropy import softmax_entropy_impl
-
-        logits = rt.prefill(prompts)
-        which = choose(logits.device, None)
-        rows = torch.arange(batch)
-        prefetched = None
-        transform = (lambda nxt, seq, tokens: truncate(nxt, top_k, top_p, min_p)) if prefetch else None
-        warned = False
-        for step in range(max_new_tokens):
-            start = time.perf_counter()
-            h_q, _, _ = softmax_entropy_impl(logits, backend=which)
-            advance = step + 1 < max_new_tokens
-            prefix = Prefix([], torch.ones(len(rows), 0, dtype=torch.int64), rt.positions(), seeds[rows])
-            step_logits = truncate(logits, top_k, top_p, min_p)
-            if not warned:
-                warned = warn_if_expensive(step_logits, prefix, cfg)
-            rt.begin_step()
-            res = fast_sample(step_logits, prefix, model, cfg, advance=advance, prefetched=prefetched,
-                              transform=transform, reuse=reuse, runtime=rt)
-            tokens = res.tokens
-            if advance:
-                rt.commit(res.winner_paths)
-                logits, prefetched = res.next_logits, res.prefetched
-            for i, r in enumerate(rows.tolist()):
-                new_tokens[r].append(int(tokens[i]))
-                entropies[r].append(float(h_q[i]))
-            done = torch.tensor([int(t) in eos for t in tokens.tolist()], dtype=torch.bool)
-            keep = (~done).nonzero().flatten()
-            if advance and len(keep) < len(rows):     # finished sequences leave the batch
-                logits = logits[keep]
-                rt.select(keep)
-                prefetched = prefetched.select(keep, None) if prefetched is not None else None
-            st = res.stats
-            records.append(StepRecord(
-                active=len(rows), survivors=float(st.survivors.double().mean()),
-                evaluated_depth1=float(st.evaluated_depth1.double().mean()),
-                evaluated_deeper=float(st.evaluated_deeper.double().mean()),
-                forward_calls=st.forward_calls, forward_tokens=st.forward_tokens,
-                forwards_saved=st.forwards_saved, prefetched=st.adopted, reused=st.reused,
-                reused_rows=st.reused_rows, finish_calls=st.finish_calls,
-                seconds=time.perf_counter() - start))
-            if on_step is not None:
-                on_step(step, rows, tokens)
-            rows = rows[keep]
-            if len(rows) == 0:
-                break
-    if runtime_out is None:
-        rt.close()
+    try:
+        new_tokens, entropies, records = _decode(rt, prompts, batch, seeds, eos, cfg, max_new_tokens, top_k, top_p,
+                                                 min_p, prefetch, reuse, on_step)
+    finally:
+        if runtime_out is None:
+            rt.close()
     n = max((len(t) for t in new_tokens), default=0)
     tail = torch.full((batch, n), pad_token_id, dtype=torch.int64)
     for r, toks in enumerate(new_tokens):
