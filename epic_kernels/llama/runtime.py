@@ -21,7 +21,8 @@ position and carries the set of sequence ids that see it. So here
 cache; without flash attention the sum also depends on where they lie (SIMD lanes, and scores
 rounded to f16 before the value product), which moved the embedded model's logits by up to ~0.9
 between two rows with the same text. So the context uses flash attention (each visible cell in turn,
-masked cells skipped: the result depends only on the order of the row's own cells) and keeps every
+masked cells skipped: the result depends only on the order of the row's own cells), in ubatches that
+keep it on its per-query kernel (``UBATCH``), and keeps every
 row's cells in position order by never letting llama.cpp reuse a cell: a path that is released,
 or cut back, leaves its cells to a **graveyard** sequence id that no row reads (``_bury``), so every
 new cell lies after all existing ones. A row's logits are then a function of its text alone, the
@@ -53,6 +54,11 @@ from ..engine.runtime import CallRows, OutOfPaths
 from .library import load
 
 LLAMA_MAX_SEQ = 256          # llama.cpp's compile-time limit on sequence ids (src/llama-cparams.h)
+# ggml's CPU flash attention switches to a tiled kernel (other sums) for ubatches of GGML_FA_TILE_Q = 64
+# queries or more, and splits the cells across threads for a ubatch of one query over 512 cells or more;
+# both change a row's logits (by up to 1.5 on the embedded model). Ubatches of at most 63 tokens, and
+# never of one (a padding token joins it), keep every row on the one per-query kernel.
+UBATCH = 63
 
 
 class SeqPool:
@@ -95,7 +101,8 @@ class SeqPool:
             raise OutOfPaths(
                 f"this step needs {self.in_use() + n} live paths but llama.cpp's context has {self.slots} sequence ids "
                 f"for paths (n_seq_max={self.rt.n_seq_max}, at most {LLAMA_MAX_SEQ} in llama.cpp, less {self.first} "
-                "for the prefixes and 1 for released cells): lower max_rows, top_k, rollouts or the batch size")
+                "for the prefixes and 2 for released cells and padding): lower max_rows, top_k, rollouts or the batch "
+                "size")
         got, self.free = self.free[:n], self.free[n:]
         self.held.update(got)
         return torch.tensor(got, dtype=torch.int64)
@@ -115,7 +122,8 @@ class LlamaRuntime:
     requires); ``threads``: llama.cpp's threads. ``prefill(prompts)`` decodes the prompts into
     sequence ids ``0 .. B-1`` and returns their last logits; the engine then runs on ``take`` /
     ``release`` / ``fork`` / ``run`` / ``in_use``; ``commit(paths)`` appends each active sequence's
-    winner. Sequence id ``n_seq_max - 1`` is the graveyard; the paths get the ids between.
+    winner. Sequence id ``n_seq_max - 1`` is the graveyard, ``n_seq_max - 2`` the padding token's;
+    the paths get the ids between.
     """
 
     def __init__(self, model, batch: int, n_ctx: int, n_batch: int = 512, threads: int | None = None,
@@ -132,7 +140,7 @@ class LlamaRuntime:
         lib = self.lib
         n_batch = max(int(n_batch), int(n_seq_max))     # llama.cpp asserts n_batch >= n_seq_max (outputs buffer)
         p = lib.llama_context_default_params()
-        p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = int(n_ctx), n_batch, n_batch, int(n_seq_max)
+        p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = int(n_ctx), n_batch + 1, UBATCH, int(n_seq_max)
         threads = threads or max(1, min(2, _cores()))
         p.n_threads = p.n_threads_batch = int(threads)
         p.kv_unified = True                              # one cache every sequence id shares
@@ -147,17 +155,19 @@ class LlamaRuntime:
                                                                   int(n_seq_max), int(threads))
         self.V = model.n_vocab
         self.batch_size = batch
-        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        self._batch = lib.llama_batch_init(self.n_batch + 1, 0, 1)
         self.grave = self.n_seq_max - 1                  # the graveyard: cells no row reads
+        self.pad = self.n_seq_max - 2                    # the padding token's sequence id (UBATCH)
         self.texts: list[list[int]] = [[] for _ in range(batch)]   # each prefix's tokens (sequence id b)
         self.active = list(range(batch))                 # the step's sequence index -> prefix id
         n = self.n_seq_max
         self.owner = [-1] * n                            # path -> prefix id it sits after (-1: empty)
         self.origin = [0] * n                            # path -> absolute position of its slot 0
         self.toks: list[list[int]] = [[] for _ in range(n)]   # path -> its own tokens (slots 0, 1, ...)
-        self.pool = SeqPool(self, batch, self.grave)
+        self.pool = SeqPool(self, batch, self.pad)
         self.cells = 0                                   # cells written since the cache was last cleared
         self.rebuilds = 0
+        self.pads = 0                                    # padding tokens decoded (one buried cell each)
         self.calls = self.rows = self.max_rows_fed = 0   # per step (begin_step resets them)
         self.total_calls = self.total_rows = 0
         self.decode_seconds = self.copy_seconds = 0.0
@@ -265,7 +275,7 @@ class LlamaRuntime:
             hi = min(lo + self.n_batch, N)
             for i in range(lo, hi):
                 self._extend(path[i], self.active[seq[i]], fill[i], positions[i])
-            self._make_room(hi - lo)
+            self._make_room(hi - lo + 1)
             self._fill([(tokens[i], positions[i], path[i], True) for i in range(lo, hi)])
             self._decode(f"a model call of {hi - lo} rows")
             for i in range(lo, hi):
@@ -333,7 +343,7 @@ class LlamaRuntime:
 
     def _decode_text(self, seq: int, toks: list[int], start: int, logits: bool):
         """Decode ``toks`` into sequence id ``seq`` at positions ``start ..``; the last token's logits."""
-        if self.cells + len(toks) > self.n_ctx:
+        if self.cells + len(toks) + 1 > self.n_ctx:
             raise ValueError(f"{len(toks)} tokens do not fit the {self.n_ctx - self.cells} free KV cells of this "
                              "context (n_ctx): give a larger n_ctx or shorter prompts")
         for lo in range(0, len(toks), self.n_batch):
@@ -353,7 +363,14 @@ class LlamaRuntime:
         b.n_tokens = len(entries)
 
     def _decode(self, what: str) -> None:
-        n = self._batch.n_tokens
+        b = self._batch
+        padded = b.n_tokens % UBATCH == 1                # the last ubatch would hold one token: pad it
+        if padded:
+            i = b.n_tokens
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = 0, 0, 1, 0
+            b.seq_id[i][0] = self.pad
+            b.n_tokens = i + 1
+        n = b.n_tokens
         t0 = time.perf_counter()
         rc = self.lib.llama_decode(self.ctx, self._batch)
         self.decode_seconds += time.perf_counter() - t0
@@ -363,6 +380,9 @@ class LlamaRuntime:
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc} on {what}")
         self.cells += n
+        if padded:
+            self._bury(self.pad, 0)
+            self.pads += 1
 
     def _logits(self, n: int) -> torch.Tensor:
         """The last decode's ``n`` output rows, ``[n, V]`` float32 (a copy)."""

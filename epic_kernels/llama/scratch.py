@@ -59,10 +59,15 @@ class ScratchModel:
         keep = 0
         while keep < min(len(self._text), len(text) - 1) and self._text[keep] == text[keep]:
             keep += 1
-        # the context holds self._text in cells 0, 1, ... (position order); cutting its tail frees the
-        # last cells, so the new tokens again follow the kept ones in position order
+        pads = rt.pads
+        if keep + pads + len(text) - keep + 2 > rt.n_ctx:
+            rt.lib.llama_memory_clear(rt.mem, True)       # padding cells filled the context: start afresh
+            keep, pads = 0, 0
+            rt.pads = 0
+        # the context holds self._text in position order (and buried padding cells); cutting its tail
+        # frees its last cells, so the new tokens again follow the kept ones in position order
         rt.lib.llama_memory_seq_rm(rt.mem, 0, keep, -1)
-        rt.cells = keep
+        rt.cells = keep + pads
         got = rt._decode_text(0, text[keep:], keep, logits=True)
         self._text = list(text)
         self.decoded += len(text) - keep

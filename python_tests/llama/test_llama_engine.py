@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from epic_kernels.core import EpicConfig
+from epic_kernels.engine.runtime import CallRows
 from epic_kernels.llama import LlamaRuntime, generate
 from epic_kernels.llama.scratch import token_prefix
 from epic_kernels.reference import exhaustive_sample, lazy_sample
@@ -133,15 +134,15 @@ def test_forks_copy_no_kv(llama_model):
     cells = rt.state_bytes() / per_cell
     assert rows >= 13                                  # candidates went deeper on 4 rollouts
     assert rt.in_use() >= 4
-    assert rt.cells == L + rows                         # one cell written per row, none per fork
+    assert rt.cells == L + rows + rt.pads              # one cell written per row (and padding token), none per fork
     # llama.cpp's state also writes each cell's sequence ids (4 bytes each; the prefix cells carry every
     # path's): a little above L + rows cells' worth, and far from a prefix per path (in_use() x L)
-    assert L + rows - 1 <= cells <= (L + rows) * 1.02, (cells, L, rows)
+    assert L + rows + rt.pads - 1 <= cells <= (L + rows + rt.pads) * 1.02, (cells, L, rows, rt.pads)
     rt.close()
 
 
 def test_few_sequence_ids_do_not_change_tokens(llama_model):
-    """With 48 sequence ids for a batch of three, steps run out of paths: the engine drops bets and
+    """With 48 sequence ids (43 for paths) for a batch of three, steps run out of paths: the engine drops bets and
     gives back paths it evaluates again, and the tokens are those of a roomy context."""
     kw = dict(max_new_tokens=8, alpha=0.6, horizon=3, rollouts=2, top_k=10, rollout_top_k=10, eos_token_id=None, seed=7)
     ids, mask = left_pad(PROMPTS[3:6])
@@ -151,5 +152,32 @@ def test_few_sequence_ids_do_not_change_tokens(llama_model):
     assert tight == roomy
     rt = rts[0]
     rt.begin_step()
-    assert rt.pool.slots == 44 and rt.pool.shortages > 0       # it did run short, and recovered
+    assert rt.pool.slots == 43 and rt.pool.shortages > 0       # it did run short, and recovered
     rt.close()
+
+
+def test_any_call_size_and_cache_size_give_the_same_logits(llama_model, scratch):
+    """Calls of 1 row over >= 512 cells and of 130 rows (three ubatches) give a fresh context's logits
+    bit for bit, and a decode that rebuilds its cache (n_ctx 512) the same entropies, i.e. the same
+    logits, as one that never does."""
+    prompt = PROMPTS[0] * 60                              # 360 tokens: the single rows see > 512 cells
+    rt = LlamaRuntime(llama_model, 1, 2048)
+    rt.prefill([prompt])
+    toks = list(range(1000, 1130))
+    for n, lo in ((130, 0), (1, 0), (1, 7), (64, 3)):
+        p = rt.take(n)
+        out = rt.run(CallRows(torch.zeros(n, dtype=torch.long), p, torch.zeros(n, dtype=torch.long),
+                              torch.tensor(toks[lo:lo + n]), torch.full((n,), len(prompt))))
+        for i in range(n):
+            assert torch.equal(out[i], scratch.logits_of(prompt + [toks[lo + i]])), (n, i)
+        rt.release(p.tolist())
+    assert rt.cells > 512 and rt.pads >= 2
+    rt.close()
+    kw = dict(max_new_tokens=40, alpha=0.3, horizon=3, rollouts=2, top_k=20, rollout_top_k=20, eos_token_id=None,
+              seed=2)
+    rts = []
+    small = generate(llama_model, torch.tensor([PROMPTS[1]]), n_ctx=512, runtime_out=rts, **kw)
+    large = generate(llama_model, torch.tensor([PROMPTS[1]]), n_ctx=8192, **kw)
+    assert rts[0].rebuilds >= 1
+    assert small.entropies == large.entropies and small.new_tokens == large.new_tokens
+    rts[0].close()
