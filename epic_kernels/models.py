@@ -70,6 +70,17 @@ def load_model(path: str | os.PathLike | None = None, *, dtype=None):
     return model.eval(), tokenizer
 
 
+def gguf_tokenizer(path: str | os.PathLike):
+    """The Hugging Face tokenizer stored in the GGUF file ``path`` (chat template included), for
+    engines that run the file itself (llama.cpp)."""
+    path = check_model_path(path)
+    check_installed("gguf", extra="gguf", purpose=f"reading the tokenizer of {path.name}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
 def eos_ids(model, tokenizer) -> list[int]:
     """Every token id that ends a generation (the generation config's, else the tokenizer's)."""
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

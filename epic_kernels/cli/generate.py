@@ -3,8 +3,10 @@ Face directory / GGUF file): chat template, streamed text, a per-step table and 
 the same prompt decoded with plain top-p sampling, and a plot of the per-step entropy trajectories
 (``--plot`` needs matplotlib: ``pip install epic_kernels[plot]``). ``--engine vllm`` runs every model
 call through an in-process vLLM engine, ``--server URL`` through a running ``vllm serve`` (both need
-the vLLM environment: ``make setup-vllm``); ``--json FILE`` writes the tokens, text and per-step
-statistics of either engine.
+the vLLM environment: ``make setup-vllm``); ``--engine llama.cpp`` runs EPIC on llama.cpp (the
+embedded GGUF, or ``--model FILE.gguf``: the library's engine on llama.cpp's quantized model, its
+logits and KV forks; needs ``llama-cpp-python``, which ``make setup`` builds); ``--json FILE``
+writes the tokens, text and per-step statistics of any engine.
 """
 from __future__ import annotations
 
@@ -54,12 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--band-data", default=None, type=types.existing_file, metavar="FILE.jsonl",
                    help="held-out text for the plot's typical-entropy band (mean ± sd of the model's entropy)")
     p.add_argument("--band-field", default="question", help="JSON field of --band-data holding the text")
-    p.add_argument("--threads", type=types.int_in(1), default=None, help="torch intra-op threads")
+    p.add_argument("--threads", type=types.int_in(1), default=None,
+                   help="torch intra-op threads (llama.cpp's threads with --engine llama.cpp)")
     p.add_argument("--no-chat-template", action="store_true")
     p.add_argument("--quiet-steps", action="store_true", help="do not print the per-step table")
-    p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+    p.add_argument("--engine", choices=["hf", "vllm", "llama.cpp"], default="hf",
                    help="hf: the library's engine on transformers; vllm: every model call through vLLM "
-                        "(in process; the embedded model is converted once to a safetensors folder)")
+                        "(in process; the embedded model is converted once to a safetensors folder); "
+                        "llama.cpp: the library's engine on llama.cpp (a .gguf file, quantized as stored)")
     p.add_argument("--server", default=None, metavar="URL",
                    help="EPIC through a running OpenAI-compatible vLLM server at URL (implies --engine vllm)")
     p.add_argument("--refine", choices=["eager", "full", "adaptive"], default="eager",
@@ -107,6 +111,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.model and str(args.model).endswith(".gguf"):
             parser.error("vLLM needs a Hugging Face model folder, not a .gguf file (the embedded model is "
                          "converted automatically when --model is not given)")
+    if args.engine == "llama.cpp":
+        if args.baseline or args.band_data:
+            parser.error("--baseline and --band-data run the model through transformers: use --engine hf")
+        if args.model and not str(args.model).endswith(".gguf"):
+            parser.error("--engine llama.cpp needs a .gguf file (a Hugging Face folder runs on --engine hf)")
     types.check_plotting(parser, args.plot)
     return args
 
@@ -182,6 +191,8 @@ def _plot(path, runs, band):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.engine == "llama.cpp":
+            return _generate_llama(args)
         return _generate_vllm(args) if args.engine == "vllm" else _generate(args)
     except (ValueError, OSError, MissingDependency) as err:
         print(f"epic-generate: error: {err}", file=sys.stderr)
@@ -244,6 +255,55 @@ def _generate(args) -> int:
     if args.plot:
         band = _band(model, tokenizer, args.band_texts) if args.band_texts else None
         _plot(args.plot, runs, band)
+        print(f"[plot] wrote {args.plot}")
+    return 0
+
+
+def _generate_llama(args) -> int:
+    """The same decode on llama.cpp (``epic_kernels.llama``): the GGUF's own quantized weights."""
+    from ..llama import LlamaModel, generate
+    from ..models import chat_prompt_ids, embedded_model_path, gguf_tokenizer
+
+    started = time.perf_counter()
+    model = LlamaModel(args.model)
+    tokenizer = gguf_tokenizer(args.model or embedded_model_path())
+    print(f"[epic-generate] llama.cpp loaded {model.path.name} in {time.perf_counter() - started:.1f}s; "
+          f"alpha={args.alpha} horizon={args.horizon} rollouts={args.rollouts} top_k={args.top_k or None} "
+          f"rollout_top_k={args.rollout_top_k or None}", file=sys.stderr)
+    ids = chat_prompt_ids(tokenizer, args.prompt, not args.no_chat_template)
+    printed, tokens = [""], []
+
+    def stream(step, rows, new):
+        tokens.append(int(new[0]))
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        sys.stdout.write(text[len(printed[0]):])
+        sys.stdout.flush()
+        printed[0] = text
+
+    print("--- EPIC (llama.cpp) ---")
+    out = generate(model, ids, max_new_tokens=args.max_new_tokens, alpha=args.alpha, horizon=args.horizon,
+                   rollouts=args.rollouts, seed=args.seed, top_k=args.top_k or None,
+                   rollout_top_k=args.rollout_top_k or None, block_size=args.block_size, threads=args.threads,
+                   tokenizer=tokenizer, on_step=stream)
+    print()
+    s = out.summary()
+    if not args.quiet_steps:
+        print("\nstep  token           H(q)  survivors  depth1  deeper  calls  rows  saved    ms")
+        for i, (tok, h, rec) in enumerate(zip(out.new_tokens[0], out.entropies[0], out.steps)):
+            piece = repr(tokenizer.decode([tok]))[:14]
+            print(f"{i:4d}  {piece:14s} {h:5.2f}  {rec.survivors:9.0f}  {rec.evaluated_depth1:6.0f}  "
+                  f"{rec.evaluated_deeper:6.0f}  {rec.forward_calls:5d}  {rec.forward_tokens:4d}  "
+                  f"{rec.forwards_saved:5d}  {rec.seconds * 1e3:5.0f}")
+    print(f"\n[summary] {s['tokens']} tokens in {s['seconds']:.1f}s = {s['tokens_per_second']:.2f} tokens/s; "
+          f"mean survivors {s['mean_survivors']:.1f}; {s['forward_calls_per_token']:.2f} llama_decode calls and "
+          f"{s['forward_tokens_per_token']:.1f} rows per token")
+    if args.json:
+        _write_json(args.json, dict(engine="llama.cpp", model=str(model.path), tokens=out.new_tokens[0],
+                                    text=tokenizer.decode(out.new_tokens[0], skip_special_tokens=True), summary=s,
+                                    steps=[dict(rec.__dict__, entropy=h)
+                                           for rec, h in zip(out.steps, out.entropies[0])]))
+    if args.plot:
+        _plot(args.plot, [("EPIC (llama.cpp)", out.entropies[0])], None)
         print(f"[plot] wrote {args.plot}")
     return 0
 

@@ -25,7 +25,7 @@ from ..ops.philox import noise_at_impl
 from ..ops.plan_rows import plan_rows_impl
 from ..ops.softmax_entropy import softmax_entropy_impl
 from ..reference.primitives import partial_sums, score
-from .runtime import CallRows, ForkRuntime, SlotPool
+from .runtime import CallRows, ForkRuntime, OutOfPaths, SlotPool
 from .state import CandidateState
 
 
@@ -124,14 +124,26 @@ class Evaluator:
         return ent.cpu(), picks.cpu()               # all S samples from one softmax pass (C++)
 
     # -- one model call -----------------------------------------------------------------------------
-    def plan(self, limit: int | None = None, strict: bool = False):
+    def plan(self, limit: int | None = None, strict: bool = False, make_room: bool = False):
         """The rows (a ``Rows``) that advance pending candidates by one depth, at most ``limit``
         (default ``max_rows``) of them, in candidate order (at least one candidate unless
         ``strict``); None: nothing to do. The row table and the fan-out forks come from the
-        ``plan_rows`` op."""
+        ``plan_rows`` op. ``make_room``: when the runtime has too few paths (``OutOfPaths``), give
+        back paths of candidates that can be evaluated again (``CandidateState.make_room``) and
+        try again, with fewer rows if the call's own rows need more paths than there are."""
+        cap = self.max_rows if limit is None else min(limit, self.max_rows)
+        while True:
+            try:
+                return self._plan(cap, strict, make_room)
+            except OutOfPaths:
+                # the call's own rows need more paths than the runtime has: plan fewer rows
+                if not make_room or cap <= 1:
+                    raise
+                cap = max(1, cap // 2)
+
+    def _plan(self, cap: int, strict: bool, make_room: bool):
         st = self.state
         K, a = self.cfg.rollouts, st.lead
-        cap = self.max_rows if limit is None else min(limit, self.max_rows)
         active = (st.depth < st.goal).nonzero().flatten()
         # pending candidates at depth 1 that lost their path: run depth 1 again first
         lost = active[(st.depth[active] == 1) & (st.paths[active, 0] < 0)]
@@ -158,9 +170,8 @@ class Evaluator:
         p = plan_rows_impl(st.depth, goal, st.seq, st.tokens, st.last, st.base, K, a, self.backend)
         busy = torch.cat([p.first, p.deep, restore])
         st.evict(len(p.first) + len(restore), busy)
-        st.take(torch.cat([p.first, restore]), 1)
         fan = p.deep[st.depth[p.deep] == 1]
-        st.take(fan, K)
+        self._take(torch.cat([p.first, restore]), fan, busy, make_room)
         if len(p.fan_src):                               # depth 1 is shared: fork it to the other rollouts
             src, dst = p.fan_src // K, p.fan_dst
             self.rt.fork(st.paths[src, 0], st.paths[dst // K, dst % K], a + 1)
@@ -172,6 +183,28 @@ class Evaluator:
                         torch.cat([p.fill, torch.full_like(r, a)]), torch.cat([p.tokens, st.tokens[r]]),
                         torch.cat([p.positions, st.base[r]]))
         return Rows(p.first, p.deep, restore, torch.cat([p.row_candidate, r]), call)
+
+    def _take(self, ones: torch.Tensor, fan: torch.Tensor, busy: torch.Tensor, make_room: bool) -> None:
+        """Paths for a call: path 0 of candidates ``ones``, all K of ``fan``. If the runtime runs out
+        (``OutOfPaths``), ``make_room`` gives back other candidates' paths and tries once more; a
+        failure takes nothing (a path taken but never written must not look like a kept one)."""
+        st, K = self.state, self.cfg.rollouts
+        before = st.paths.clone()
+        try:
+            try:
+                st.take(ones, 1)
+                st.take(fan, K)
+            except OutOfPaths:
+                if not (make_room and st.make_room(busy)):
+                    raise
+                st.take(ones, 1)                     # (takes only the paths still missing)
+                st.take(fan, K)
+        except OutOfPaths:
+            new = (before < 0) & (st.paths >= 0)
+            if new.any():
+                self.rt.release(st.paths[new].tolist())
+                st.paths[new] = -1
+            raise
 
     def absorb(self, rows: Rows, logits: torch.Tensor) -> None:
         """File the model's outputs for ``rows``: entropies, keyed rollout tokens, depth-1 logits."""
@@ -212,7 +245,12 @@ class Evaluator:
     def call(self, ride=None) -> bool:
         """One model call advancing every pending candidate by one depth, with ``ride``'s rows
         (if any) in the same call. False when nothing was pending (no call made)."""
-        rows = self.plan()
+        try:
+            rows = self.plan()
+        except OutOfPaths:                   # bets are speculative: they give their paths back first
+            if ride is not None:
+                ride.drop_all()
+            rows = self.plan(make_room=True)
         if rows is None:
             return False
         extra = ride.plan(self.max_rows - len(rows)) if ride is not None else None

@@ -39,6 +39,7 @@ import torch
 from ..core import admissible_bound
 from ..ops.candidate_manager import make_manager
 from .evaluator import Evaluator
+from .runtime import OutOfPaths
 from .search import Search, prune_on_host
 
 MAX_GUESSES = 2        # bets per sequence per step
@@ -166,7 +167,11 @@ class _Bet:
                             src.backend, src.state.table.dtype, runtime=src.rt, lead=lead,
                             lead_slot=int(src.state.paths[m, 0]), z=npr.scores)
         if ahead is not None:          # a previous step already evaluated part of this one
-            ahead.load_into(self.ev, 0)
+            try:
+                ahead.load_into(self.ev, 0)
+            except OutOfPaths:
+                self.release()
+                raise
         bound = admissible_bound(logits.shape[-1], cfg.rollout_top_k)
         mgr = make_manager(npr.offsets, npr.ids, npr.scores, cfg.alpha, cfg.horizon, bound, cfg.block_size,
                            src.backend)
@@ -176,6 +181,18 @@ class _Bet:
         self.rows_fed = 0
         self.child = None              # level 2: the bet on this bet's own winner
         self.child_tried = False
+
+    def release(self) -> None:
+        """Give back every path of this bet (and of its child): it is dropped."""
+        st = self.ev.state
+        for m in (st.paths >= 0).any(-1).nonzero().flatten().tolist():
+            st.release(m)
+        if st.lead_path is not None:
+            self.ev.rt.release(st.lead_path.tolist())
+            st.lead_path = None
+        if getattr(self, "child", None) is not None:
+            self.child.release()
+            self.child = None
 
     def winner(self) -> int:
         """This speculative step's winner once decided and evaluated at depth 1, else -1."""
@@ -269,7 +286,11 @@ class Prefetcher:
             one = npr.row(n)
             if ahead is not None and not ahead.matches(nxt[n], int(positions[n]), int(ev.prefix.seeds[b]), one.ids):
                 ahead = None
-            bet = _Bet(src, b, m, nxt[n], one, int(positions[n]), count * (1 + K * (k - 1)) + 1, toks, ahead)
+            try:
+                bet = _Bet(src, b, m, nxt[n], one, int(positions[n]), count * (1 + K * (k - 1)) + 1, toks, ahead)
+            except OutOfPaths:         # the runtime has no paths to spare for it
+                out.append(None)
+                continue
             self.bets.append(bet)
             out.append(bet)
         return out
@@ -283,7 +304,7 @@ class Prefetcher:
             if bet is not None:
                 if decided[b] < 0 or decided[b] == bet.m:
                     continue
-                del self.live[b]                     # another candidate won: the bet is lost
+                self.live.pop(b).release()           # another candidate won: the bet is lost, its paths free
             if self.tries[b] >= MAX_GUESSES or (int(pr.counts[b]) < 2 and decided[b] < 0):
                 continue
             if kept is None and decided[b] < 0:      # the kept, evaluated candidates: at most max_rows
@@ -324,11 +345,31 @@ class Prefetcher:
         self._new_children()
         self.in_flight = []
         for bet in list(self.live.values()) + [b.child for b in self.live.values() if b.child is not None]:
-            rows = bet.plan(limit)
+            try:
+                rows = bet.plan(limit)
+            except OutOfPaths:         # no paths left for it: drop it (and its child)
+                self._drop(bet)
+                continue
             if rows is not None:
                 self.in_flight.append((bet, rows))
                 limit -= len(rows)
         return [rows for _, rows in self.in_flight] or None
+
+    def _drop(self, bet) -> None:
+        """Drop ``bet`` (its paths go back to the runtime); no more bets for its sequence this step."""
+        bet.release()
+        self.tries[bet.b] = MAX_GUESSES
+        if self.live.get(bet.b) is bet:
+            del self.live[bet.b]
+        else:
+            for parent in self.live.values():
+                if parent.child is bet:
+                    parent.child = None
+
+    def drop_all(self) -> None:
+        """Drop every live bet (the step itself needs their paths)."""
+        for bet in list(self.live.values()):
+            self._drop(bet)
 
     def absorb(self, logits: torch.Tensor) -> None:
         """File the outputs of the rows ``plan`` returned, bet by bet."""

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .runtime import OutOfPaths
+
 
 @dataclass
 class _Carried:
@@ -110,8 +112,11 @@ def load(ev, pr, prefix, carries: list) -> None:
                 ms.append(m)
                 gots.append(got)
         if ms:                                       # every carry of one step starts after the same lead
-            st.adopt(ms, [g.depth for g in gots], [g.table for g in gots], [g.last for g in gots],
-                     [g.logits for g in gots], [g.paths for g in gots], gots[0].start, reused=True)
+            try:
+                st.adopt(ms, [g.depth for g in gots], [g.table for g in gots], [g.last for g in gots],
+                         [g.logits for g in gots], [g.paths for g in gots], gots[0].start, reused=True)
+            except OutOfPaths:                       # a fixed-size runtime has no paths for them: evaluate anew
+                continue
 
 
 __all__ = ["Carry", "carry", "load"]

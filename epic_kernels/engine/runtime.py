@@ -73,8 +73,16 @@ class CallRows:
                         None if self.limit is None else self.limit[lo:hi])
 
 
+class OutOfPaths(ValueError):
+    """A runtime with a fixed number of paths (llama.cpp's sequence ids) has none left for ``take``.
+    The engine then drops prefetch bets, and then gives back paths of candidates it can evaluate
+    again (``CandidateState.make_room``), before it lets the error through (its message names the
+    limit and the fix). ``ForkRuntime`` grows its pool instead and never raises it."""
+
+
 class Runtime(Protocol):
-    """What the engine asks of a model runtime (see the module docstring)."""
+    """What the engine asks of a model runtime (see the module docstring). ``take`` may raise
+    ``OutOfPaths``."""
 
     def take(self, n: int) -> torch.Tensor: ...
     def release(self, ids) -> None: ...
@@ -244,4 +252,4 @@ class ForkRuntime:
         return out.logits[:, -1, :]
 
 
-__all__ = ["CallRows", "Runtime", "SlotPool", "ForkRuntime"]
+__all__ = ["CallRows", "OutOfPaths", "Runtime", "SlotPool", "ForkRuntime"]

@@ -55,6 +55,7 @@ class CandidateState:
         self.restored = 0                     # depth-1 rows run again (max_rows bound)
         self.adopted = self.adopted_rows = 0  # evaluations taken from the last step's prefetch ...
         self.reused = self.reused_rows = 0    # ... and from its winner's rollouts
+        self.spare: list[int] = []            # handed-over paths this step no longer needs (make_room frees them)
         self.lead_path = None
         if lead:
             self.lead_path = runtime.take(1)
@@ -177,6 +178,48 @@ class CandidateState:
         for m, t in self.logits.items():
             if t.untyped_storage().nbytes() > t.nbytes:
                 self.logits[m] = t.clone()
+
+    def make_room(self, busy: torch.Tensor) -> bool:
+        """The runtime ran out of paths (``runtime.OutOfPaths``): give back the paths of candidates that
+        are neither ``busy`` (in the call being planned) nor protected (winners), lowest extrapolated
+        score first (before all: the previous step's handed-over paths, ``spare``, once adopted):
+        paths not yet written (candidates at depth 0), then the one path of depth-1
+        candidates that are not pending (their kept logits go with it), then all paths of candidates
+        evaluated through the horizon; and only when none of those holds a path, the paths of pending
+        candidates, which start again from depth 0 (the search reads no result of a pending
+        candidate, and the keyed rollouts repeat exactly). A candidate needed again has its depth-1
+        row run again (``restore``), so the tokens do not change. Returns whether any path was given
+        back."""
+        if self.spare:               # first: the previous step's hand-over, already adopted
+            self.rt.release(self.spare)
+            self.spare = []
+            return True
+        held = (self.paths >= 0).any(-1)
+        held[busy] = False
+        if self.protected:
+            held[torch.tensor(sorted(self.protected), dtype=torch.int64)] = False
+        settled = self.depth >= self.goal
+        groups = [held & (self.depth == 0), held & settled & (self.depth == 1),
+                  held & settled & (self.depth >= self.cfg.horizon)]
+        freed = False
+        for group in (g.nonzero().flatten() for g in groups):
+            for m in group[torch.argsort(self.priority(group), stable=True)].tolist():
+                self.release(m)
+                for r in range(self.cfg.rollouts):
+                    self.second.pop((m, r), None)
+                freed = True
+        if not freed:                # last: pending candidates start again from depth 0
+            pending = (held & ~settled).nonzero().flatten()
+            for m in pending[torch.argsort(self.priority(pending), stable=True)].tolist():
+                self.release(m)
+                for r in range(self.cfg.rollouts):
+                    self.second.pop((m, r), None)
+                self.depth[m] = 0
+                self.drawn[m] = -1
+                freed = True
+        if freed:
+            self.complete = [m for m in self.complete if bool((self.paths[m] >= 0).any())]
+        return freed
 
     def trim(self) -> None:
         """When the runtime holds more than ``4 max_rows`` paths, give back the paths (and the kept

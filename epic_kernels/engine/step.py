@@ -13,6 +13,7 @@ from ..ops.dispatch import choose
 from .evaluator import Evaluator
 from .prefetch import DEFAULT_BUDGET, LEVELS, Prefetched, Prefetcher
 from . import reuse as _reuse
+from .runtime import OutOfPaths
 from .search import Search, prune_on_host
 
 # a step's slot pool is handed to the next step for reuse unless it grew beyond this many slots
@@ -29,12 +30,13 @@ class FastStep:
     next_keys: list | None = None    # per layer [B, kv_heads, head_dim]: the winners' own KV (advance)
     next_values: list | None = None
     prefetched: Prefetched | None = None   # the hand-over to the next step (advance; not yet bound to a cache)
+    winner_paths: torch.Tensor | None = None  # int64 [B]: the runtime path holding each winner's own KV (advance)
 
 
 @torch.no_grad()
 def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str | None = None,
                 advance: bool = True, prefetched: Prefetched | None = None, transform=None,
-                prefetch_budget: int = DEFAULT_BUDGET, pool=None, reuse: bool = True) -> FastStep:
+                prefetch_budget: int = DEFAULT_BUDGET, pool=None, reuse: bool = True, runtime=None) -> FastStep:
     """One EPIC step for every sequence of ``prefix``.
 
     With ``advance`` the step also produces each sequence's next logits and the KV of its winner:
@@ -54,6 +56,13 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
     The slot pool (``prefetched.pool``, else ``pool``: storage to reuse) is claimed for this step
     (``SlotPool.claim``), keeping the paths the hand-over refers to; if another step holds it, a new
     pool is used and the hand-over ignored.
+
+    ``runtime``: run on this runtime (``runtime.Runtime``, with its path pool ``runtime.pool``, e.g. the
+    llama.cpp runtime, which holds the prefixes itself: ``prefix`` then needs only positions and
+    seeds) instead of a ``ForkRuntime`` over ``prefix`` and ``model``. Its pool is claimed the same
+    way; a hand-over made on another pool is ignored, and a pool another step holds is an error.
+    Runtimes that hand the winners' KV to the caller's cache implement ``token_kv`` (``next_keys`` /
+    ``next_values``); for any runtime ``winner_paths`` names the paths that hold it.
     """
     B, V = logits.shape
     which = choose(logits.device, backend)
@@ -63,19 +72,28 @@ def fast_sample(logits: torch.Tensor, prefix: Prefix, model, cfg, backend: str |
     seq = torch.repeat_interleave(torch.arange(B), pr.counts)
     prefetch = advance and transform is not None and prefetch_budget > 0
     # the pool: claimed for this step, keeping the paths the previous step's hand-over refers to
-    if prefetched is not None:
-        pool = prefetched.pool
-    keep = prefetched.path_ids() if prefetched is not None else []
-    if pool is not None and not pool.claim(keep):    # another step holds it
-        pool = None
-    ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch * LEVELS,
-                   pool=pool, z=pr.scores, carry=advance and reuse)
-    st, rt = ev.state, ev.rt
-    if rt.pool is not pool:                          # a new pool: the hand-over's paths are not in it
-        if pool is not None:
-            pool.unclaim()
-        rt.pool.claim()
-        prefetched = None
+    if runtime is not None:                          # the caller's runtime, on its own pool
+        if prefetched is not None and prefetched.pool is not runtime.pool:
+            prefetched = None
+        if not runtime.pool.claim(prefetched.path_ids() if prefetched is not None else []):
+            raise RuntimeError("this runtime is in use by another step; run one step at a time on it")
+        ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, runtime=runtime, z=pr.scores,
+                       carry=advance and reuse)
+        rt = ev.rt
+    else:
+        if prefetched is not None:
+            pool = prefetched.pool
+        keep = prefetched.path_ids() if prefetched is not None else []
+        if pool is not None and not pool.claim(keep):    # another step holds it
+            pool = None
+        ev = Evaluator(model, prefix, seq, pr.ids, cfg, which, pr.scores.dtype, slot_len=k + prefetch * LEVELS,
+                       pool=pool, z=pr.scores, carry=advance and reuse)
+        rt = ev.rt
+        if rt.pool is not pool:                          # a new pool: the hand-over's paths are not in it
+            if pool is not None:
+                pool.unclaim()
+            rt.pool.claim()
+            prefetched = None
     try:
         return _run(ev, pr, logits, prefix, cfg, which, width, advance=advance, prefetched=prefetched,
                     reuse=reuse, transform=transform if prefetch else None, prefetch_budget=prefetch_budget)
@@ -95,6 +113,10 @@ def _run(ev, pr, logits, prefix, cfg, which, width, *, advance, prefetched, reus
         ahead = _adopt(ev, pr, logits, prefix, prefetched.entries)
         if reuse:
             _reuse.load(ev, pr, prefix, prefetched.carries)
+        # what was handed over is adopted (forked into this step's paths) or useless, except the
+        # step-after-next entries: a runtime short of paths may take the rest back (make_room)
+        later = {i for e in ahead if e is not None for i in e.path_ids()}
+        st.spare = sorted(set(prefetched.path_ids()) - later)
     ride = (Prefetcher(ev, pr, transform, width, which, search.winners, prefetch_budget, ahead)
             if transform is not None else None)
     while search.advance():
@@ -124,7 +146,9 @@ def _run(ev, pr, logits, prefix, cfg, which, width, *, advance, prefetched, reus
                 pass
             stats.finish_calls, stats.finish_tokens = rt.calls - calls, rt.rows - toks
         out.next_logits = torch.stack([st.logits[m] for m in win.tolist()])
-        out.next_keys, out.next_values = ev.winner_kv(win)
+        out.winner_paths = st.paths[win, 0].clone()
+        if hasattr(rt, "token_kv"):                  # the caller's cache takes the winners' KV
+            out.next_keys, out.next_values = ev.winner_kv(win)
     carries = _reuse.carry(ev, win) if advance and reuse else None
     entries = None
     if ride is not None:
@@ -155,7 +179,10 @@ def _adopt(ev, pr, logits, prefix, prefetched: list) -> list:
         e = prefetched[b]
         if e is None or not e.matches(logits[b], int(prefix.positions[b]), int(prefix.seeds[b]), pr.ids[lo:hi]):
             continue
-        e.load_into(ev, lo)
+        try:
+            e.load_into(ev, lo)
+        except OutOfPaths:             # no paths to adopt into (a fixed-size runtime): evaluate anew
+            continue
         ahead[b] = e.nested
     return ahead
 
