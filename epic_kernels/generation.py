@@ -38,6 +38,16 @@ class StepRecord:
     reused_rows: int = 0           # the rows those reused evaluations had fed
     finish_calls: int = 0          # model calls for winners that had no evaluation of their own
 
+    @classmethod
+    def of(cls, active: int, st, seconds: float) -> "StepRecord":
+        """The record of a step over ``active`` sequences from its ``StepStats``."""
+        return cls(active=active, survivors=float(st.survivors.double().mean()),
+                   evaluated_depth1=float(st.evaluated_depth1.double().mean()),
+                   evaluated_deeper=float(st.evaluated_deeper.double().mean()),
+                   forward_calls=st.forward_calls, forward_tokens=st.forward_tokens,
+                   forwards_saved=st.forwards_saved, prefetched=st.adopted, reused=st.reused,
+                   reused_rows=st.reused_rows, finish_calls=st.finish_calls, seconds=seconds)
+
 
 @dataclass
 class GenerationOutput:
@@ -211,15 +221,7 @@ def generate(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | N
                                  res.scores, len(rows))
             if advance and done.any():                # finished sequences leave the batch's work
                 batch_.remove(rows[done].tolist())
-            st = res.stats
-            records.append(StepRecord(
-                active=len(rows), survivors=float(st.survivors.double().mean()),
-                evaluated_depth1=float(st.evaluated_depth1.double().mean()),
-                evaluated_deeper=float(st.evaluated_deeper.double().mean()),
-                forward_calls=st.forward_calls, forward_tokens=st.forward_tokens,
-                forwards_saved=st.forwards_saved, prefetched=st.adopted, reused=st.reused,
-                reused_rows=st.reused_rows, finish_calls=st.finish_calls,
-                seconds=time.perf_counter() - start))
+            records.append(StepRecord.of(len(rows), res.stats, time.perf_counter() - start))
             if on_step is not None:
                 on_step(step, rows, tokens)
             if done.all():

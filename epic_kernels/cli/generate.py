@@ -199,6 +199,19 @@ def main(argv=None) -> int:
         return 2
 
 
+def _printer(tokenizer):
+    """An ``on_step`` callback that prints the first sequence's new text as it comes."""
+    printed, tokens = [""], []
+
+    def stream(step, rows, new):
+        tokens.append(int(new[0]))
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        sys.stdout.write(text[len(printed[0]):])
+        sys.stdout.flush()
+        printed[0] = text
+    return stream
+
+
 def _generate(args) -> int:
     import torch
 
@@ -214,14 +227,7 @@ def _generate(args) -> int:
           f"{time.perf_counter() - started:.1f}s; alpha={alpha} horizon={args.horizon} rollouts={args.rollouts} "
           f"top_k={args.top_k or None} rollout_top_k={args.rollout_top_k or None}", file=sys.stderr)
     ids = chat_prompt_ids(tokenizer, args.prompt, not args.no_chat_template)
-    printed, tokens = [""], []
-
-    def stream(step, rows, new):
-        tokens.append(int(new[0]))
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        sys.stdout.write(text[len(printed[0]):])
-        sys.stdout.flush()
-        printed[0] = text
+    stream = _printer(tokenizer)
 
     print("--- EPIC ---")
     out = generate(model, ids, max_new_tokens=args.max_new_tokens, alpha=alpha, horizon=args.horizon,
@@ -271,14 +277,7 @@ def _generate_llama(args) -> int:
           f"alpha={args.alpha} horizon={args.horizon} rollouts={args.rollouts} top_k={args.top_k or None} "
           f"rollout_top_k={args.rollout_top_k or None}", file=sys.stderr)
     ids = chat_prompt_ids(tokenizer, args.prompt, not args.no_chat_template)
-    printed, tokens = [""], []
-
-    def stream(step, rows, new):
-        tokens.append(int(new[0]))
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        sys.stdout.write(text[len(printed[0]):])
-        sys.stdout.flush()
-        printed[0] = text
+    stream = _printer(tokenizer)
 
     print("--- EPIC (llama.cpp) ---")
     out = generate(model, ids, max_new_tokens=args.max_new_tokens, alpha=args.alpha, horizon=args.horizon,

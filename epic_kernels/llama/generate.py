@@ -98,15 +98,7 @@ def _decode(rt, prompts, batch, seeds, eos, cfg, max_new_tokens, top_k, top_p, m
                 logits = logits[keep]
                 rt.select(keep)
                 prefetched = prefetched.select(keep, None) if prefetched is not None else None
-            st = res.stats
-            records.append(StepRecord(
-                active=len(rows), survivors=float(st.survivors.double().mean()),
-                evaluated_depth1=float(st.evaluated_depth1.double().mean()),
-                evaluated_deeper=float(st.evaluated_deeper.double().mean()),
-                forward_calls=st.forward_calls, forward_tokens=st.forward_tokens,
-                forwards_saved=st.forwards_saved, prefetched=st.adopted, reused=st.reused,
-                reused_rows=st.reused_rows, finish_calls=st.finish_calls,
-                seconds=time.perf_counter() - start))
+            records.append(StepRecord.of(len(rows), res.stats, time.perf_counter() - start))
             if on_step is not None:
                 on_step(step, rows, tokens)
             rows = rows[keep]
