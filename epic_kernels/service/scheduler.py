@@ -130,6 +130,8 @@ class Scheduler:
         with self.cond:
             if self.draining_until is not None:
                 raise ShuttingDown("the server is shutting down and admits no new requests")
+            if self.error is not None:
+                raise ShuttingDown(f"the engine stopped ({type(self.error).__name__}: {self.error}); restart the server")
             if len(self.waiting) >= self.max_queue:
                 self.metrics.requests.labels("rejected").inc()
                 raise Overloaded(f"the server is at capacity ({self.max_running} running sequences and "

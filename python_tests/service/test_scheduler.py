@@ -132,3 +132,18 @@ def test_vllm_engine_flags_go_together(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         parse_args([str(embedded_model_path()) if a == "EMBEDDED" else a for a in argv])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_no_request_is_queued_once_the_engine_stopped_or_while_draining():
+    from epic_kernels.service.scheduler import ShuttingDown
+
+    sched = Scheduler(tiny_llama(32, seed=2), tiny_tokenizer(32), metrics=Metrics(), max_context=64)
+    job = Job(prompt=[1, 2], settings=SETTINGS, seed=0, max_tokens=1, deliver=lambda ev: None)
+    sched.error = RuntimeError("boom")                 # what the engine loop records when it dies
+    with pytest.raises(ShuttingDown, match="engine stopped .*boom"):
+        sched.submit(job)
+    sched.error = None
+    sched.drain(5)
+    with pytest.raises(ShuttingDown, match="shutting down"):
+        sched.submit(job)
+    assert not sched.waiting
