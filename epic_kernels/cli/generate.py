@@ -199,6 +199,12 @@ def main(argv=None) -> int:
         return 2
 
 
+def _settings(args) -> str:
+    """The EPIC settings of a run, as the load line prints them."""
+    return (f"alpha={args.alpha} horizon={args.horizon} rollouts={args.rollouts} top_k={args.top_k or None} "
+            f"rollout_top_k={args.rollout_top_k or None}")
+
+
 def _printer(tokenizer):
     """An ``on_step`` callback that prints the first sequence's new text as it comes."""
     printed, tokens = [""], []
@@ -224,8 +230,7 @@ def _generate(args) -> int:
     started = time.perf_counter()
     model, tokenizer = load_model(args.model)
     print(f"[epic-generate] loaded {args.model or 'embedded SmolLM2-135M-Instruct'} in "
-          f"{time.perf_counter() - started:.1f}s; alpha={alpha} horizon={args.horizon} rollouts={args.rollouts} "
-          f"top_k={args.top_k or None} rollout_top_k={args.rollout_top_k or None}", file=sys.stderr)
+          f"{time.perf_counter() - started:.1f}s; {_settings(args)}", file=sys.stderr)
     ids = chat_prompt_ids(tokenizer, args.prompt, not args.no_chat_template)
     stream = _printer(tokenizer)
 
@@ -274,8 +279,7 @@ def _generate_llama(args) -> int:
     model = LlamaModel(args.model)
     tokenizer = gguf_tokenizer(args.model or embedded_model_path())
     print(f"[epic-generate] llama.cpp loaded {model.path.name} in {time.perf_counter() - started:.1f}s; "
-          f"alpha={args.alpha} horizon={args.horizon} rollouts={args.rollouts} top_k={args.top_k or None} "
-          f"rollout_top_k={args.rollout_top_k or None}", file=sys.stderr)
+          f"{_settings(args)}", file=sys.stderr)
     ids = chat_prompt_ids(tokenizer, args.prompt, not args.no_chat_template)
     stream = _printer(tokenizer)
 

@@ -8,8 +8,6 @@ import threading
 import pytest
 import torch
 
-pytest.importorskip("prometheus_client")     # in requirements.txt: never skipped by `make test`
-
 import epic_kernels  # noqa: E402
 from epic_kernels.service.detok import TextStream  # noqa: E402
 from epic_kernels.service.metrics import Metrics  # noqa: E402
@@ -109,7 +107,6 @@ def test_stop_strings_cut_the_text_whatever_the_token_boundaries(text, stop, wan
 
 
 def test_incomplete_characters_wait_for_their_last_byte():
-    from transformers import AutoTokenizer  # noqa: F401  (the embedded tokenizer is byte-level BPE)
     from epic_kernels.models import load_model
 
     _, tok = load_model()
