@@ -32,6 +32,9 @@ TORCH_LIBRARY(epic_kernels, m) {
       "gumbel_topk_prune(Tensor logits, Tensor seeds, Tensor positions, Tensor width, int top_k)"
       " -> (Tensor ids, Tensor scores, Tensor counts, Tensor offsets, Tensor front_ids,"
       " Tensor front_scores, Tensor topk_ids, Tensor topk_scores, Tensor lse)");
+  // Per row of logits (N, V): the k largest entries (1 <= k < V), ties at the boundary to the lower
+  // id, NaN above every number; values (N, k) and their ids (N, k) int64, in ascending id order.
+  m.def("topk_support(Tensor logits, int k) -> (Tensor values, Tensor ids)");
   // The engine's fork (cascade) attention for one layer call of N rollout rows: writes each row's
   // new key / value (N, Hkv, 1, D) into pool_k / pool_v (slots, Hkv, slot_len, D) at
   // (slot[n], :, fill[n]), then returns (N, 1, H, D): softmax((q . k) * scale) v of row n's query

@@ -19,7 +19,7 @@ BUILD_HINT = ("build it from the repository root with `pip install --no-build-is
 
 # the modules whose register_fake() runs once the extension is loaded
 FAKE_MODULES = ("softmax_entropy", "gumbel_topk_prune", "fork_attention", "plan_rows", "fork_layout",
-                "fork_slots", "philox")
+                "fork_slots", "topk_support", "philox")
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "module": None, "error": None}

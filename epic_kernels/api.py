@@ -191,11 +191,13 @@ def sample_step(logits: torch.Tensor, kv, model, *, alpha: float, horizon: int =
     # the candidate sits at position L (the prefix length), its rollouts reach L + horizon - 1
     check_position_limit(model, int(checked.positions.max()) + horizon - 1 + (2 if fast and advance else 0),
                          "this step's lookahead", "use a shorter prompt or a smaller horizon")
-    logits = truncate(logits, top_k, top_p, min_p)
+    from .ops import choose
+    which_topk = choose(logits.device, backend, "topk_support") if fast else "reference"
+    logits = truncate(logits, top_k, top_p, min_p, which_topk)
     warn_if_expensive(logits, checked, cfg, backend)
     cache = EpicCache.from_cache(kv) if advance else kv      # copied at most once per decode
     prefix = checked if cache is kv else Prefix.view(cache, checked.mask, checked.seeds)
-    transform = (lambda x, seq, tokens: truncate(x, top_k, top_p, min_p)) if advance else None
+    transform = (lambda x, seq, tokens: truncate(x, top_k, top_p, min_p, which_topk)) if advance else None
     return run_step(logits, cache, prefix, model, cfg, fast=fast, backend=backend, advance=advance,
                     prefetched=prefetched, transform=transform)
 

@@ -92,6 +92,10 @@ class DecodeBatch:
         self.fast = use_fast_engine(engine, model, max_position)
         self.prefetch, self.reuse, self.processor = prefetch and self.fast, reuse, processor
         self.device = next(model.parameters()).device
+        from .ops import choose
+
+        # top-k truncation's op (ops.topk_support): the same result on every backend
+        self.topk_backend = choose(self.device, backend, "topk_support") if self.fast else "reference"
         self.handles: list[int] = []
         self.cache = self.mask = self.logits = self.seeds = None
         self.prefetched = None
@@ -137,7 +141,7 @@ class DecodeBatch:
         """What a later step sees if ``tokens`` come next for rows ``seq`` (the prefetch's bet)."""
         if self.processor is not None:
             nxt = self.processor([self.handles[i] for i in seq.tolist()], nxt, tokens)
-        return truncate(nxt, self.top_k, self.top_p, self.min_p)
+        return truncate(nxt, self.top_k, self.top_p, self.min_p, self.topk_backend)
 
     @torch.no_grad()
     def step(self, advance: bool = True) -> BatchStep:
@@ -159,7 +163,7 @@ class DecodeBatch:
         h_q, _, _ = softmax_entropy_impl(logits, backend=choose(logits.device, self.backend))
         scores = logits if self.processor is None else self.processor(list(self.handles), logits, None)
         prefix = Prefix.view(self.cache, self.mask, self.seeds)
-        step_logits = truncate(scores, self.top_k, self.top_p, self.min_p)
+        step_logits = truncate(scores, self.top_k, self.top_p, self.min_p, self.topk_backend)
         if not self.warned:
             self.warned = warn_if_expensive(step_logits, prefix, self.cfg, self.backend, self.warn_stacklevel)
         res = run_step(step_logits, self.cache, prefix, self.model, self.cfg, fast=self.fast,

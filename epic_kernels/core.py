@@ -64,31 +64,15 @@ def rollout_horizon(gap: float, known: int, horizon: int, width_per_depth: float
     return int(min(horizon, max(known + 1, need)))
 
 
-def topk_support(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` largest logits of each row, ``(values, ids)`` ``[N, k]`` sorted by id.
-
-    Ties at the boundary go to the lower token id (as a stable descending sort would choose), so
-    exactly ``k`` entries are kept. A partial top-k serves every row without a tie across the
-    boundary; only tied rows take the stable sort. Needs ``k < V``.
-    """
-    vals, ids = torch.topk(logits, k + 1, dim=-1)
-    tie = vals[:, k - 1] == vals[:, k]
-    vals, ids = vals[:, :k], ids[:, :k]
-    if tie.any():                                   # rare: redo those rows with a stable sort
-        rows = tie.nonzero().flatten()
-        order = torch.sort(logits[rows], dim=-1, descending=True, stable=True).indices[:, :k]
-        ids[rows] = order
-        vals[rows] = logits[rows].gather(1, order)
-    ids, perm = torch.sort(ids, dim=-1)
-    return vals.gather(1, perm), ids
-
-
-def top_k_mask(logits: torch.Tensor, k: int | None) -> torch.Tensor:
+def top_k_mask(logits: torch.Tensor, k: int | None, backend: str = "reference") -> torch.Tensor:
     """``logits [N, V]`` with all but each row's ``k`` largest entries set to ``-inf`` (ties at the
-    boundary to the lower id: the rollout policy's and the top-k truncation's support)."""
+    boundary to the lower id: the rollout policy's and the top-k truncation's support, the op
+    ``ops.topk_support``; ``backend`` from ``ops.dispatch.choose``, the reference by default)."""
+    from .ops.topk_support import topk_support_impl
+
     if k is None or k >= logits.shape[-1]:
         return logits
-    vals, ids = topk_support(logits, k)
+    vals, ids = topk_support_impl(logits, k, backend)
     return torch.full_like(logits, float("-inf")).scatter_(-1, ids, vals)
 
 
@@ -219,5 +203,5 @@ class SampleResult:
 
 
 __all__ = ["BOUND_REL_SLACK", "BOUND_ABS_SLACK", "ENTROPY_SLACK", "SCORE_SLACK", "compute_dtype",
-           "entropy_bound", "admissible_bound", "window", "rollout_horizon", "topk_support", "top_k_mask", "PruneResult",
+           "entropy_bound", "admissible_bound", "window", "rollout_horizon", "top_k_mask", "PruneResult",
            "EpicConfig", "Prefix", "StepStats", "SampleResult"]

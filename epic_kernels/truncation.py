@@ -12,11 +12,12 @@ from .validate import check_int
 
 
 def truncate(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
-             min_p: float | None = None) -> torch.Tensor:
-    """Apply top-k, then top-p, then min-p to ``logits [B, V]``; returns a new tensor."""
+             min_p: float | None = None, backend: str = "reference") -> torch.Tensor:
+    """Apply top-k, then top-p, then min-p to ``logits [B, V]``; returns a new tensor. ``backend``:
+    top-k's op (``ops.topk_support``; from ``ops.dispatch.choose``), the same result on every one."""
     out = logits
     if top_k is not None:
-        out = top_k_mask(out, check_int(top_k, "top_k", 1))
+        out = top_k_mask(out, check_int(top_k, "top_k", 1), backend)
     if top_p is not None:
         if not 0.0 < float(top_p) <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")

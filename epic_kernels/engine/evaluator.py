@@ -20,10 +20,11 @@ from typing import NamedTuple
 
 import torch
 
-from ..core import Prefix, topk_support
+from ..core import Prefix
 from ..ops.philox import noise_at_impl
 from ..ops.plan_rows import plan_rows_impl
 from ..ops.softmax_entropy import softmax_entropy_impl
+from ..ops.topk_support import topk_support_impl
 from ..reference.primitives import partial_sums, score
 from .runtime import CallRows, ForkRuntime, OutOfPaths, SlotPool
 from .state import CandidateState
@@ -112,7 +113,7 @@ class Evaluator:
         streams = streams.to(dev)
         top_k = self.cfg.rollout_top_k
         if top_k is not None and top_k < logits.shape[-1]:
-            vals, ids = topk_support(logits, top_k)
+            vals, ids = topk_support_impl(logits, top_k, self.backend)
             ent, _, _ = softmax_entropy_impl(vals, backend=self.backend)
             x = vals.to(ent.dtype)
             S = streams.shape[1]                    # every stream's noise in one call: rows (n, s)

@@ -69,17 +69,17 @@ def _decode(rt, prompts, batch, seeds, eos, cfg, max_new_tokens, top_k, top_p, m
         from ..ops.softmax_entropy import softmax_entropy_impl
 
         logits = rt.prefill(prompts)
-        which = choose(logits.device, None)
+        which, which_topk = choose(logits.device, None), choose(logits.device, None, "topk_support")
         rows = torch.arange(batch)
         prefetched = None
-        transform = (lambda nxt, seq, tokens: truncate(nxt, top_k, top_p, min_p)) if prefetch else None
+        transform = (lambda nxt, seq, tokens: truncate(nxt, top_k, top_p, min_p, which_topk)) if prefetch else None
         warned = False
         for step in range(max_new_tokens):
             start = time.perf_counter()
             h_q, _, _ = softmax_entropy_impl(logits, backend=which)
             advance = step + 1 < max_new_tokens
             prefix = Prefix([], torch.ones(len(rows), 0, dtype=torch.int64), rt.positions(), seeds[rows])
-            step_logits = truncate(logits, top_k, top_p, min_p)
+            step_logits = truncate(logits, top_k, top_p, min_p, which_topk)
             if not warned:
                 warned = warn_if_expensive(step_logits, prefix, cfg)
             rt.begin_step()

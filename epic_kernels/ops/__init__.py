@@ -11,6 +11,7 @@ from .fork_slots import fork_slots
 from .gumbel_topk_prune import gumbel_topk_prune
 from .plan_rows import plan_rows
 from .softmax_entropy import softmax_entropy
+from .topk_support import topk_support
 
 __all__ = ["softmax_entropy", "gumbel_topk_prune", "fork_attention", "plan_rows", "fork_layout", "fork_slots",
-           "make_manager", "PyCandidateManager", "choose", "BACKENDS"]
+           "topk_support", "make_manager", "PyCandidateManager", "choose", "BACKENDS"]

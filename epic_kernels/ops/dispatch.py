@@ -14,6 +14,7 @@ Where each op is implemented (``IMPLEMENTED``; the first that can run wins when 
     fork_attention      triton                cpp            (triton: any float dtype; cpp: float32 / float64)
     plan_rows           -                     cpp            (host bookkeeping: CPU tensors)
     fork_layout         -                     cpp            (host bookkeeping: CPU tensors)
+    topk_support        -                     cpp            (float32 / float64; CUDA: torch.topk, the reference)
     candidate_manager   cpp                   cpp            (host-side; copies its inputs to the CPU)
 
 Unforced: the first listed backend that can run; when none can, the reference, with one
@@ -41,7 +42,7 @@ from .. import _ext
 BACKENDS = ("reference", "cpp", "triton")
 ALIASES = {"cpu": "cpp"}
 OPS = ("softmax_entropy", "gumbel_topk_prune", "fork_attention", "plan_rows", "fork_layout",
-       "fork_slots", "candidate_manager")
+       "fork_slots", "topk_support", "candidate_manager")
 
 # op -> device type -> backends implementing it (unforced preference order: AUTO; forced: IMPLEMENTED)
 _ROW_OPS = {"cuda": ("triton", "cpp"), "cpu": ("cpp", "triton")}
@@ -52,6 +53,7 @@ IMPLEMENTED = {
     "plan_rows": {"cpu": ("cpp",)},
     "fork_layout": {"cpu": ("cpp",)},
     "fork_slots": {"cpu": ("cpp",)},
+    "topk_support": {"cpu": ("cpp",)},
     "candidate_manager": {"cpu": ("cpp",), "cuda": ("cpp",)},
 }
 AUTO = {op: {dev: tuple(b for b in backends if not (b == "triton" and dev != "cuda"))

@@ -1,10 +1,17 @@
-"""Candidate truncation and the one tie-aware top-k (``core.topk_support`` / ``core.top_k_mask``,
-shared by the rollout policy, top-k truncation and the engine): equal to the stable-sort definition."""
+"""Candidate truncation and the one tie-aware top-k (the op ``ops.topk_support`` and
+``core.top_k_mask``, shared by the rollout policy, top-k truncation and the engine): equal to the
+stable-sort definition, on every backend."""
 import torch
 
-from epic_kernels.core import top_k_mask, topk_support
+from epic_kernels import _ext
+from epic_kernels.core import top_k_mask
+from epic_kernels.ops.topk_support import topk_support
 from epic_kernels.reference import policy_logits
 from epic_kernels.truncation import truncate
+
+
+# the compiled kernel where it is built (test_topk_support.py requires it), the reference always
+BACKENDS = ("reference", "cpp") if _ext.available() else ("reference",)
 
 
 def stable_sort_top_k(logits, k):
@@ -27,13 +34,14 @@ def test_top_k_equals_the_reference_definition():
             x[:, : V // 2] = float("-inf")
         for k in (1, 2, V // 3 + 1, V - 1, V, V + 5):
             want = stable_sort_top_k(x, k)
-            assert torch.equal(top_k_mask(x, k), want), (trial, V, k)
+            for backend in BACKENDS:
+                assert torch.equal(top_k_mask(x, k, backend), want), (trial, V, k, backend)
+                assert torch.equal(truncate(x, top_k=k, backend=backend), want)
+                if k < V:                        # the support itself: ids ascending, their logits
+                    vals, ids = topk_support(x, k, backend=backend)
+                    assert torch.equal(ids, torch.sort(torch.sort(x, dim=-1, descending=True, stable=True).indices[:, :k]).values)
+                    assert torch.equal(vals, x.gather(1, ids))
             assert torch.equal(policy_logits(x, k), want)
-            assert torch.equal(truncate(x, top_k=k), want)
-            if k < V:                            # the support itself: ids ascending, their logits
-                vals, ids = topk_support(x, k)
-                assert torch.equal(ids, torch.sort(torch.sort(x, dim=-1, descending=True, stable=True).indices[:, :k]).values)
-                assert torch.equal(vals, x.gather(1, ids))
 
 
 def test_top_k_keeps_exactly_k_and_does_not_modify_its_input():
