@@ -60,10 +60,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads (llama.cpp's threads with --engine llama.cpp)")
     p.add_argument("--no-chat-template", action="store_true")
     p.add_argument("--quiet-steps", action="store_true", help="do not print the per-step table")
-    p.add_argument("--engine", choices=["hf", "vllm", "llama.cpp"], default="hf",
+    p.add_argument("--engine", choices=["auto", "hf", "vllm", "llama.cpp"], default="auto",
                    help="hf: the library's engine on transformers; vllm: every model call through vLLM "
                         "(in process; the embedded model is converted once to a safetensors folder); "
-                        "llama.cpp: the library's engine on llama.cpp (a .gguf file, quantized as stored)")
+                        "llama.cpp: the library's engine on llama.cpp (a .gguf file, quantized as stored); "
+                        "auto: llama.cpp for a .gguf model (the embedded one included) on a CPU-only machine "
+                        "where it is installed and runs, unless --baseline or --band-data need transformers; "
+                        "hf otherwise (the choice and its reason are printed)")
     p.add_argument("--server", default=None, metavar="URL",
                    help="EPIC through a running OpenAI-compatible vLLM server at URL (implies --engine vllm)")
     p.add_argument("--refine", choices=["eager", "full", "adaptive"], default="eager",
@@ -98,6 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                               rollout_top_k=args.rollout_top_k or None, block_size=args.block_size)
     if args.server:
         args.engine = "vllm"
+    args.engine_reason = None
+    if args.engine == "auto":
+        args.engine, args.engine_reason = auto_engine(args)
     if args.engine == "vllm":
         for flag, value in (("--plot", args.plot), ("--baseline", args.baseline)):
             if value:
@@ -118,6 +124,30 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error("--engine llama.cpp needs a .gguf file (a Hugging Face folder runs on --engine hf)")
     types.check_plotting(parser, args.plot)
     return args
+
+
+def auto_engine(args) -> tuple[str, str]:
+    """``--engine auto``: ``(engine, why)``. llama.cpp where it runs the same job faster (a GGUF model
+    on a CPU: docs/engine.md's benchmark), transformers where the job needs it or llama.cpp cannot run."""
+    if args.baseline or args.band_data:
+        return "hf", "--baseline and --band-data run the model through transformers"
+    if args.model is not None and not str(args.model).endswith(".gguf"):
+        return "hf", "the model is a Hugging Face folder"
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return "hf", "a CUDA device is present and the llama.cpp build is CPU-only"
+    except ImportError:
+        pass
+    from importlib.util import find_spec
+
+    from ..llama.library import missing_cpu_flags
+    if find_spec("llama_cpp") is None:
+        return "hf", "llama-cpp-python is not installed (pip install 'epic_kernels[llama]' for the llama.cpp engine)"
+    missing = missing_cpu_flags()
+    if missing:
+        return "hf", f"this CPU lacks {', '.join(missing)}, which the llama.cpp build needs"
+    return "llama.cpp", "a GGUF model on a CPU: llama.cpp runs its quantized weights (docs/engine.md)"
 
 
 def _calibrated_alpha(args) -> float:
@@ -190,6 +220,9 @@ def _plot(path, runs, band):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.engine_reason:
+        print(f"[epic-generate] engine {args.engine} (--engine auto: {args.engine_reason}; "
+              f"--engine hf|llama.cpp|vllm to choose)", file=sys.stderr)
     try:
         if args.engine == "llama.cpp":
             return _generate_llama(args)

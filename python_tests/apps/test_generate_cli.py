@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import epic_kernels.models as models
-from epic_kernels.cli.generate import main
+from epic_kernels.cli.generate import main, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,11 +35,51 @@ def test_generate_end_to_end_with_baseline_and_plot(tmp_path, capsys):
 
 def test_json_record_of_the_hf_engine(tmp_path, capsys):
     path = tmp_path / "out.json"
-    assert main(["--max-new-tokens", "4", "--prompt", "Say hello.", "--quiet-steps", "--json", str(path)]) == 0
+    assert main(["--engine", "hf", "--max-new-tokens", "4", "--prompt", "Say hello.", "--quiet-steps",
+                 "--json", str(path)]) == 0
     rec = json.loads(path.read_text())
     assert rec["engine"] == "hf" and len(rec["tokens"]) == 4 and len(rec["steps"]) == 4
     assert isinstance(rec["text"], str) and rec["summary"]["tokens"] == 4
     assert {"survivors", "forward_calls", "entropy"} <= set(rec["steps"][0])
+
+
+def test_auto_engine_picks_llama_cpp_for_the_embedded_gguf_and_says_why(tmp_path, capsys):
+    """``make run``'s engine: llama.cpp for the embedded GGUF here (llama-cpp-python is in the main env),
+    announced on stderr, and its record is the llama.cpp engine's."""
+    path = tmp_path / "out.json"
+    assert main(["--max-new-tokens", "3", "--prompt", "Say hello.", "--quiet-steps", "--json", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "engine llama.cpp (--engine auto: a GGUF model on a CPU" in err, err
+    assert json.loads(path.read_text())["engine"] == "llama.cpp"
+
+
+@pytest.mark.parametrize("argv, patch, engine, why", [
+    ([], None, "llama.cpp", "a GGUF model on a CPU"),
+    (["--baseline", "top-p"], None, "hf", "--baseline and --band-data run the model through transformers"),
+    (["--model", "{hf_dir}"], None, "hf", "the model is a Hugging Face folder"),
+    ([], "no_llama", "hf", "llama-cpp-python is not installed (pip install 'epic_kernels[llama]'"),
+    ([], "old_cpu", "hf", "this CPU lacks avx2, which the llama.cpp build needs"),
+    ([], "cuda", "hf", "a CUDA device is present"),
+    (["--engine", "hf"], None, "hf", None),
+    (["--server", "http://127.0.0.1:9"], None, "vllm", None),
+])
+def test_auto_engine_rule(tmp_path, monkeypatch, argv, patch, engine, why):
+    import torch
+
+    import epic_kernels.llama.library as library
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text("{}")
+    if patch == "no_llama":
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    elif patch == "old_cpu":
+        monkeypatch.setattr(library, "missing_cpu_flags", lambda: ["avx2"])
+    elif patch == "cuda":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = parse_args([a.format(hf_dir=hf_dir) for a in argv])
+    assert args.engine == engine
+    assert args.engine_reason == why or why in args.engine_reason
 
 
 @pytest.mark.skipif(getattr(importlib.util.find_spec("vllm"), "origin", None) is not None,
@@ -115,7 +155,7 @@ def test_calibrated_alpha_is_read_before_the_model_loads(tmp_path, capsys, monke
     rec.write_text(json.dumps({"alpha": 0.3, "settings": {"horizon": 2}}))
     monkeypatch.setattr(models, "load_model", no_model)
     with pytest.raises(AssertionError, match="must not load"):     # the arguments were accepted
-        main(["--alpha", "auto", "--calibration", str(rec)])
+        main(["--engine", "hf", "--alpha", "auto", "--calibration", str(rec)])
     assert "calibrated with horizon=2, decoding uses horizon=4" in capsys.readouterr().err
 
 
