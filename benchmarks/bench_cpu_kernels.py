@@ -12,6 +12,14 @@ their tables with the target lines: C++ ``softmax_entropy`` >= 3x torch eager an
 
 ``--streams`` runs the suite's ``softmax_entropy_sample`` benchmarks instead (the engine's depth-1
 rows: entropy and 2 keyed samples per row in one call against 2 calls; random and SmolLM2 logits).
+
+``--topk`` times ``topk_support`` (the rollout policy's support, k = 50 of V = 49,152: every rollout
+row of a step) in process, C++ against the reference's ``torch.topk`` path, as medians of
+interleaved pairs (reference, C++) over N = 1, 16 and 64 rows of two kinds of logits: Gaussian
+(sd 3) and model-like (one peak over a Gaussian tail, rows of a random permutation so the peak
+moves).
+
+    python benchmarks/bench_cpu_kernels.py --topk --threads 2    # ~1 min
 """
 from __future__ import annotations
 
@@ -52,17 +60,53 @@ def targets(path) -> list[str]:
             f"{'MET' if l <= 1.5 else 'MISSED'}"]
 
 
+def topk_table(V: int = 49152, k: int = 50, pairs: int = 15) -> int:
+    """``--topk``: a markdown table of medians of interleaved pairs, per row count and kind of logits."""
+    import statistics
+    import time
+
+    from epic_kernels.ops.topk_support import topk_support_impl, topk_support_reference
+
+    g = torch.Generator().manual_seed(0)
+    print(f"\n| logits | rows N | reference (torch.topk) us | C++ us | reference / C++ (median of {pairs} pairs) | pairs (min-max) |")
+    print("|---|---|---|---|---|---|")
+    for kind in ("gaussian", "model-like"):
+        for N in (1, 16, 64):
+            x = torch.randn(N, V, generator=g) * 3
+            if kind == "model-like":
+                x = x.log_softmax(-1)
+                x[torch.arange(N), torch.randint(0, V, (N,), generator=g)] += 25
+            reps = max(3, 400 // N)
+            assert all(torch.equal(a, b) for a, b in zip(topk_support_reference(x, k), topk_support_impl(x, k, "cpp")))
+            ref_t, cpp_t = [], []
+            for _ in range(pairs):
+                for f, out in ((lambda: topk_support_reference(x, k), ref_t), (lambda: topk_support_impl(x, k, "cpp"), cpp_t)):
+                    t0 = time.perf_counter()
+                    for _ in range(reps):
+                        f()
+                    out.append((time.perf_counter() - t0) / reps)
+            ratios = [r / c for r, c in zip(ref_t, cpp_t)]
+            print(f"| {kind} | {N} | {statistics.median(ref_t) * 1e6:.0f} | {statistics.median(cpp_t) * 1e6:.0f} | "
+                  f"**{statistics.median(ratios):.2f}x** | {min(ratios):.2f}-{max(ratios):.2f} |", flush=True)
+    print(f"\nk = {k}, V = {V}; load average after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads")
     p.add_argument("--quick", action="store_true", help="the suite's quick shapes only")
     p.add_argument("--streams", action="store_true", help="the softmax_entropy_sample benchmarks instead")
+    p.add_argument("--topk", action="store_true", help="time topk_support (C++ against torch.topk) instead")
     p.add_argument("--json", help="keep the suite's JSON here")
     args = p.parse_args(argv)
     if not _ext.available():
         print(f"the C++ extension is not built: {_ext.BUILD_HINT}", file=sys.stderr)
         return 1
     print(header(args.threads), flush=True)
+    if args.topk:
+        torch.set_num_threads(args.threads)
+        return topk_table()
     out = args.json or os.path.join(tempfile.mkdtemp(), "bench_cpu_kernels.json")
     select = "softmax_entropy_sample" if args.streams else "(softmax_entropy or gumbel_topk_prune) and not sample"
     cmd = [sys.executable, "-m", "pytest", "-c", os.path.join(ROOT, "benchmarks", "suites", "pytest.ini"),
