@@ -336,6 +336,12 @@ def main(argv=None, model=None, tok=None):
                                     if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    try:                    # which body of the C++ kernels runs (CPUs named alike differ: AVX2 vs AVX-512)
+        from epic_kernels import _ext
+
+        machine["isa_body"] = str(_ext.ops()._cpu_isa())
+    except (AttributeError, RuntimeError):
+        machine["isa_body"] = "unknown (extension not loaded)"
     if old is not None:
         machine["earlier_runs"] = [dict(old["machine"], args=old.get("args"))] + old["machine"].get("earlier_runs", [])
     payload = dict(machine=machine, args=vars(args), generate_defaults=gen_defaults, floor_kind=FLOOR_KIND,

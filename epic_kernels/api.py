@@ -129,8 +129,7 @@ def run_step(logits: torch.Tensor, cache: EpicCache, prefix: Prefix, model, cfg:
                        pool=prefetched.pool if prefetched is not None else None, reuse=reuse)
     if not advance:
         return StepOutput(step.tokens, step.stats, step.entropy)
-    new_kv = cache.fork()
-    new_kv.append(step.next_keys, step.next_values)
+    new_kv = cache.appended(step.next_keys, step.next_values)
     handed = step.prefetched.bind(new_kv) if step.prefetched is not None else None
     return StepOutput(step.tokens, step.stats, step.entropy, step.next_logits, new_kv, next_mask, handed)
 

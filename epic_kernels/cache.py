@@ -160,6 +160,29 @@ class EpicCache(Cache):
         """A new cache over the same storage; appending to it leaves this one unchanged."""
         return EpicCache([layer.fork() for layer in self.layers])
 
+    def appended(self, keys: list, values: list) -> "EpicCache":
+        """``fork()`` then ``append(keys, values)``, in one pass: what a decoding step does once per
+        token. Layers whose storage has room right after their length (the usual case) write the new
+        token in place with one batched copy; any other layer goes through ``append``'s path (copy on
+        write, growth)."""
+        layers, dst, src = [], [], []
+        for layer, k, v in zip(self.layers, keys, values):
+            st, L = layer._storage, layer._length
+            if not layer.is_initialized or st.tip != L or L + 1 > st.capacity:
+                new = layer.fork()
+                new.update(k.unsqueeze(2), v.unsqueeze(2))
+            else:
+                new = EpicLayer.__new__(EpicLayer)
+                new.__dict__.update(layer.__dict__)
+                new._length = st.tip = L + 1
+                dst += (st.keys[:, :, L], st.values[:, :, L])
+                src += (k, v)
+                new._refresh()
+            layers.append(new)
+        if dst:
+            torch._foreach_copy_(dst, src)
+        return EpicCache(layers)
+
     def append(self, keys: list, values: list) -> None:
         """Append one token per sequence: ``keys[l]`` / ``values[l]`` are ``[B, kv_heads, head_dim]``."""
         for layer, k, v in zip(self.layers, keys, values):

@@ -50,7 +50,8 @@ class Evaluator:
     one model call, ``run`` calls until the wanted depths are done; ``state`` holds what is known.
 
     A *rider* (``prefetch.Prefetcher``) may add rows of its own to each call: ``ride.plan(limit)``
-    before the call returns extra row sets (or None), ``ride.absorb(logits)`` files their outputs.
+    before the call returns extra row sets (or None); after it, ``ride.absorbing(logits)`` hands back
+    their part of the outputs, which ``absorb_all`` files together with the evaluator's own.
     """
 
     def __init__(self, model, prefix: Prefix, seq, tokens, cfg, backend: str, score_dtype, positions=None, *,
@@ -207,41 +208,6 @@ class Evaluator:
                 st.paths[new] = -1
             raise
 
-    def absorb(self, rows: Rows, logits: torch.Tensor) -> None:
-        """File the model's outputs for ``rows``: entropies, keyed rollout tokens, depth-1 logits."""
-        st, K = self.state, self.cfg.rollouts
-        first, deep, restore = rows.first, rows.deep, rows.restore
-        n1, nd = len(first), K * len(deep)
-        if st.keep_logits and (n1 or len(restore)):
-            keep = torch.cat([logits[:n1], logits[n1 + nd:]]) if len(restore) else logits[:n1]
-            for j, m in enumerate(torch.cat([first, restore]).tolist()):
-                st.logits[m] = keep[j]
-        if n1:
-            streams = (1 + torch.arange(K)).expand(n1, K)
-            ent, ys = self.rollout_samples(logits[:n1], st.seq[first], streams, st.base[first] + 1)
-            st.table[first, 0, :] = ent.to(st.table.dtype).view(-1, 1)
-            st.last[first] = ys
-            st.drawn[first, 0] = ys
-        if len(deep):
-            deep_c = deep.repeat_interleave(K)
-            d = st.depth[deep_c]
-            roll = torch.arange(K).repeat(len(deep))
-            ent, ys = self.rollout_samples(logits[n1:n1 + nd], st.seq[deep_c], (1 + roll).view(-1, 1),
-                                           st.base[deep_c] + d + 1)
-            st.table[deep_c, d, roll] = ent.to(st.table.dtype)
-            st.last[deep_c, roll] = ys[:, 0]
-            st.drawn[deep_c, d, roll] = ys[:, 0]
-            if st.keep_second:
-                for j in (d == 1).nonzero().flatten().tolist():
-                    if len(st.second) >= self.max_rows:
-                        break
-                    st.second[(int(deep_c[j]), int(roll[j]))] = logits[n1 + j].clone()
-        st.depth[first] += 1
-        st.depth[deep] += 1
-        if st.keep_logits and st.lead == 0 and len(deep):
-            st.complete.extend(deep[st.depth[deep] >= self.cfg.horizon].tolist())
-            st.trim()
-
     @torch.no_grad()
     def call(self, ride=None) -> bool:
         """One model call advancing every pending candidate by one depth, with ``ride``'s rows
@@ -260,9 +226,7 @@ class Evaluator:
             call = call.with_limit(self.row_limit[rows.row_candidate])
         logits = self.rt.run(call.cat([e.call for e in extra]) if extra else call)
         n = len(rows)
-        self.absorb(rows, logits[:n])
-        if extra:
-            ride.absorb(logits[n:])
+        absorb_all([(self, rows, logits[:n])] + (ride.absorbing(logits[n:]) if extra else []))
         return True
 
     @torch.no_grad()
@@ -279,4 +243,69 @@ class Evaluator:
         return self.rt.token_kv(self.state.paths[m, 0], self.state.lead)
 
 
-__all__ = ["Evaluator", "Rows"]
+def _cat(parts: list) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def absorb_all(parts: list) -> None:
+    """File one model call's outputs for the evaluators that fed it (``[(evaluator, rows, logits)]``:
+    a step's and its prefetch bets', over one prefix and configuration): entropies, keyed rollout
+    tokens and kept logits. The keyed draws of all of them run as one pass over their depth-1 rows
+    (K draws each) and one over their deeper rows (one draw each): each draw depends only on its own
+    row and key, so batching them changes no token."""
+    ev0 = parts[0][0]
+    K = ev0.cfg.rollouts
+    first, deep = ([], [], []), ([], [], [], [])        # (logits, sequences, positions[, rollouts])
+    plans = []
+    for ev, rows, logits in parts:
+        if ev.prefix is not ev0.prefix or ev.cfg is not ev0.cfg or ev.backend != ev0.backend:
+            raise RuntimeError("absorb_all: the evaluators of one call share their prefix, configuration and backend")
+        st = ev.state
+        n1, nd = len(rows.first), K * len(rows.deep)
+        if st.keep_logits and (n1 or len(rows.restore)):
+            keep = torch.cat([logits[:n1], logits[n1 + nd:]]) if len(rows.restore) else logits[:n1]
+            for j, m in enumerate(torch.cat([rows.first, rows.restore]).tolist()):
+                st.logits[m] = keep[j]
+        deep_c = rows.deep.repeat_interleave(K)
+        d = st.depth[deep_c]
+        roll = torch.arange(K).repeat(len(rows.deep))
+        if n1:
+            for acc, x in zip(first, (logits[:n1], st.seq[rows.first], st.base[rows.first] + 1)):
+                acc.append(x)
+        if nd:
+            for acc, x in zip(deep, (logits[n1:n1 + nd], st.seq[deep_c], st.base[deep_c] + d + 1, roll)):
+                acc.append(x)
+        plans.append((n1, nd, deep_c, d, roll))
+    if first[0]:
+        lg = _cat(first[0])
+        ent1, ys1 = ev0.rollout_samples(lg, _cat(first[1]), (1 + torch.arange(K)).expand(len(lg), K), _cat(first[2]))
+    if deep[0]:
+        ent2, ys2 = ev0.rollout_samples(_cat(deep[0]), _cat(deep[1]), (1 + _cat(deep[3])).view(-1, 1), _cat(deep[2]))
+    o1 = o2 = 0
+    for (ev, rows, logits), (n1, nd, deep_c, d, roll) in zip(parts, plans):
+        st = ev.state
+        if n1:
+            ent, ys = ent1[o1:o1 + n1], ys1[o1:o1 + n1]
+            o1 += n1
+            st.table[rows.first, 0, :] = ent.to(st.table.dtype).view(-1, 1)
+            st.last[rows.first] = ys
+            st.drawn[rows.first, 0] = ys
+        if nd:
+            ent, ys = ent2[o2:o2 + nd], ys2[o2:o2 + nd]
+            o2 += nd
+            st.table[deep_c, d, roll] = ent.to(st.table.dtype)
+            st.last[deep_c, roll] = ys[:, 0]
+            st.drawn[deep_c, d, roll] = ys[:, 0]
+            if st.keep_second:
+                for j in (d == 1).nonzero().flatten().tolist():
+                    if len(st.second) >= ev.max_rows:
+                        break
+                    st.second[(int(deep_c[j]), int(roll[j]))] = logits[n1 + j].clone()
+        st.depth[rows.first] += 1
+        st.depth[rows.deep] += 1
+        if st.keep_logits and st.lead == 0 and len(rows.deep):
+            st.complete.extend(rows.deep[st.depth[rows.deep] >= ev.cfg.horizon].tolist())
+            st.trim()
+
+
+__all__ = ["Evaluator", "Rows", "absorb_all"]

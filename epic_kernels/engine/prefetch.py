@@ -229,8 +229,8 @@ class _Bet:
 
 
 class Prefetcher:
-    """Chooses, during one step, the bets and their rows (``Evaluator.run`` calls ``plan`` before
-    each model call and ``absorb`` after it); ``hand_over(winners)`` keeps the bets that won.
+    """Chooses, during one step, the bets and their rows (``Evaluator.call`` calls ``plan`` before
+    each model call and ``absorbing`` after it); ``hand_over(winners)`` keeps the bets that won.
 
     ``ahead[b]``: what an earlier step already evaluated of this step's next step (a level-2
     entry); a bet on its token starts from it, and it is handed on as it is if no bet was made.
@@ -371,13 +371,15 @@ class Prefetcher:
         for bet in list(self.live.values()):
             self._drop(bet)
 
-    def absorb(self, logits: torch.Tensor) -> None:
-        """File the outputs of the rows ``plan`` returned, bet by bet."""
-        n = 0
+    def absorbing(self, logits: torch.Tensor) -> list:
+        """The bets' parts of a call's outputs (the rows ``plan`` returned), as ``evaluator.absorb_all``
+        files them: ``[(bet evaluator, rows, logits)]``; the call is then no longer in flight."""
+        parts, n = [], 0
         for bet, rows in self.in_flight:
-            bet.ev.absorb(rows, logits[n:n + len(rows)])
+            parts.append((bet.ev, rows, logits[n:n + len(rows)]))
             n += len(rows)
         self.in_flight = []
+        return parts
 
     def hand_over(self, winners: torch.Tensor) -> list:
         """Per sequence, the next step's evaluations if the bet on ``winners`` won (else None)."""

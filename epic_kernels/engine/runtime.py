@@ -223,8 +223,8 @@ class ForkRuntime:
 
     def token_kv(self, ids, at: int):
         """Per layer ``(keys, values)`` ``[n, kv_heads, head_dim]`` of token ``at`` of slots ``ids``."""
-        block = self.pool.storage[:, :, ids, :, at]
-        return [block[i, 0] for i in range(len(block))], [block[i, 1] for i in range(len(block))]
+        views = self.pool.storage[:, :, ids, :, at].flatten(0, 1).unbind(0)    # (layer, k/v) in order
+        return list(views[0::2]), list(views[1::2])
 
     # -- one model call ---------------------------------------------------------------------------
     def run(self, rows: CallRows) -> torch.Tensor:

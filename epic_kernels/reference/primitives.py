@@ -122,11 +122,16 @@ def rb_estimate(table: torch.Tensor, depth: int | None = None) -> torch.Tensor:
 
 
 def partial_sums(table: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-    """RB estimate of each candidate through its own known depth: ``table [N, k, K]``, ``depth [N]``."""
+    """RB estimate of each candidate through its own known depth: ``table [N, k, K]``, ``depth [N]``.
+    Row n is bit for bit ``rb_estimate(table[n:n+1], depth[n])``: the same sums in the same order,
+    a row taking depth j's term only while ``j < depth[n]``."""
+    K = table.shape[2]
     out = torch.zeros(table.shape[0], dtype=table.dtype, device=table.device)
-    for d in depth.unique().tolist():
-        rows = depth == d
-        out[rows] = rb_estimate(table[rows], d)
+    for j in range(int(depth.max()) if len(depth) else 0):
+        level = table[:, j, 0].clone()
+        for r in range(1, K):
+            level = level + table[:, j, r]
+        out = torch.where(depth > j, out + level / K, out)
     return out
 
 

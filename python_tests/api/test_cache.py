@@ -48,6 +48,38 @@ def test_fork_appends_beyond_the_original_without_changing_it():
     assert torch.equal(other.layers[0].keys[:, :, :5], k)
 
 
+def test_appended_equals_fork_then_append_on_every_path():
+    """``appended`` (one pass, what a decoding step uses) gives what ``fork()`` + ``append`` give: in
+    place when the storage has room, growing when it is full, copy-on-write when another fork wrote
+    beyond this cache, and on an empty layer; the original cache never changes."""
+    torch.manual_seed(0)
+    layers = [(torch.randn(2, 3, L, 4), torch.randn(2, 3, L, 4)) for L in (5, 16, 7)]
+
+    def make():
+        c = EpicCache.from_layers(layers)
+        c.layers[1]._storage = cache_mod._Storage.holding(*layers[1], 16)   # full: must grow
+        c.layers.append(cache_mod.EpicLayer())                               # never initialized
+        return c
+
+    keys = [torch.randn(2, 3, 4) for _ in range(4)]
+    values = [torch.randn(2, 3, 4) for _ in range(4)]
+    for written in (False, True):      # True: another fork already wrote beyond the cache
+        base, ref = make(), make()
+        if written:
+            base.fork().append(keys[::-1], values[::-1])
+        want = ref.fork()
+        want.append(keys, values)
+        got = base.appended(keys, values)
+        shared = got.layers[0]._storage is base.layers[0]._storage
+        assert shared != written                            # in place, or copy-on-write
+        assert got.version != base.version and got.get_seq_length() == 6
+        for a, b in zip(want.layers, got.layers):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        assert base.get_seq_length() == 5
+        for (k, v), layer in zip(layers, base.layers):
+            assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+
+
 def test_version_changes_on_every_mutation():
     c = EpicCache.from_layers([(torch.zeros(2, 1, 3, 2), torch.zeros(2, 1, 3, 2))])
     seen = {c.version}

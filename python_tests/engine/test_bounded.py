@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import epic_kernels
+from epic_kernels.engine import evaluator as evaluator_mod
 from epic_kernels.engine.evaluator import Evaluator
 from epic_kernels.engine.runtime import ForkRuntime
 from epic_kernels.testing import left_padded, prefill, random_prompts
@@ -30,18 +31,19 @@ def test_same_tokens_with_any_cap(tiny, kw, prefetch):
 
 def _max_rows_seen(monkeypatch):
     seen = {"rows": 0, "kept": 0, "slots": 0}
-    forward, absorb = ForkRuntime._forward, Evaluator.absorb
+    forward, absorb_all = ForkRuntime._forward, evaluator_mod.absorb_all
 
     def forward_spy(rt, rows):
         seen["rows"] = max(seen["rows"], len(rows))
         return forward(rt, rows)
 
-    def absorb_spy(ev, rows, logits):
-        absorb(ev, rows, logits)
-        seen["kept"] = max(seen["kept"], len(ev.state.logits))
-        seen["slots"] = max(seen["slots"], ev.rt.in_use())
+    def absorb_spy(parts):
+        absorb_all(parts)
+        for ev, _, _ in parts:
+            seen["kept"] = max(seen["kept"], len(ev.state.logits))
+            seen["slots"] = max(seen["slots"], ev.rt.in_use())
     monkeypatch.setattr(ForkRuntime, "_forward", forward_spy)
-    monkeypatch.setattr(Evaluator, "absorb", absorb_spy)
+    monkeypatch.setattr(evaluator_mod, "absorb_all", absorb_spy)
     return seen
 
 
@@ -111,7 +113,8 @@ def test_capped_prefetch_never_reads_an_unwritten_slot(monkeypatch, poisoned_rel
     from epic_kernels.testing import tiny_llama
 
     in_flight = weakref.WeakKeyDictionary()      # evaluator -> candidates whose restore row is in this call
-    plan, absorb, bet_init, winner_kv = Evaluator.plan, Evaluator.absorb, prefetch._Bet.__init__, Evaluator.winner_kv
+    plan, absorb_all, bet_init, winner_kv = (Evaluator.plan, evaluator_mod.absorb_all, prefetch._Bet.__init__,
+                                             Evaluator.winner_kv)
     bets_on_unwritten, depths = [], []
 
     def plan_spy(ev, *a, **k):
@@ -119,9 +122,10 @@ def test_capped_prefetch_never_reads_an_unwritten_slot(monkeypatch, poisoned_rel
         in_flight[ev] = set() if rows is None else set(rows.restore.tolist())
         return rows
 
-    def absorb_spy(ev, rows, logits):
-        in_flight[ev] = set()
-        absorb(ev, rows, logits)
+    def absorb_spy(parts):
+        for ev, _, _ in parts:
+            in_flight[ev] = set()
+        absorb_all(parts)
 
     def bet_spy(bet, src, b, m, *a, **k):
         if m in in_flight.get(src, ()):
@@ -132,7 +136,7 @@ def test_capped_prefetch_never_reads_an_unwritten_slot(monkeypatch, poisoned_rel
         depths.append(ev.state.depth[m].clone())
         return winner_kv(ev, m)
     monkeypatch.setattr(Evaluator, "plan", plan_spy)
-    monkeypatch.setattr(Evaluator, "absorb", absorb_spy)
+    monkeypatch.setattr(evaluator_mod, "absorb_all", absorb_spy)
     monkeypatch.setattr(prefetch._Bet, "__init__", bet_spy)
     monkeypatch.setattr(Evaluator, "winner_kv", winner_kv_spy)
 

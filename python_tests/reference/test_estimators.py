@@ -2,7 +2,7 @@
 import torch
 
 from epic_kernels.core import EpicConfig
-from epic_kernels.reference import mc_estimate, rb_estimate, softmax_entropy
+from epic_kernels.reference import mc_estimate, partial_sums, rb_estimate, softmax_entropy
 from epic_kernels.core import Prefix
 from epic_kernels.reference import rollout_entropies
 from epic_kernels.testing import exact_lookahead_entropy, prefill
@@ -54,3 +54,17 @@ def test_softmax_entropy_reference():
     p = torch.softmax(logits[3], -1)
     assert torch.allclose(h, torch.tensor([torch.log(torch.tensor(4.0)), 0.0, 0.0, -(p * p.log()).sum()]))
     assert torch.allclose(lse, torch.logsumexp(logits, -1))
+
+
+def test_partial_sums_are_bitwise_each_rows_rb_estimate():
+    """The search compares partial sums against completed estimates, so each row's partial sum must be
+    exactly ``rb_estimate`` of that row through its own depth (every depth, both dtypes, K = 1..3)."""
+    g = torch.Generator().manual_seed(5)
+    for dtype in (torch.float32, torch.float64):
+        for K in (1, 2, 3):
+            table = torch.rand(40, 4, K, generator=g, dtype=torch.float64).to(dtype) * 7
+            depth = torch.randint(0, 5, (40,), generator=g)
+            got = partial_sums(table, depth)
+            want = torch.stack([rb_estimate(table[n:n + 1], int(depth[n]))[0] for n in range(40)])
+            assert got.dtype == dtype and torch.equal(got, want)
+    assert partial_sums(torch.zeros(0, 4, 2), torch.zeros(0, dtype=torch.int64)).shape == (0,)
