@@ -424,6 +424,9 @@ def _span(xs) -> str:
 def t_readme(g: dict, path: Path) -> str:
     by = {(r["case"], r["batch"]): r for r in g["results"] if r.get("pairs")}
     new = _new_floor(g)
+    m = g.get("machine", {})
+    machine = (f"; {m.get('cpu_model', '?')}, {str(m['isa_body']).split(' ')[0]} body, git {m.get('git', '?')}"
+               if m.get("isa_body") else "")
     cells = []
     for case, what in (("topk50", "defaults (top-50)"), ("full", "full vocabulary")):
         parts = []
@@ -435,9 +438,7 @@ def t_readme(g: dict, path: Path) -> str:
             parts.append(f"{r['ratio']:.2f}x (batch {b}, {r['prompts']} prompts x {r['new_tokens']} tokens, "
                          f"{len(r['pairs'])} pair(s); library host time {d['host_ms_per_token']:.0f} ms/token; "
                          + (f"/ floor {r['epic_over_floor']:.2f}x)" if new else "/ floor: to be regenerated)"))
-        m = g.get("machine", {})
-        where = (f"; {m.get('cpu_model', '?')}, {str(m['isa_body']).split(' ')[0]} body, git {m.get('git', '?')}"
-                 if parts and m.get("isa_body") else "")
+        where = machine if parts else ""
         cells.append(f"| steady-state decode tokens/s vs HF top-p, {what}, median of interleaved pairs | "
                      f"{', '.join(parts) or 'not run'}{where} | [docs/benchmarks.md](docs/benchmarks.md) |")
     return "| decodes | result | where |\n|---|---|---|\n" + "\n".join(cells)

@@ -68,10 +68,16 @@ class EpicLayer(DynamicLayer):
         self._length = 0
         self.is_initialized = True
 
+    def _has_room(self, n: int) -> bool:
+        """Can ``n`` tokens be written right after our length, in place (no other fork wrote there,
+        and the storage holds them)?"""
+        st, L = self._storage, self._length
+        return st.tip == L and L + n <= st.capacity
+
     def _make_room(self, n: int) -> None:
         """Own the storage up to our length (copy-on-write) with room for ``n`` more tokens."""
         st, L = self._storage, self._length
-        if st.tip != L or L + n > st.capacity:
+        if not self._has_room(n):
             capacity = st.capacity if L + n <= st.capacity else max(2 * st.capacity, L + n)
             self._storage = _Storage.holding(st.keys[:, :, :L], st.values[:, :, :L], capacity)
 
@@ -167,11 +173,11 @@ class EpicCache(Cache):
         write, growth)."""
         layers, dst, src = [], [], []
         for layer, k, v in zip(self.layers, keys, values):
-            st, L = layer._storage, layer._length
-            if not layer.is_initialized or st.tip != L or L + 1 > st.capacity:
+            if not (layer.is_initialized and layer._has_room(1)):
                 new = layer.fork()
                 new.update(k.unsqueeze(2), v.unsqueeze(2))
             else:
+                st, L = layer._storage, layer._length
                 new = EpicLayer.__new__(EpicLayer)
                 new.__dict__.update(layer.__dict__)
                 new._length = st.tip = L + 1

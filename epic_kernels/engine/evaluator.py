@@ -266,13 +266,14 @@ def absorb_all(parts: list) -> None:
             keep = torch.cat([logits[:n1], logits[n1 + nd:]]) if len(rows.restore) else logits[:n1]
             for j, m in enumerate(torch.cat([rows.first, rows.restore]).tolist()):
                 st.logits[m] = keep[j]
-        deep_c = rows.deep.repeat_interleave(K)
-        d = st.depth[deep_c]
-        roll = torch.arange(K).repeat(len(rows.deep))
+        deep_c = d = roll = None
         if n1:
             for acc, x in zip(first, (logits[:n1], st.seq[rows.first], st.base[rows.first] + 1)):
                 acc.append(x)
         if nd:
+            deep_c = rows.deep.repeat_interleave(K)
+            d = st.depth[deep_c]
+            roll = torch.arange(K).repeat(len(rows.deep))
             for acc, x in zip(deep, (logits[n1:n1 + nd], st.seq[deep_c], st.base[deep_c] + d + 1, roll)):
                 acc.append(x)
         plans.append((n1, nd, deep_c, d, roll))
